@@ -1,0 +1,1 @@
+"""vdreid.engine"""
