@@ -1,0 +1,445 @@
+"""yacs configuration of vdreid: torchreid's section names (``model``, ``data``, ``sampler``, ``train``, ``loss``,
+``test``) plus a ``vd`` section for Variational Distillation (paper section 3, Eq. 16-17; implementation details of
+section 4.2; the released code's recipe in spec section 5).
+
+torchreid's registry package does not ship its ``default_config.py``, so the defaults live here. Config files may
+name a parent with a ``_base_`` key (a path relative to the file, or a list of paths): parents are merged first, so an
+ablation file states only what differs. Merge order: defaults <- ``_base_`` chain <- the file <- ``KEY VALUE`` pairs
+from the command line.
+
+We do not use yacs's own ``merge_from_file``/``merge_from_list`` for validation because their errors name neither the
+file nor the closest valid key and reject ``1`` for a float; :func:`merge_dict` checks every key and type and says
+what to do.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import hashlib
+import os
+import os.path as osp
+from typing import Any
+
+import yaml
+from yacs.config import CfgNode as CN
+
+__all__ = [
+    "ConfigError",
+    "get_default_config",
+    "load_config",
+    "merge_dict",
+    "merge_from_list",
+    "read_yaml_with_bases",
+    "config_hash",
+    "flat_keys",
+    "NON_SEMANTIC_KEYS",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or command-line override names an unknown key or gives a value of the wrong type."""
+
+
+def get_default_config() -> CN:
+    """Every valid key with its default. Defaults follow the paper's recipe (section 4.2) at full scale."""
+    cfg = CN()
+
+    # ---------------------------------------------------------------- model
+    cfg.model = CN()
+    cfg.model.name = "vd_resnet50"  # registered torchreid name: vd_resnet50 | vd_resnet50_official | vd_resnet18
+    cfg.model.backbone = ""  # optional timm encoder name; when set, build_vd_net(backbone=...) is used instead of name
+    cfg.model.pretrained = True  # ImageNet weights for the encoders (from pretrained_path when given)
+    cfg.model.pretrained_path = ""  # local timm/torchvision weights file (nothing downloads when this is set)
+    cfg.model.load_weights = ""  # checkpoint to initialise from (weights only)
+    cfg.model.resume = ""  # checkpoint to resume training from (model, optimiser, scheduler, RNG, epoch)
+
+    # ---------------------------------------------------------------- data
+    cfg.data = CN()
+    cfg.data.type = "image"
+    cfg.data.root = "datasets"  # folder holding SYSU-MM01/ and/or RegDB/
+    cfg.data.sources = ["sysu_mm01"]
+    cfg.data.targets = ["sysu_mm01"]
+    cfg.data.workers = 4
+    cfg.data.height = 256
+    cfg.data.width = 128
+    cfg.data.transforms = ["random_flip"]  # paper: horizontal flip + normalisation only
+    cfg.data.norm_mean = [0.485, 0.456, 0.406]
+    cfg.data.norm_std = [0.229, 0.224, 0.225]
+    cfg.data.save_dir = "log"
+    cfg.data.synthetic = False  # the root is a synthetic tree (recorded in results, kept apart on the leaderboard)
+    cfg.data.sysu = CN()
+    cfg.data.sysu.search_mode = "all"  # all | indoor
+    cfg.data.sysu.shots = 1  # 1 (single-shot) | 10 (multi-shot)
+    cfg.data.sysu.gallery_sampler = "agw"  # agw (random.seed(0..9) draws) | official (rand_perm_cam.mat)
+    cfg.data.sysu.rand_perm_path = ""
+    cfg.data.sysu.val_for_selection = False  # train on 296 train ids, select on the 99 val ids
+    cfg.data.sysu.num_trials = 10
+    cfg.data.regdb = CN()
+    cfg.data.regdb.trial = 1  # split 1..10 (each split needs its own training)
+    cfg.data.regdb.direction = "v2t"  # v2t (visible query) | t2v
+
+    # ---------------------------------------------------------------- sampler
+    cfg.sampler = CN()
+    cfg.sampler.train_sampler = "CrossModalIdentitySampler"
+    cfg.sampler.num_ids = 16  # P identities per batch
+    cfg.sampler.num_instances = 2  # K visible + K infrared images per identity (paper: 16 x (2 + 2) = 64)
+    cfg.sampler.seed = 1
+
+    # ---------------------------------------------------------------- train
+    cfg.train = CN()
+    cfg.train.optim = "adam"
+    cfg.train.lr = 2.6e-4
+    cfg.train.weight_decay = 5e-4
+    cfg.train.max_epoch = 300
+    cfg.train.start_epoch = 0
+    cfg.train.lr_scheduler = "warmup_multi_step"
+    cfg.train.stepsize = [200]  # milestones (epochs) of the x gamma decay
+    cfg.train.gamma = 0.1
+    cfg.train.warmup_epochs = 10
+    cfg.train.warmup_factor = 0.01
+    cfg.train.official_scheduler_offbyone = False  # the released code steps the scheduler at the start of each epoch
+    cfg.train.print_freq = 20
+    cfg.train.seed = 1
+    cfg.train.amp = "none"  # none | bf16 | fp16
+    cfg.train.channels_last = False
+    cfg.train.grad_clip = 0.0
+    cfg.train.sync_bn = False
+    cfg.train.selection = "final"  # final | val | test (which checkpoint is the model; test = AGW's habit, flagged)
+    cfg.train.eval_freq = 0  # evaluate every N epochs on the selection protocol (0: only at the end)
+    cfg.train.use_gpu = True  # use CUDA when available
+
+    # ---------------------------------------------------------------- loss (L_ReID of Eq. 17)
+    cfg.loss = CN()
+    cfg.loss.name = "vd"
+    cfg.loss.ce = 1.0  # label-smoothed cross-entropy weight
+    cfg.loss.label_smooth = 0.1
+    cfg.loss.metric = "ranked_list"  # ranked_list | triplet | official_rank | none
+    cfg.loss.metric_weight = 1.0
+    cfg.loss.triplet_margin = 0.3
+    cfg.loss.dml = 8.0  # alpha of Eq. 17 (paper recipe: KL deep mutual learning)
+    cfg.loss.cml = 0.0  # official recipe: Sinkhorn distance weight (the released code's stand-in for DML)
+
+    # ---------------------------------------------------------------- test
+    cfg.test = CN()
+    cfg.test.batch_size = 128
+    cfg.test.dist_metric = "cosine"  # cosine | euclidean
+    cfg.test.backend = "auto"  # auto | faiss | torch
+    cfg.test.rerank = False
+    cfg.test.evaluate = False  # test only
+    cfg.test.visrank = False
+    cfg.test.visrank_topk = 10
+    cfg.test.max_rank = 20
+    cfg.test.feature_mode = ""  # empty: vd.feature_mode
+
+    # ---------------------------------------------------------------- vd (Variational Distillation)
+    cfg.vd = CN()
+    cfg.vd.recipe = "paper"  # paper | official
+    cfg.vd.branches = ["ir", "vis", "shared"]  # Table 3: E_I and E_V ('ir', 'vis'), E_S ('shared')
+    cfg.vd.bottleneck_branches = ["ir", "vis", "shared"]  # Table 3: B_I and B_V, B_S
+    cfg.vd.routing = "official"  # official (gray(x) -> E_ir, x -> E_vis) | modality
+    cfg.vd.bottleneck = "deterministic"  # deterministic | gaussian
+    cfg.vd.bottleneck_dims = [1024, 512, 256]  # paper section 4.2 (official: 1000, 500, 512)
+    cfg.vd.z_classifier_hidden = 0  # 0: linear classifier on z; official: 256
+    cfg.vd.attention = False  # the released code's channel-attention blocks before layer2/3/4
+    cfg.vd.last_stride = 1
+    cfg.vd.feature_mode = "obs_concat"  # test feature: obs_concat | shared_z | z_concat | v_vis | ...
+    cfg.vd.beta = 2.0  # beta of Eq. 16
+    cfg.vd.vsd = 1.0  # VSD (Eq. 8) weight inside beta(...)
+    cfg.vd.vcd = 1.0  # VCD (Eq. 15)
+    cfg.vd.vml = 1.0  # VML (Eq. 12)
+    cfg.vd.temperature = 1.0
+    cfg.vd.detach_teacher = True
+    cfg.vd.branch_weights = [1.0, 1.0, 1.0, 1.0]  # ir, vis, shared_x, shared_gray (official: 0.5, 0.5, 0.25, 0.25)
+    cfg.vd.ib_baseline = 0.0  # conventional IB (CIBS, Table 3 rows 7-9): weight of the I(v;z) estimate
+    return cfg
+
+
+# Keys that do not change what is computed (paths, logging, workers); left out of config_hash.
+NON_SEMANTIC_KEYS = frozenset(
+    {
+        "data.root",
+        "data.save_dir",
+        "data.workers",
+        "train.print_freq",
+        "model.resume",
+        "model.pretrained_path",
+        "test.visrank",
+        "test.visrank_topk",
+        "test.batch_size",
+        "test.evaluate",
+        "train.use_gpu",
+    }
+)
+
+
+def flat_keys(cfg: CN, prefix: str = "") -> list[str]:
+    """All leaf keys as dotted paths, e.g. ``['model.name', 'data.sysu.shots', ...]``."""
+    out: list[str] = []
+    for k, v in cfg.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, CN):
+            out.extend(flat_keys(v, path + "."))
+        else:
+            out.append(path)
+    return out
+
+
+def _closest(key: str, candidates: list[str]) -> str:
+    best = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not best:
+        # compare the last component only (a typo in the leaf name under a right section)
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        m = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.5)
+        best = [by_leaf[m[0]]] if m else []
+    return f"did you mean '{best[0]}'?" if best else "no similar key exists"
+
+
+def _where(source: str) -> str:
+    return f"in {source}" if source else ""
+
+
+def _parse_scalar_text(text: str) -> Any:
+    """A command-line value: Python literal, else YAML, else the raw string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """Return ``value`` converted to the type of ``default`` or raise :class:`ConfigError` saying what was expected."""
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(
+            f"config key '{key}' {_where(source)}: expected {expected}, got {value!r} ({type(value).__name__}); "
+            f"default is {default!r}"
+        )
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise bad("a boolean (true/false)")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise bad("an integer")
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise bad("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad("a number")
+    if isinstance(default, str):
+        if value is None:
+            return ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str):
+            return value
+        raise bad("a string")
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, str):
+            parsed = _parse_scalar_text(value)
+            value = parsed if isinstance(parsed, (list, tuple)) else [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # a single item for a list key
+        if default:
+            elem = default[0]
+            return [_coerce(f"{key}[{i}]", v, elem, source) for i, v in enumerate(value)]
+        return list(value)
+    return value
+
+
+def merge_dict(cfg: CN, data: dict[str, Any], source: str = "", prefix: str = "") -> None:
+    """Merge a nested dict into ``cfg`` in place, checking every key and value type.
+
+    Raises :class:`ConfigError` naming the key, ``source`` (file or 'command line') and the closest valid key.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(source) or 'config'}: expected a mapping of sections, got {type(data).__name__}")
+    all_keys = flat_keys(get_default_config()) + [k for k in _section_paths(get_default_config())]
+    for k, v in data.items():
+        path = f"{prefix}{k}"
+        if k not in cfg:
+            raise ConfigError(f"unknown config key '{path}' {_where(source)}: {_closest(path, all_keys)}")
+        cur = cfg[k]
+        if isinstance(cur, CN):
+            if not isinstance(v, dict):
+                raise ConfigError(
+                    f"config key '{path}' {_where(source)} is a section; give a mapping of its keys, got {v!r}"
+                )
+            merge_dict(cur, v, source, path + ".")
+        else:
+            if isinstance(v, dict):
+                raise ConfigError(f"config key '{path}' {_where(source)} is a value, not a section; got a mapping")
+            was_frozen = cfg.is_frozen()
+            cfg.defrost()
+            cfg[k] = _coerce(path, v, cur, source)
+            if was_frozen:
+                cfg.freeze()
+
+
+def _section_paths(cfg: CN, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        if isinstance(v, CN):
+            out.append(prefix + k)
+            out.extend(_section_paths(v, prefix + k + "."))
+    return out
+
+
+def read_yaml_with_bases(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """Read ``path`` and its ``_base_`` parents; return ``[(file, dict), ...]`` in merge order (parents first)."""
+    path = osp.abspath(osp.expanduser(path))
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file not found: "{path}"')
+    if path in _seen:
+        raise ConfigError(f"'_base_' cycle: {' -> '.join(_seen + (path,))}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f'config file "{path}" is not valid YAML: {exc}') from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f'config file "{path}": expected a mapping of sections at the top, got {type(data).__name__}')
+    bases = data.pop("_base_", None)
+    out: list[tuple[str, dict[str, Any]]] = []
+    if bases:
+        for b in [bases] if isinstance(bases, str) else list(bases):
+            if not isinstance(b, str):
+                raise ConfigError(f'config file "{path}": _base_ entries must be paths, got {b!r}')
+            out.extend(read_yaml_with_bases(osp.join(osp.dirname(path), b), _seen + (path,)))
+    out.append((path, data))
+    return out
+
+
+def merge_from_list(cfg: CN, opts: list[str], source: str = "command line") -> None:
+    """Merge ``KEY VALUE`` pairs (torchreid's ``opts``) into ``cfg`` with key and type checks."""
+    if len(opts) % 2:
+        raise ConfigError(
+            f"{source}: overrides come in KEY VALUE pairs, got an odd number of items: {opts!r} "
+            f"(last key '{opts[-1]}' has no value)"
+        )
+    valid = flat_keys(get_default_config())
+    for key, raw in zip(opts[0::2], opts[1::2]):
+        if key not in valid:
+            raise ConfigError(f"unknown config key '{key}' in {source}: {_closest(key, valid)}")
+        nested: Any = _parse_scalar_text(raw) if isinstance(raw, str) else raw
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        merge_dict(cfg, nested, f"{source} ('{key} {raw}')")
+
+
+def load_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True) -> CN:
+    """Defaults <- ``config_file`` (with its ``_base_`` chain) <- ``opts``; validated; frozen unless asked."""
+    cfg = get_default_config()
+    if config_file:
+        for path, data in read_yaml_with_bases(config_file):
+            merge_dict(cfg, data, f'"{os.path.relpath(path)}"')
+    if opts:
+        merge_from_list(cfg, list(opts))
+    check_values(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.sysu.search_mode": ("all", "indoor"),
+    "data.sysu.shots": (1, 10),
+    "data.sysu.gallery_sampler": ("agw", "official"),
+    "data.regdb.direction": ("v2t", "t2v"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.selection": ("final", "val", "test"),
+    "train.optim": ("adam", "sgd", "adamw"),
+    "loss.metric": ("ranked_list", "triplet", "official_rank", "none"),
+    "test.dist_metric": ("cosine", "euclidean"),
+    "test.backend": ("auto", "faiss", "torch"),
+    "vd.recipe": ("paper", "official"),
+    "vd.routing": ("official", "modality"),
+    "vd.bottleneck": ("deterministic", "gaussian"),
+}
+
+
+def _get(cfg: CN, dotted: str) -> Any:
+    node: Any = cfg
+    for p in dotted.split("."):
+        node = node[p]
+    return node
+
+
+def check_values(cfg: CN) -> None:
+    """Value-level checks (choices, ranges) with a message naming the key."""
+    for key, choices in _CHOICES.items():
+        v = _get(cfg, key)
+        if v not in choices:
+            raise ConfigError(f"config key '{key}': {v!r} is not one of {list(choices)}")
+    if not 1 <= cfg.data.regdb.trial <= 10:
+        raise ConfigError(f"config key 'data.regdb.trial': RegDB has splits 1..10, got {cfg.data.regdb.trial}")
+    for key in ("vd.branches", "vd.bottleneck_branches"):
+        bad = [b for b in _get(cfg, key) if b not in ("ir", "vis", "shared")]
+        if bad:
+            raise ConfigError(f"config key '{key}': unknown branch names {bad}; use 'ir', 'vis', 'shared'")
+    if not cfg.vd.branches:
+        raise ConfigError("config key 'vd.branches': at least one encoder branch is needed")
+    extra = [b for b in cfg.vd.bottleneck_branches if b not in cfg.vd.branches]
+    if extra:
+        raise ConfigError(f"config key 'vd.bottleneck_branches': {extra} have no encoder in vd.branches")
+    if len(cfg.vd.branch_weights) != 4:
+        raise ConfigError("config key 'vd.branch_weights': four weights (ir, vis, shared_x, shared_gray) expected")
+    for key in ("data.height", "data.width", "sampler.num_ids", "sampler.num_instances", "train.max_epoch"):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"config key '{key}': must be positive, got {_get(cfg, key)}")
+    if not cfg.data.sources:
+        raise ConfigError("config key 'data.sources': name at least one training dataset")
+
+
+def config_hash(cfg: CN, length: int = 12) -> str:
+    """Stable hash of the dumped config, leaving out :data:`NON_SEMANTIC_KEYS` (paths, logging, workers)."""
+    d = _to_dict(cfg)
+    for key in NON_SEMANTIC_KEYS:
+        node = d
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.get(p, {})
+        node.pop(parts[-1], None)
+    text = yaml.safe_dump(d, sort_keys=True, default_flow_style=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def _to_dict(cfg: CN) -> dict[str, Any]:
+    return {k: _to_dict(v) if isinstance(v, CN) else copy.deepcopy(v) for k, v in cfg.items()}
+
+
+def to_dict(cfg: CN) -> dict[str, Any]:
+    """Plain nested dict (for JSON provenance and checkpoints)."""
+    return _to_dict(cfg)

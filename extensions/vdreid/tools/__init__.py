@@ -1,0 +1,1 @@
+"""Researcher tools: leaderboard, t-SNE pictures, CMC/loss plots, ONNX export."""

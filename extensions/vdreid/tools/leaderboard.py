@@ -1,0 +1,340 @@
+"""Leaderboard: our results JSON files beside the published numbers, one table per protocol string.
+
+A row is ranked only against rows with the *same* protocol string (dataset, search mode, shots, gallery draws,
+number of trials or splits) and the same data kind (synthetic runs never sit beside real-data rows).
+:func:`rank_rows` refuses a mixed list outright, so no caller can rank different protocols against each other.
+
+RegDB needs one training per split. Results that differ only in the split (``trial`` provenance field and the split
+number in the protocol string) and share a config group are averaged into one row: mean +/- std over the splits
+(population std, ``ddof=0``, as numpy and the AGW evaluator's averaging use), protocol ``regdb/<dir>/N splits``.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import os.path as osp
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import yaml
+
+METRICS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
+_SPLIT_RE = re.compile(r"(?:split|trial)[ =_-]?(\d+)$")
+
+
+class LeaderboardError(ValueError):
+    """Bad input to the leaderboard (mixed protocols in one ranking, malformed results or published file)."""
+
+
+@dataclass
+class Row:
+    """One leaderboard line: a run of ours (``kind='ours'``) or a published number (``kind='published'``)."""
+
+    method: str
+    protocol: str
+    kind: str  # ours | published
+    mean: dict[str, float]
+    std: dict[str, float] = field(default_factory=dict)
+    trials: str = ""
+    feature_mode: str = ""
+    rerank: bool = False
+    recipe: str = ""
+    model: str = ""
+    commit: str = ""
+    selection: str = ""
+    synthetic: bool = False
+    flags: list[str] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def table_key(self) -> str:
+        return ("synthetic data: " if self.synthetic else "") + self.protocol
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _as_percent(values: dict[str, Any], path: str) -> dict[str, float]:
+    out = {}
+    for k in METRICS:
+        if k in values and values[k] is not None:
+            v = float(values[k])
+            if not math.isfinite(v) or v < 0 or v > 100:
+                raise LeaderboardError(f'{path}: metric {k}={v} is not a percentage in [0, 100]')
+            out[k] = v
+    return out
+
+
+def is_results_json(d: Any) -> bool:
+    return isinstance(d, dict) and {"protocol", "mean", "per_trial"} <= set(d)
+
+
+def load_result(path: str) -> dict[str, Any]:
+    """Read one results JSON (the evaluator's schema) and check the fields the leaderboard uses."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            d = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise LeaderboardError(f'{path}: not valid JSON ({exc})') from exc
+    if not is_results_json(d):
+        raise LeaderboardError(f'{path}: not a vdreid results JSON (needs "protocol", "mean", "per_trial")')
+    d["_path"] = path
+    return d
+
+
+def find_results(paths: list[str]) -> list[dict[str, Any]]:
+    """Every results JSON under the given files/folders (recursively); other JSON files are skipped."""
+    found: list[dict[str, Any]] = []
+    for p in paths:
+        files = [p] if osp.isfile(p) else sorted(glob.glob(osp.join(p, "**", "*.json"), recursive=True))
+        for fpath in files:
+            try:
+                with open(fpath, encoding="utf-8") as f:
+                    d = json.load(f)
+            except (OSError, json.JSONDecodeError):
+                continue
+            if is_results_json(d):
+                d["_path"] = fpath
+                found.append(d)
+    return found
+
+
+def _split_of(d: dict[str, Any]) -> int | None:
+    if d.get("trial") is not None and str(d.get("dataset", d["protocol"])).lower().startswith("regdb"):
+        return int(d["trial"])
+    m = _SPLIT_RE.search(d["protocol"])
+    if m and d["protocol"].startswith("regdb"):
+        return int(m.group(1))
+    return None
+
+
+def _base_protocol(protocol: str) -> str:
+    return _SPLIT_RE.sub("", protocol).rstrip("/")
+
+
+def _splits_label(splits: list[int]) -> str:
+    s = sorted(splits)
+    if s == list(range(1, 11)):
+        return "10 splits"
+    if len(s) > 1 and s == list(range(s[0], s[-1] + 1)):
+        return f"splits {s[0]}-{s[-1]}"
+    return "split " + ",".join(map(str, s)) if len(s) == 1 else "splits " + ",".join(map(str, s))
+
+
+def _method_label(d: dict[str, Any]) -> str:
+    bits = [str(d.get("model") or "model?"), str(d.get("recipe") or "")]
+    return "ours: " + " ".join(b for b in bits if b)
+
+
+def rows_from_results(results: list[dict[str, Any]]) -> list[Row]:
+    """One row per SYSU-style result; RegDB results with the same config group averaged over their splits."""
+    rows: list[Row] = []
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for d in results:
+        split = _split_of(d)
+        if split is None:
+            rows.append(_row(d, _as_percent(d["mean"], d["_path"]), _as_percent(d.get("std") or {}, d["_path"]),
+                             f"{d.get('num_trials', len(d['per_trial']))} trials", d["protocol"]))
+            continue
+        key = (
+            _base_protocol(d["protocol"]),
+            d.get("config_group") or d.get("config_hash"),
+            d.get("feature_mode"),
+            bool(d.get("rerank")),
+            d.get("recipe"),
+            d.get("model"),
+            bool(d.get("synthetic")),
+        )
+        groups[key].append(d)
+    for key, ds in groups.items():
+        by_split: dict[int, dict[str, Any]] = {}
+        for d in ds:  # a split evaluated twice: keep the newest file
+            s = _split_of(d)
+            if s not in by_split or osp.getmtime(d["_path"]) >= osp.getmtime(by_split[s]["_path"]):
+                by_split[s] = d
+        splits = sorted(by_split)
+        per = [_as_percent(by_split[s]["mean"], by_split[s]["_path"]) for s in splits]
+        common = [k for k in METRICS if all(k in p for p in per)]
+        mean = {k: float(np.mean([p[k] for p in per])) for k in common}
+        std = {k: float(np.std([p[k] for p in per])) for k in common}
+        protocol = f"{key[0]}/{_splits_label(splits)}"
+        rows.append(_row(by_split[splits[-1]], mean, std, f"{len(splits)} splits ({','.join(map(str, splits))})",
+                         protocol))
+    return rows
+
+
+def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trials: str, protocol: str) -> Row:
+    flags = []
+    if d.get("selection") == "test":
+        flags.append("selected-on-test")
+    return Row(
+        method=_method_label(d),
+        protocol=protocol,
+        kind="ours",
+        mean=mean,
+        std=std,
+        trials=trials,
+        feature_mode=str(d.get("feature_mode") or ""),
+        rerank=bool(d.get("rerank")),
+        recipe=str(d.get("recipe") or ""),
+        model=str(d.get("model") or ""),
+        commit=str(d.get("git_commit") or "")[:10],
+        selection=str(d.get("selection") or ""),
+        synthetic=bool(d.get("synthetic")),
+        flags=flags,
+        source=osp.relpath(d["_path"]) if "_path" in d else "",
+    )
+
+
+def load_published(path: str) -> list[Row]:
+    """Rows of ``published.yaml`` (``entries``: method, source, protocol, metrics, flags, note)."""
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    entries = data.get("entries")
+    if not isinstance(entries, list):
+        raise LeaderboardError(f'{path}: expected a list under "entries"')
+    rows = []
+    for i, e in enumerate(entries):
+        missing = {"method", "source", "protocol", "metrics"} - set(e or {})
+        if missing:
+            raise LeaderboardError(f"{path}: entry {i} lacks {sorted(missing)}")
+        unknown = set(e["metrics"]) - set(METRICS)
+        if unknown:
+            raise LeaderboardError(f"{path}: entry {i} ({e['method']}): unknown metrics {sorted(unknown)}")
+        trials = _trials_of_protocol(e["protocol"])
+        rows.append(
+            Row(
+                method=e["method"],
+                protocol=e["protocol"],
+                kind="published",
+                mean=_as_percent(e["metrics"], path),
+                trials=trials,
+                flags=list(e.get("flags") or []),
+                source=e["source"] + (f" ({e['note']})" if e.get("note") else ""),
+            )
+        )
+    return rows
+
+
+def _trials_of_protocol(protocol: str) -> str:
+    return protocol.rsplit("/", 1)[-1]
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+def rank_rows(rows: list[Row], metric: str = "R1") -> list[Row]:
+    """Rows sorted best first by ``metric`` (then mAP). Refuses rows from different protocols or data kinds."""
+    keys = sorted({r.table_key for r in rows})
+    if len(keys) > 1:
+        raise LeaderboardError(
+            f"refusing to rank rows from different protocols against each other: {keys}; "
+            "use group_by_protocol() and rank each table separately"
+        )
+
+    def score(r: Row) -> tuple[float, float]:
+        return (r.mean.get(metric, -1.0), r.mean.get("mAP", -1.0))
+
+    return sorted(rows, key=score, reverse=True)
+
+
+def group_by_protocol(rows: list[Row]) -> dict[str, list[Row]]:
+    """``{table key: rows}``: one table per protocol string (synthetic-data runs in their own tables)."""
+    out: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        out[r.table_key].append(r)
+    return dict(sorted(out.items()))
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _fmt(r: Row, k: str) -> str:
+    if k not in r.mean:
+        return "-"
+    s = f"{r.mean[k]:.2f}"
+    if k in r.std:
+        s += f" ± {r.std[k]:.2f}"
+    return s
+
+
+_COLUMNS = ["#", "method", "R1", "R10", "R20", "mAP", "mINP", "trials", "feature", "re-rank", "recipe", "commit",
+            "flags", "source"]
+
+
+def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
+    lines = [
+        f"# {title}",
+        "",
+        "Generated by `vdreid leaderboard` (benchmarks/leaderboard.py); do not edit by hand. Metrics in percent,",
+        "mean ± std over the protocol's trials (SYSU: 10 gallery draws) or splits (RegDB: one model per split).",
+        "Each table holds one protocol string; rows of different protocols are never ranked against each other.",
+        "Flags: `flip-tta` flip test-time augmentation, `input-HxW` larger input than 256x128, `approx` the source",
+        "prints `~`, `regdb-trials-2-9-only` the released VD code evaluates splits 2..9 without a mean,",
+        "`selected-on-test` checkpoint chosen on the test protocol, `mindspore-port` the MindSpore re-implementation.",
+        "Published numbers come from benchmarks/published.yaml (sources there).",
+        "",
+    ]
+    for key, table in group_by_protocol(rows).items():
+        lines += [f"## {key}", "", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        for i, r in enumerate(rank_rows(table), 1):
+            cells = [
+                str(i),
+                ("**" + r.method + "**") if r.kind == "ours" else r.method,
+                _fmt(r, "R1"),
+                _fmt(r, "R10"),
+                _fmt(r, "R20"),
+                _fmt(r, "mAP"),
+                _fmt(r, "mINP"),
+                r.trials,
+                r.feature_mode or "-",
+                ("yes" if r.rerank else "no") if r.kind == "ours" else "-",
+                r.recipe or "-",
+                r.commit or "-",
+                ", ".join(r.flags) or "-",
+                r.source.replace("|", "/"),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[Row], path: str) -> None:
+    fields = ["protocol", "rank", "kind", "method", "trials"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")]
+    fields += ["feature_mode", "rerank", "recipe", "model", "selection", "commit", "synthetic", "flags", "source"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for key, table in group_by_protocol(rows).items():
+            for i, r in enumerate(rank_rows(table), 1):
+                rec: dict[str, Any] = {
+                    "protocol": key, "rank": i, "kind": r.kind, "method": r.method, "trials": r.trials,
+                    "feature_mode": r.feature_mode, "rerank": r.rerank, "recipe": r.recipe, "model": r.model,
+                    "selection": r.selection, "commit": r.commit, "synthetic": r.synthetic,
+                    "flags": ";".join(r.flags), "source": r.source,
+                }
+                for k in METRICS:
+                    rec[f"{k}_mean"] = f"{r.mean[k]:.2f}" if k in r.mean else ""
+                    rec[f"{k}_std"] = f"{r.std[k]:.2f}" if k in r.std else ""
+                w.writerow(rec)
+
+
+def build_leaderboard(
+    run_paths: list[str],
+    published: str | None,
+    out_md: str,
+    out_csv: str | None = None,
+    include_published: bool = True,
+    title: str = "Leaderboard",
+) -> list[Row]:
+    """Gather results JSON under ``run_paths``, add ``published``, write ``out_md`` (and ``out_csv``)."""
+    rows = rows_from_results(find_results(run_paths))
+    if include_published and published:
+        rows += load_published(published)
+    os.makedirs(osp.dirname(osp.abspath(out_md)), exist_ok=True)
+    with open(out_md, "w", encoding="utf-8") as f:
+        f.write(render_markdown(rows, title))
+    if out_csv:
+        write_csv(rows, out_csv)
+    return rows
