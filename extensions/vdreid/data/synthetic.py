@@ -1,0 +1,560 @@
+"""Procedural visible-infrared pedestrians written in the exact SYSU-MM01 and RegDB layouts.
+
+Demos and tests run the real loaders on these trees (spec sections 1.1, 1.2 and 4). Each identity is a combination
+of discrete attributes chosen so that any two identities differ in at least two attributes that survive the infrared
+rendering (body height, build, upper-garment pattern, lower garment type, carried object, hat, garment warmth); the
+garment colours and skin tone are visible-only cues. Infrared images are thermal-like: warm skin, lukewarm clothes
+whose pattern shows as emissivity bands, cold accessories and a cold background, blurred and noisy, no colour.
+Cameras differ in background, illumination, scale, position and image size (SYSU cam3 films cam2's room in the
+dark). Everything is drawn from ``numpy.random.default_rng`` seeded by ``seed``, so a tree is a pure function of its
+arguments.
+
+Layouts written:
+
+* ``<root>/SYSU-MM01/cam{1..6}/<pid:04d>/<n:04d>.jpg`` and ``exp/{train,val,test,available}_id.{txt,mat}`` (one
+  comma-separated line; ``.mat`` key ``id``, 1 x N uint16), optionally ``exp/rand_perm_cam.mat``.
+* ``<root>/RegDB/{Visible,Thermal}/<id>/<sex>_<view>_{v,t}_<nnnnn>_<k>.bmp`` and
+  ``idx/{train,test}_{visible,thermal}_{1..10}.txt`` (``<relative path> <label>``; labels restart at 0 in each file
+  pair, so test label k and train label k are different people).
+
+Both trees also contain a few "stray" single-modality identity folders that no split file lists, as the real data
+does (spec 1.3), so tests can check that loaders ignore them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import os.path as osp
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# ----------------------------------------------------------------------------------------------- identities
+
+HEIGHTS = (0.80, 0.89, 0.98)  # body height as a fraction of the frame's usable height
+BUILDS = (0.19, 0.25, 0.31)  # torso width as a fraction of body height
+UPPER_PATTERNS = ("solid", "hstripes_wide", "hstripes_narrow", "vstripes", "checker")
+LOWER_TYPES = ("pants", "shorts", "skirt")
+CARRY = ("none", "handbag", "backpack")
+HATS = (False, True)
+WARMTH = (0, 1)  # garment thickness: thin clothes look warmer in infrared
+
+_ATTR_SIZES = (len(HEIGHTS), len(BUILDS), len(UPPER_PATTERNS), len(LOWER_TYPES), len(CARRY), len(HATS), len(WARMTH))
+
+_PALETTE = np.array(
+    [
+        [0.85, 0.10, 0.10], [0.10, 0.35, 0.85], [0.10, 0.65, 0.20], [0.95, 0.80, 0.10], [0.95, 0.95, 0.95],
+        [0.10, 0.10, 0.12], [0.55, 0.20, 0.65], [0.95, 0.50, 0.10], [0.45, 0.30, 0.15], [0.40, 0.75, 0.85],
+        [0.90, 0.45, 0.65], [0.50, 0.50, 0.52],
+    ],
+    dtype=np.float32,
+)
+_SKIN = np.array([[0.96, 0.80, 0.66], [0.85, 0.64, 0.48], [0.62, 0.44, 0.30], [0.42, 0.28, 0.18]], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One synthetic person: discrete shape attributes (infrared-surviving) and colours (visible-only)."""
+
+    height: int
+    build: int
+    upper: int
+    lower: int
+    carry: int
+    hat: int
+    warmth: int
+    upper_rgb: tuple[float, float, float]
+    upper2_rgb: tuple[float, float, float]
+    lower_rgb: tuple[float, float, float]
+    skin_rgb: tuple[float, float, float]
+    hat_rgb: tuple[float, float, float]
+    female: bool
+
+
+def make_identities(n: int, rng: np.random.Generator) -> list[Identity]:
+    """``n`` identities whose infrared-surviving attribute tuples differ pairwise in at least two positions.
+
+    Greedy selection from a shuffled grid of all 810 attribute combinations; when ``n`` is too large for a Hamming
+    distance of 2 the remaining identities are taken with distance 1 (still all distinct).
+    """
+    grid = np.array(list(itertools.product(*[range(s) for s in _ATTR_SIZES])), dtype=np.int64)
+    if n > len(grid):
+        raise ValueError(f"make_identities: at most {len(grid)} distinct identities, asked for {n}")
+    grid = grid[rng.permutation(len(grid))]
+    chosen: list[np.ndarray] = []
+    for min_dist in (2, 1):
+        for row in grid:
+            if len(chosen) == n:
+                break
+            if all(int((row != c).sum()) >= min_dist for c in chosen):
+                chosen.append(row)
+        if len(chosen) == n:
+            break
+    ids = []
+    for row in chosen:
+        cu, cl, ch = rng.choice(len(_PALETTE), size=3, replace=False)
+        second = _PALETTE[cu] * 0.3 if _PALETTE[cu].mean() > 0.45 else np.minimum(_PALETTE[cu] * 0.3 + 0.65, 1.0)
+        ids.append(
+            Identity(
+                *[int(v) for v in row],
+                upper_rgb=tuple(float(v) for v in _PALETTE[cu]),
+                upper2_rgb=tuple(float(v) for v in second),
+                lower_rgb=tuple(float(v) for v in _PALETTE[cl]),
+                skin_rgb=tuple(float(v) for v in _SKIN[rng.integers(len(_SKIN))]),
+                hat_rgb=tuple(float(v) for v in _PALETTE[ch]),
+                female=bool(rng.integers(2)),
+            )
+        )
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------- cameras
+
+
+@dataclass(frozen=True)
+class Camera:
+    """How one camera films people: modality, scene and framing."""
+
+    infrared: bool
+    bg_rgb: tuple[float, float, float]  # scene base colour (visible) or base temperature (infrared, first entry)
+    bg2_rgb: tuple[float, float, float]  # floor / second scene colour
+    floor: float  # floor line as a fraction of the height
+    wall_freq: float  # vertical wall stripes per frame width (0 = none)
+    foliage: bool  # blotchy low-frequency texture (outdoor garden)
+    light: float  # illumination gain
+    cast: tuple[float, float, float]  # colour cast (visible only)
+    scale: float  # person size
+    y_shift: float  # feet position shift, fraction of height
+    size: float  # image size factor relative to the preset's base size
+
+
+SYSU_CAMERAS = (
+    Camera(False, (0.78, 0.74, 0.66), (0.55, 0.45, 0.35), 0.80, 5.0, False, 1.05, (1.05, 1.0, 0.92), 0.95, 0.00, 1.0),
+    Camera(False, (0.60, 0.66, 0.72), (0.35, 0.38, 0.42), 0.76, 0.0, False, 0.90, (0.94, 1.0, 1.06), 0.88, -0.02, 1.0),
+    Camera(True, (0.20, 0.20, 0.20), (0.12, 0.12, 0.12), 0.76, 0.0, False, 1.00, (1.0, 1.0, 1.0), 0.88, -0.02, 1.0),
+    Camera(False, (0.62, 0.62, 0.60), (0.42, 0.42, 0.44), 0.70, 9.0, False, 1.15, (1.0, 1.0, 1.0), 0.74, -0.05, 0.75),
+    Camera(False, (0.35, 0.58, 0.30), (0.50, 0.46, 0.40), 0.82, 0.0, True, 1.10, (1.0, 1.04, 0.95), 0.80, -0.03, 0.75),
+    Camera(True, (0.30, 0.30, 0.30), (0.22, 0.22, 0.22), 0.72, 3.0, False, 1.00, (1.0, 1.0, 1.0), 0.84, -0.04, 0.875),
+)
+
+REGDB_CAMERAS = (
+    Camera(False, (0.55, 0.55, 0.50), (0.40, 0.40, 0.38), 0.85, 0.0, True, 1.00, (1.0, 1.0, 1.0), 0.92, 0.0, 1.0),
+    Camera(True, (0.25, 0.25, 0.25), (0.18, 0.18, 0.18), 0.85, 0.0, False, 1.00, (1.0, 1.0, 1.0), 0.92, 0.0, 1.0),
+)
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Per-image nuisance: position, size, stride, brightness, texture phase, noise."""
+
+    dx: float
+    dy: float
+    scale: float
+    stride: float
+    gain: float
+    phase: float
+    noise_seed: int
+    bag_side: int
+
+
+def random_pose(rng: np.random.Generator) -> Pose:
+    return Pose(
+        dx=float(rng.uniform(-0.08, 0.08)),
+        dy=float(rng.uniform(-0.02, 0.02)),
+        scale=float(rng.uniform(0.94, 1.06)),
+        stride=float(rng.uniform(0.0, 0.09)),
+        gain=float(rng.uniform(0.85, 1.15)),
+        phase=float(rng.uniform(0, 1)),
+        noise_seed=int(rng.integers(2**31)),
+        bag_side=int(rng.choice((-1, 1))),
+    )
+
+
+def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
+    """Separable box blur with edge padding (cheap stand-in for thermal optics blur)."""
+    if k <= 1:
+        return a
+    k = k | 1  # odd width keeps the shape
+    p = k // 2
+    out = np.pad(a, ((p, p), (0, 0)) + ((0, 0),) * (a.ndim - 2), mode="edge")
+    c = np.cumsum(out, axis=0)
+    c = np.concatenate([np.zeros_like(c[:1]), c], axis=0)
+    out = (c[k:] - c[:-k]) / k
+    out = np.pad(out, ((0, 0), (p, p)) + ((0, 0),) * (a.ndim - 2), mode="edge")
+    c = np.cumsum(out, axis=1)
+    c = np.concatenate([np.zeros_like(c[:, :1]), c], axis=1)
+    return (c[:, k:] - c[:, :-k]) / k
+
+
+def render(person: Identity, cam: Camera, pose: Pose, height: int, width: int) -> np.ndarray:
+    """Render one image as uint8 (H, W, 3); infrared images have three equal channels."""
+    H, W = height, width
+    Y, X = np.mgrid[0:H, 0:W].astype(np.float32)
+    nrng = np.random.default_rng(pose.noise_seed)
+
+    # --- background (scene of this camera)
+    yn, xn = Y / H, X / W
+    bg = np.empty((H, W, 3), np.float32)
+    bg[:] = np.asarray(cam.bg_rgb, np.float32)
+    floor = yn > cam.floor
+    bg[floor] = np.asarray(cam.bg2_rgb, np.float32)
+    bg *= (0.9 + 0.2 * (1 - yn))[..., None]
+    if cam.wall_freq > 0:
+        stripes = (np.floor(xn * cam.wall_freq + pose.phase) % 2 == 0) & ~floor
+        bg[stripes] *= 0.8
+    if cam.foliage:
+        blot = nrng.random((6, 3)).astype(np.float32)
+        blot = np.kron(blot, np.ones((H // 6 + 1, W // 3 + 1), np.float32))[:H, :W]
+        bg *= (0.75 + 0.5 * _box_blur(blot, max(3, W // 8)))[..., None]
+
+    # --- person geometry (pixels)
+    hp = HEIGHTS[person.height] * cam.scale * pose.scale * H * 0.94
+    feet = H * (0.985 + cam.y_shift + pose.dy)
+    cx = W * (0.5 + pose.dx)
+    top = feet - hp
+    r_head = 0.075 * hp
+    head_cy = top + r_head
+    shoulder = top + 2.15 * r_head
+    hip = feet - 0.47 * hp
+    knee = hip + 0.24 * hp
+    torso_hw = BUILDS[person.build] * hp / 2
+    arm_w = 0.055 * hp
+    leg_w = 0.085 * hp
+    u = (X - cx) / hp
+    v = (Y - shoulder) / hp
+
+    head = (X - cx) ** 2 + (Y - head_cy) ** 2 * 1.1 <= r_head**2
+    hair = head & (Y < head_cy - 0.35 * r_head)
+    torso = (np.abs(X - cx) <= torso_hw) & (Y >= shoulder) & (Y <= hip)
+    arms = (np.abs(X - cx) > torso_hw) & (np.abs(X - cx) <= torso_hw + arm_w) & (Y >= shoulder + 0.01 * hp)
+    arms &= Y <= hip + 0.04 * hp
+    hands = arms & (Y > hip - 0.02 * hp)
+    arms &= ~hands
+    stride = pose.stride * hp
+    leg_l = (np.abs(X - (cx - 0.06 * hp - stride * (Y - hip) / (feet - hip))) <= leg_w / 2) & (Y > hip) & (Y <= feet)
+    leg_r = (np.abs(X - (cx + 0.06 * hp + stride * (Y - hip) / (feet - hip))) <= leg_w / 2) & (Y > hip) & (Y <= feet)
+    legs = leg_l | leg_r
+    shoes = legs & (Y > feet - 0.035 * hp)
+    lower_kind = LOWER_TYPES[person.lower]
+    if lower_kind == "pants":
+        garment_lo = legs & ~shoes
+    elif lower_kind == "shorts":
+        garment_lo = legs & (Y <= knee)
+    else:  # skirt: trapezoid from hip to knee, wider at the hem (silhouette cue)
+        half = torso_hw * (1.0 + 0.6 * (Y - hip) / (knee - hip))
+        garment_lo = (np.abs(X - cx) <= half) & (Y > hip) & (Y <= knee + 0.02 * hp)
+    skin_legs = legs & ~shoes & ~garment_lo
+
+    pattern_kind = UPPER_PATTERNS[person.upper]
+    if pattern_kind == "solid":
+        pat = np.zeros_like(u, dtype=bool)
+    elif pattern_kind == "hstripes_wide":
+        pat = np.floor(v / 0.085) % 2 == 1
+    elif pattern_kind == "hstripes_narrow":
+        pat = np.floor(v / 0.042) % 2 == 1
+    elif pattern_kind == "vstripes":
+        pat = np.floor((u + 1.0) / 0.05) % 2 == 1
+    else:
+        pat = (np.floor(v / 0.07) + np.floor((u + 1.0) / 0.07)) % 2 == 1
+    upper = torso | arms
+
+    hat = np.zeros_like(head)
+    if HATS[person.hat]:
+        hat = ((X - cx) ** 2 + (Y - head_cy) ** 2 * 1.1 <= (r_head * 1.12) ** 2) & (Y < head_cy - 0.1 * r_head)
+        hat |= (np.abs(X - cx) <= r_head * 1.6) & (np.abs(Y - (head_cy - 0.1 * r_head)) <= 0.02 * hp)
+
+    carry_kind = CARRY[person.carry]
+    bag = np.zeros_like(head)
+    straps = np.zeros_like(head)
+    if carry_kind == "handbag":
+        bx = cx + pose.bag_side * (torso_hw + arm_w + 0.06 * hp)
+        bag = (np.abs(X - bx) <= 0.065 * hp) & (Y >= hip - 0.06 * hp) & (Y <= hip + 0.1 * hp)
+    elif carry_kind == "backpack":
+        bag = (np.abs(X - cx) <= torso_hw + 0.05 * hp) & (Y >= shoulder - 0.05 * hp) & (Y <= shoulder + 0.03 * hp)
+        bag &= ~head
+        straps = torso & (np.abs(np.abs(X - cx) - 0.55 * torso_hw) <= 0.02 * hp)
+
+    # --- paint
+    if cam.infrared:
+        # temperatures: skin hot, thin clothes lukewarm, thick clothes cooler, pattern = emissivity bands,
+        # accessories and hair cold (spec: infrared keeps shape and pattern, loses colour)
+        t_cloth = 0.50 + 0.12 * WARMTH[person.warmth]
+        img = bg[..., :1].copy()
+        img[upper] = t_cloth
+        img[upper & pat] = t_cloth - 0.2
+        img[garment_lo] = t_cloth - 0.06
+        img[head | hands | skin_legs] = 0.95
+        img[hair] = 0.55
+        img[shoes] = 0.35
+        img[hat] = 0.28
+        img[bag] = 0.04
+        img[straps] = 0.3
+        img = _box_blur(img, 3 if H >= 64 else 1)
+        img = img * pose.gain * cam.light + nrng.normal(0, 0.03, img.shape).astype(np.float32)
+        img = np.repeat(img, 3, axis=2)
+    else:
+        img = bg
+        img[upper] = person.upper_rgb
+        img[upper & pat] = person.upper2_rgb
+        img[garment_lo] = person.lower_rgb
+        img[head | hands | skin_legs] = person.skin_rgb
+        img[hair] = (0.12, 0.08, 0.05)
+        img[shoes] = (0.08, 0.08, 0.08)
+        img[hat] = person.hat_rgb
+        img[bag] = (0.30, 0.20, 0.12)
+        img[straps] = (0.15, 0.15, 0.15)
+        img = img * np.asarray(cam.cast, np.float32) * pose.gain * cam.light
+        img = img + nrng.normal(0, 0.02, img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------- presets
+
+SYSU_PRESETS: dict[str, dict] = {
+    # tests: ~300 images of 32x16, generates in well under a second
+    "tiny": dict(num_ids=16, images_per_cam=2, height=32, width=16, num_stray=2, rand_perm=False),
+    # demo: 110 ids (64 train / 10 val / 36 test) at 128x64, ~2,700 images, a few seconds
+    "demo": dict(num_ids=110, images_per_cam=4, height=128, width=64, num_stray=4, rand_perm=True),
+}
+REGDB_PRESETS: dict[str, dict] = {
+    "tiny": dict(num_ids=12, images_per_id=3, height=32, width=16, num_stray=1),
+    "demo": dict(num_ids=90, images_per_id=8, height=128, width=64, num_stray=2),
+}
+
+
+def _resolve(presets: dict[str, dict], preset: str, overrides: dict) -> dict:
+    if preset not in presets:
+        raise ValueError(f"unknown synthetic preset {preset!r}: expected one of {sorted(presets)}")
+    cfg = dict(presets[preset])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def _split_sizes(n: int) -> tuple[int, int, int]:
+    """(train, val, test) sizes with the real 296/99/96 flavour but a larger test share (>= 30 test ids on demo)."""
+    n_test = max(3, round(n * 0.33))
+    n_val = max(2, round(n * 0.09))
+    n_train = n - n_test - n_val
+    if n_train < 2:
+        raise ValueError(f"num_ids={n} is too small: need at least 7 identities (train, val and test)")
+    return n_train, n_val, n_test
+
+
+def _image_numbers(n: int, rng: np.random.Generator) -> list[int]:
+    """``n`` increasing 1-based image numbers with occasional gaps (contiguity is not guaranteed on real data)."""
+    nums, k = [], 1
+    while len(nums) < n:
+        if rng.random() > 0.15:
+            nums.append(k)
+        k += 1
+    return nums
+
+
+def _save(img: np.ndarray, path: str) -> None:
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    if path.endswith(".jpg"):
+        Image.fromarray(img).save(path, quality=92)
+    else:
+        Image.fromarray(img).save(path)
+
+
+def make_sysu(
+    root: str,
+    num_ids: int | None = None,
+    seed: int = 0,
+    preset: str = "demo",
+    images_per_cam: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_stray: int | None = None,
+    rand_perm: bool | None = None,
+) -> str:
+    """Write a synthetic SYSU-MM01 tree to ``<root>/SYSU-MM01`` and return that path.
+
+    Args:
+        root: data root (the folder that will hold ``SYSU-MM01/``).
+        num_ids: identities listed in the split files (train/val/test about 58/9/33 %).
+        seed: everything (identities, camera coverage, poses, noise) is a function of the seed.
+        preset: ``'tiny'`` (tests) or ``'demo'``; explicit arguments override the preset.
+        images_per_cam: images per (identity, camera) folder.
+        height, width: base image size; cameras scale it (surveillance cams 4/5 are smaller).
+        num_stray: extra single-modality identity folders that no split file lists.
+        rand_perm: also write ``exp/rand_perm_cam.mat`` for the official gallery sampler (10 permutation rows).
+
+    Camera coverage mimics the real data: cam1/cam2 hold the same subset of identities (about 60 %), so some test
+    identities have no indoor gallery; a few test identities lack cam3; every train/val identity has both modalities.
+    """
+    cfg = _resolve(
+        SYSU_PRESETS,
+        preset,
+        dict(
+            num_ids=num_ids, images_per_cam=images_per_cam, height=height, width=width, num_stray=num_stray,
+            rand_perm=rand_perm,
+        ),
+    )
+    n, k, H, W = cfg["num_ids"], cfg["images_per_cam"], cfg["height"], cfg["width"]
+    n_stray = cfg["num_stray"]
+    if k < 1 or H < 8 or W < 4:
+        raise ValueError(f"make_sysu: images_per_cam >= 1 and size >= 8x4 expected, got {k}, {H}x{W}")
+    rng = np.random.default_rng(seed)
+    n_train, n_val, n_test = _split_sizes(n)
+    total = n + n_stray
+    numbers = np.sort(rng.choice(np.arange(1, int(total * 1.3) + 3), size=total, replace=False))
+    perm = rng.permutation(total)
+    test_ids = sorted(int(numbers[i]) for i in perm[:n_test])
+    val_ids = sorted(int(numbers[i]) for i in perm[n_test : n_test + n_val])
+    train_ids = sorted(int(numbers[i]) for i in perm[n_test + n_val : n])
+    stray_ids = sorted(int(numbers[i]) for i in perm[n:])
+    people = make_identities(total, rng)
+    person_of = {int(numbers[i]): people[j] for j, i in enumerate(perm)}
+
+    cams_of: dict[int, list[int]] = {}
+    test_perm = rng.permutation(test_ids)
+    n_indoor = max(1, min(len(test_ids) - 1, round(0.6 * len(test_ids))))
+    indoor = set(int(p) for p in test_perm[:n_indoor])
+    no_cam3 = {int(test_perm[-1])}  # outside the indoor subset, as cam3 films cam2's room
+    for pid in test_ids:
+        cams = []
+        if pid in indoor:
+            cams += [1, 2]
+        if pid not in no_cam3:
+            cams.append(3)
+        if pid in indoor or rng.random() > 0.1:
+            cams.append(4)
+        cams += [5, 6]
+        cams_of[pid] = sorted(cams)
+    for pid in train_ids + val_ids:
+        cams = []
+        if rng.random() < 0.6:
+            cams += [1, 2]
+        if rng.random() < 0.9:
+            cams.append(3)
+        if 3 not in cams or rng.random() < 0.7:
+            cams.append(6)
+        if rng.random() < 0.9:
+            cams.append(4)
+        if not {1, 2, 4} & set(cams) or rng.random() < 0.9:
+            cams.append(5)
+        cams_of[pid] = sorted(cams)
+    for j, pid in enumerate(stray_ids):  # single-modality folders (spec 1.3: e.g. id 9 in cam4+cam5, id 26 in cam6)
+        cams_of[pid] = [4, 5] if j % 2 == 0 else [6]
+
+    base = osp.join(osp.abspath(root), "SYSU-MM01")
+    for c in range(1, 7):
+        os.makedirs(osp.join(base, f"cam{c}"), exist_ok=True)
+    for pid in sorted(cams_of):
+        for c in cams_of[pid]:
+            cam = SYSU_CAMERAS[c - 1]
+            h, w = max(8, round(H * cam.size)), max(4, round(W * cam.size))
+            for num in _image_numbers(k, rng):
+                img = render(person_of[pid], cam, random_pose(rng), h, w)
+                _save(img, osp.join(base, f"cam{c}", f"{pid:04d}", f"{num:04d}.jpg"))
+
+    exp = osp.join(base, "exp")
+    os.makedirs(exp, exist_ok=True)
+    from scipy.io import savemat
+
+    available = sorted(train_ids + val_ids + test_ids)
+    for name, ids in (("train", train_ids), ("val", val_ids), ("test", test_ids), ("available", available)):
+        with open(osp.join(exp, f"{name}_id.txt"), "w") as f:
+            f.write(",".join(str(i) for i in ids) + "\n")
+        savemat(osp.join(exp, f"{name}_id.mat"), {"id": np.asarray(ids, dtype=np.uint16).reshape(1, -1)})
+    if cfg["rand_perm"]:
+        write_rand_perm_cam(base, osp.join(exp, "rand_perm_cam.mat"), num_trials=10, seed=seed)
+    return base
+
+
+def write_rand_perm_cam(sysu_dir: str, out_path: str, num_trials: int = 10, seed: int = 0) -> str:
+    """Write an official-kit style ``rand_perm_cam.mat`` for the tree at ``sysu_dir`` (spec 1.3 / 3.4).
+
+    ``rand_perm_cam{cam}{pid}`` is a ``num_trials x n`` matrix of 1-based positions into the sorted image list of
+    ``cam<cam>/<pid:04d>`` (each row a permutation of 1..n); cells of missing folders are empty. The real file comes
+    with the official evaluation kit; this one lets the synthetic tree exercise ``gallery_sampler='official'``.
+    """
+    from scipy.io import savemat
+
+    rng = np.random.default_rng([seed, 7919])
+    cams = np.empty((6, 1), dtype=object)
+    for c in range(1, 7):
+        cam_dir = osp.join(sysu_dir, f"cam{c}")
+        pids = [int(p) for p in os.listdir(cam_dir) if p.isdigit()] if osp.isdir(cam_dir) else []
+        n_p = max(pids, default=0)
+        cells = np.empty((n_p, 1), dtype=object)
+        for p in range(1, n_p + 1):
+            d = osp.join(cam_dir, f"{p:04d}")
+            if osp.isdir(d):
+                n_img = len(os.listdir(d))
+                cells[p - 1, 0] = np.stack([rng.permutation(n_img) + 1 for _ in range(num_trials)]).astype(np.float64)
+            else:
+                cells[p - 1, 0] = np.zeros((0, 0))
+        cams[c - 1, 0] = cells
+    savemat(out_path, {"rand_perm_cam": cams})
+    return out_path
+
+
+def make_regdb(
+    root: str,
+    num_ids: int | None = None,
+    seed: int = 0,
+    preset: str = "demo",
+    images_per_id: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_stray: int | None = None,
+    num_trials: int = 10,
+) -> str:
+    """Write a synthetic RegDB tree to ``<root>/RegDB`` and return that path.
+
+    Each identity has ``images_per_id`` co-registered visible/thermal pairs (the same pose in both, as RegDB's two
+    aligned cameras). For each trial t in 1..``num_trials`` the identities are split in half at random (seeded by
+    ``seed`` and t): ``idx/train_{visible,thermal}_t.txt`` list the train half with labels 0..n-1 in ascending id
+    order, ``idx/test_*_t.txt`` the other half with labels restarting at 0 (spec section 4).
+    """
+    cfg = _resolve(
+        REGDB_PRESETS,
+        preset,
+        dict(num_ids=num_ids, images_per_id=images_per_id, height=height, width=width, num_stray=num_stray),
+    )
+    n, k, H, W, n_stray = cfg["num_ids"], cfg["images_per_id"], cfg["height"], cfg["width"], cfg["num_stray"]
+    if n < 4 or k < 1:
+        raise ValueError(f"make_regdb: num_ids >= 4 and images_per_id >= 1 expected, got {n}, {k}")
+    rng = np.random.default_rng([seed, 412])
+    people = make_identities(n + n_stray, rng)
+    base = osp.join(osp.abspath(root), "RegDB")
+    files: dict[int, tuple[list[str], list[str]]] = {}
+    counter = 0
+    for pid in range(1, n + n_stray + 1):
+        person = people[pid - 1]
+        sex = "female" if person.female else "male"
+        vis, thr = [], []
+        for j in range(1, k + 1):
+            counter += 1
+            pose = random_pose(rng)
+            view = "front" if rng.random() < 0.5 else "back"
+            stem = f"{sex}_{view}_{{}}_{counter:05d}_{j}.bmp"
+            rel_v = f"Visible/{pid}/" + stem.format("v")
+            rel_t = f"Thermal/{pid}/" + stem.format("t")
+            _save(render(person, REGDB_CAMERAS[0], pose, H, W), osp.join(base, rel_v))
+            if pid <= n:  # strays are visible-only and listed nowhere
+                _save(render(person, REGDB_CAMERAS[1], pose, H, W), osp.join(base, rel_t))
+            vis.append(rel_v)
+            thr.append(rel_t)
+        files[pid] = (vis, thr)
+    os.makedirs(osp.join(base, "Thermal"), exist_ok=True)
+    idx = osp.join(base, "idx")
+    os.makedirs(idx, exist_ok=True)
+    for t in range(1, num_trials + 1):
+        perm = np.random.default_rng([seed, t]).permutation(np.arange(1, n + 1))
+        half = n // 2
+        for split, ids in (("train", sorted(perm[:half].tolist())), ("test", sorted(perm[half:].tolist()))):
+            for m, modality in enumerate(("visible", "thermal")):
+                with open(osp.join(idx, f"{split}_{modality}_{t}.txt"), "w") as f:
+                    for label, pid in enumerate(ids):
+                        for rel in files[pid][m]:
+                            f.write(f"{rel} {label}\n")
+    return base

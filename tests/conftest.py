@@ -1,0 +1,28 @@
+"""Shared pytest fixtures: tiny synthetic SYSU-MM01 and RegDB trees (real layouts), generated once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def sysu_root(tmp_path_factory) -> str:
+    """A data root holding a tiny synthetic ``SYSU-MM01/`` (16 split ids + 2 stray folders, 32x16 jpgs).
+
+    Treat it as read-only: it is shared by every test of the session. Copy it (``shutil.copytree``) to corrupt it.
+    """
+    from vdreid.data.synthetic import make_sysu
+
+    root = tmp_path_factory.mktemp("sysu_root")
+    make_sysu(str(root), preset="tiny", seed=0)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def regdb_root(tmp_path_factory) -> str:
+    """A data root holding a tiny synthetic ``RegDB/`` (12 ids, 3 visible + 3 thermal bmps each, trials 1..10)."""
+    from vdreid.data.synthetic import make_regdb
+
+    root = tmp_path_factory.mktemp("regdb_root")
+    make_regdb(str(root), preset="tiny", seed=0)
+    return str(root)
