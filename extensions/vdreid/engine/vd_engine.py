@@ -25,6 +25,7 @@ import os
 import os.path as osp
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -283,7 +284,9 @@ class VDEngine(compat.Engine):
         if sampler is not None:
             sampler.set_epoch(self.epoch)
         if self.offbyone and self.scheduler is not None:
-            self.scheduler.step()  # released code: step at the start of the epoch (trap 16)
+            with warnings.catch_warnings():  # stepping before optimizer.step() is the released behaviour here
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step")
+                self.scheduler.step()  # released code: step at the start of the epoch (trap 16)
         lr = self.get_current_lr()
 
         self.num_batches = len(self.train_loader)
