@@ -220,10 +220,14 @@ class VDEngine(compat.Engine):
                 return obj
         return None
 
-    def _check_finite(self, total: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
-        bad = {k: float(v) for k, v in terms.items() if not math.isfinite(float(v))}
-        if not math.isfinite(float(total)):
-            bad.setdefault("total", float(total))
+    def _loss_values(self, total: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Every term and ``'total'`` as floats (one device sync); raises :class:`NonFiniteLossError` naming the
+        non-finite term(s) and the iteration."""
+        names = list(terms) + ["total"]
+        stacked = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(()) for k in terms]
+                              + [total.detach().float().reshape(())])
+        values = dict(zip(names, stacked.cpu().tolist()))
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             latest = osp.join(self.save_dir, LATEST) if self.save_dir else "(no save_dir)"
             where = f"epoch {self.epoch + 1}, iteration {getattr(self, 'batch_idx', 0) + 1}"
@@ -233,6 +237,7 @@ class VDEngine(compat.Engine):
                 + f". Training stopped before the optimiser step; the last good checkpoint {latest} is untouched. "
                 "Lower the learning rate, set grad_clip, or train with amp='none'."
             )
+        return values
 
     # ------------------------------------------------------------------------------------------------ training
     def forward_backward(self, data: Mapping[str, Any]) -> dict[str, float]:
@@ -248,7 +253,7 @@ class VDEngine(compat.Engine):
         with self._autocast():
             out = self.model(imgs, modality=is_ir)
         total, terms = self.criterion(_output_to_float(out), pids)
-        self._check_finite(total, terms)
+        summary = self._loss_values(total, terms)
 
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -270,9 +275,6 @@ class VDEngine(compat.Engine):
             self.scaler.update()
         else:
             self.optimizer.step()
-
-        summary = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in terms.items()}
-        summary["total"] = float(total.detach())
         return summary
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers=None) -> dict[str, float]:
