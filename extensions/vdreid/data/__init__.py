@@ -1,10 +1,19 @@
 """VI-ReID datasets (SYSU-MM01, RegDB), protocols, cross-modal sampler, synthetic data."""
 
 from vdreid.data.protocol import Protocol
+from vdreid.data.regdb import REGDB_REGISTRY, RegDB
+from vdreid.data.sysu_mm01 import SYSU_REGISTRY, SYSUMM01
+
+#: every torchreid name vdreid registers -> dataset class
+DATASET_REGISTRY = {**SYSU_REGISTRY, **REGDB_REGISTRY}
 
 
 def register_datasets() -> None:
-    """Register the VI datasets with torchreid (filled in by the datasets module)."""
+    """Register the VI datasets with torchreid under the names of :data:`DATASET_REGISTRY` (idempotent)."""
+    from vdreid import compat
+
+    for name, cls in DATASET_REGISTRY.items():
+        compat.register_image_dataset(name, cls)
 
 
-__all__ = ["Protocol", "register_datasets"]
+__all__ = ["DATASET_REGISTRY", "Protocol", "RegDB", "SYSUMM01", "register_datasets"]

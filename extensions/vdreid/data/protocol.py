@@ -43,7 +43,9 @@ class Protocol:
             raise ValueError(f"Protocol.cmc_mode must be 'dedup' or 'standard', got {self.cmc_mode!r}")
         q = np.asarray(self.query)
         if q.ndim != 1 or q.size == 0 or not np.issubdtype(q.dtype, np.integer):
-            raise ValueError(f"Protocol {self.name!r}: query must be a non-empty 1-D integer array, got {q.shape} {q.dtype}")
+            raise ValueError(
+                f"Protocol {self.name!r}: query must be a non-empty 1-D integer array, got {q.shape} {q.dtype}"
+            )
         object.__setattr__(self, "query", q.astype(np.int64))
         if len(self.gallery_trials) == 0:
             raise ValueError(f"Protocol {self.name!r}: needs at least one gallery trial")

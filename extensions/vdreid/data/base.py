@@ -1,0 +1,65 @@
+"""Common base of the VI datasets: a torchreid ``ImageDataset`` that knows its infrared cameras and protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vdreid import compat
+from vdreid.data.errors import read_image_rgb
+from vdreid.data.protocol import Protocol
+
+Item = tuple[str, int, int, int]
+
+
+class VIImageDataset(compat.ImageDataset):
+    """torchreid ``ImageDataset`` with ``ir_camids`` (class attribute) and ``protocol`` (instance attribute).
+
+    Items are torchreid 4-tuples ``(img_path, pid, camid, dsetid)`` with 0-based camids. ``__getitem__`` returns
+    torchreid's dict but reads images strictly: an unreadable file raises :class:`~vdreid.data.errors.ImageReadError`
+    naming the path (torchreid's reader would retry forever).
+    """
+
+    ir_camids: frozenset[int] = frozenset()
+    protocol: Protocol
+    #: keyword defaults of a registered preset (e.g. ``sysu_mm01_indoor``); empty for the plain classes
+    preset_defaults: dict[str, Any] = {}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        img_path, pid, camid, dsetid = self.data[index]
+        img = read_image_rgb(img_path)
+        if self.transform is not None:
+            img = self._transform_image(self.transform, self.k_tfm, img)
+        return {"img": img, "pid": pid, "camid": camid, "impath": img_path, "dsetid": dsetid}
+
+    def modality_counts(self, items: list[Item]) -> tuple[int, int]:
+        """(#visible, #infrared) images in ``items``."""
+        n_ir = sum(1 for it in items if it[2] in self.ir_camids)
+        return len(items) - n_ir, n_ir
+
+    def show_summary(self) -> None:
+        def row(name: str, items: list[Item]) -> str:
+            v, i = self.modality_counts(items)
+            return f"  {name:<9}| {self.get_num_pids(items):5d} | {len(items):8d} | {v:7d} | {i:8d}"
+
+        print(f"=> Loaded {self.__class__.__name__} ({self.protocol.name})")
+        print("  ---------------------------------------------------")
+        print("  subset   | # ids | # images | visible | infrared")
+        print("  ---------------------------------------------------")
+        print(row("train", self.train))
+        print(row("query", self.query))
+        print(row("gallery", self.gallery))
+        sizes = sorted({int(g.size) for g in self.protocol.gallery_trials})
+        print(f"  gallery per trial: {sizes if len(sizes) > 1 else sizes[0]} images, {self.protocol.num_trials} trials")
+        print("  ---------------------------------------------------")
+
+
+def preset_class(base: type[VIImageDataset], name: str, doc: str, **defaults: Any) -> type[VIImageDataset]:
+    """A subclass of ``base`` whose constructor defaults to ``defaults`` (registered torchreid names such as
+    ``sysu_mm01_indoor``: torchreid's data manager passes only its own keywords, so options live in the class)."""
+
+    def __init__(self: VIImageDataset, root: str = "", **kwargs: Any) -> None:
+        base.__init__(self, root, **{**defaults, **kwargs})
+
+    init: Callable[..., None] = __init__
+    return type(name, (base,), {"__init__": init, "preset_defaults": dict(defaults), "__doc__": doc})

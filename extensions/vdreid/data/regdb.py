@@ -1,0 +1,125 @@
+"""RegDB (Nguyen et al., Sensors 2017) as a torchreid ``ImageDataset`` (spec section 4).
+
+Layout: ``<root>/RegDB/{Visible,Thermal}/<id>/*.bmp`` and ``idx/{train,test}_{visible,thermal}_{t}.txt`` for trials
+t = 1..10, each line ``<path relative to RegDB/> <int label>`` separated by one space. camid 0 = visible, 1 = thermal.
+
+Training labels are relabelled 0..N-1 in ascending label order. Test labels restart at 0 and name *different* people
+than training labels (trap 8), so test pids are offset by the number of training identities (206 on the real data,
+the offset [VD] uses) to keep the two namespaces apart. Protocol: one gallery of all test images of the other
+modality, no exclusions, the standard CMC.
+"""
+
+from __future__ import annotations
+
+import os.path as osp
+from typing import Any
+
+import numpy as np
+
+from vdreid.data.base import VIImageDataset, preset_class
+from vdreid.data.errors import DatasetLayoutError, SplitFileError, require_dir, require_file
+from vdreid.data.modality import REGDB_IR_CAMIDS
+from vdreid.data.protocol import Protocol
+
+VISIBLE, THERMAL = 0, 1
+TRIALS = range(1, 11)
+_HINT = (
+    "Expected <root>/RegDB/{Visible,Thermal,idx} with idx/{train,test}_{visible,thermal}_<trial>.txt "
+    "(pass the folder that CONTAINS RegDB/ as root; `vdreid make-synthetic --layout regdb` writes an example)."
+)
+
+
+def read_idx_file(path: str, dataset_dir: str) -> list[tuple[str, int]]:
+    """Parse a RegDB idx file into ``(absolute image path, label)``; every error names ``path:line``.
+
+    Blank lines (e.g. a trailing newline) are skipped; anything else must be ``<relative path> <int label>`` with
+    exactly one space, as AGW's ``split(' ')`` expects, and the image must exist.
+    """
+    require_file(path, "RegDB index file", _HINT)
+    out = []
+    with open(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not parts[0]:
+                raise SplitFileError(
+                    f"{path}:{lineno}: expected '<relative image path> <int label>' separated by one space, "
+                    f"got {line!r}"
+                )
+            try:
+                label = int(parts[1])
+            except ValueError:
+                raise SplitFileError(f"{path}:{lineno}: label {parts[1]!r} is not an integer (line {line!r})") from None
+            if label < 0:
+                raise SplitFileError(f"{path}:{lineno}: negative label {label}")
+            img = osp.normpath(osp.join(dataset_dir, parts[0]))
+            if not osp.isfile(img):
+                raise DatasetLayoutError(
+                    f'{path}:{lineno}: image "{img}" not found (paths are relative to "{dataset_dir}", '
+                    f"e.g. Thermal/1/male_front_t_00007_1.bmp)"
+                )
+            out.append((img, label))
+    if not out:
+        raise SplitFileError(f"{path}: no entries; expected lines '<relative image path> <int label>'")
+    return out
+
+
+class RegDB(VIImageDataset):
+    """RegDB visible-thermal dataset, one of the ten official splits.
+
+    Args:
+        root: folder that contains ``RegDB/``.
+        trial: split index 1..10 (each split needs its own trained model; spec 3.3).
+        direction: ``'v2t'`` (query visible, gallery thermal) or ``'t2v'`` (roles swapped).
+        **kwargs: torchreid's (``transform``, ``mode``, ``combineall``, ``verbose``, ...).
+    """
+
+    dataset_dir = "RegDB"
+    ir_camids = REGDB_IR_CAMIDS
+
+    def __init__(self, root: str = "", trial: int = 1, direction: str = "v2t", **kwargs: Any) -> None:
+        if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or int(trial) not in TRIALS:
+            raise ValueError(f"RegDB: unknown trial={trial!r}; expected an int in 1..10")
+        if direction not in ("v2t", "t2v"):
+            raise ValueError(f"RegDB: unknown direction={direction!r}; expected 'v2t' or 't2v'")
+        self.trial, self.direction = int(trial), direction
+        self.root = osp.abspath(osp.expanduser(root))
+        self.dataset_dir = osp.join(self.root, self.dataset_dir)
+        require_dir(self.dataset_dir, "RegDB folder", _HINT)
+        for sub in ("Visible", "Thermal", "idx"):
+            require_dir(osp.join(self.dataset_dir, sub), f"RegDB {sub} folder", _HINT)
+
+        def idx(split: str, modality: str) -> list[tuple[str, int]]:
+            path = osp.join(self.dataset_dir, "idx", f"{split}_{modality}_{self.trial}.txt")
+            return read_idx_file(path, self.dataset_dir)
+
+        tr_v, tr_t, te_v, te_t = idx("train", "visible"), idx("train", "thermal"), idx("test", "visible"), idx(
+            "test", "thermal"
+        )
+        labels = sorted({lb for _, lb in tr_v + tr_t})
+        relabel = {lb: i for i, lb in enumerate(labels)}
+        train = [(p, relabel[lb], VISIBLE, 0) for p, lb in tr_v] + [(p, relabel[lb], THERMAL, 0) for p, lb in tr_t]
+        offset = len(labels)  # test label k -> pid k + #train ids: a different person than train label k
+        vis = [(p, lb + offset, VISIBLE, 0) for p, lb in te_v]
+        thr = [(p, lb + offset, THERMAL, 0) for p, lb in te_t]
+        query, gallery = (vis, thr) if direction == "v2t" else (thr, vis)
+        self.test_pid_offset = offset
+        self.protocol = Protocol(
+            name=f"regdb/{direction}/trial-{self.trial}",
+            query=np.arange(len(query)),
+            gallery_trials=[np.arange(len(gallery))],
+            exclude_cam_pairs=(),
+            cmc_mode="standard",
+            trial_seeds=(self.trial,),
+            info={"dataset": "regdb", "direction": direction, "trial": self.trial, "test_pid_offset": offset,
+                  "root": self.dataset_dir},
+        )
+        super().__init__(train, query, gallery, **kwargs)
+
+
+RegDBT2V = preset_class(RegDB, "RegDBT2V", "RegDB trial 1, thermal -> visible.", direction="t2v")
+
+#: registered torchreid names -> classes
+REGDB_REGISTRY: dict[str, type[RegDB]] = {"regdb": RegDB, "regdb_t2v": RegDBT2V}
