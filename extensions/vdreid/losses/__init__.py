@@ -1,1 +1,59 @@
-"""vdreid.losses"""
+"""vdreid.losses: the VD objective (Eq. 8, 12, 15, 16, 17) in the paper's form and as the released code computes it.
+
+Shared contracts (DESIGN.md): :func:`kl_distill`, :func:`js_divergence`, :func:`sinkhorn_distance`; the composite
+:class:`VDLoss` / :class:`VDLossConfig` used by the engine.
+"""
+
+from vdreid.losses.composite import BRANCH_ORDER, METRICS, RECIPES, TERM_NAMES, VDLoss, VDLossConfig
+from vdreid.losses.distillation import (
+    KL_FORMS,
+    js_divergence,
+    kl_distill,
+    vcd_loss_official,
+    vcd_loss_paper,
+    vsd_loss,
+)
+from vdreid.losses.ib import ConventionalIB, JSMIEstimator, js_mi_lower_bound, minmax_estimate
+from vdreid.losses.reid import (
+    OFFICIAL_RANK,
+    RLL_ALPHA,
+    RLL_MARGIN,
+    RLL_TN,
+    dml_loss,
+    label_smooth_ce,
+    official_rank_loss,
+    pairwise_euclidean,
+    ranked_list_loss,
+    triplet_loss,
+)
+from vdreid.losses.sinkhorn import sinkhorn_distance
+
+__all__ = [
+    "BRANCH_ORDER",
+    "KL_FORMS",
+    "METRICS",
+    "OFFICIAL_RANK",
+    "RECIPES",
+    "RLL_ALPHA",
+    "RLL_MARGIN",
+    "RLL_TN",
+    "TERM_NAMES",
+    "ConventionalIB",
+    "JSMIEstimator",
+    "VDLoss",
+    "VDLossConfig",
+    "dml_loss",
+    "js_divergence",
+    "js_mi_lower_bound",
+    "kl_distill",
+    "label_smooth_ce",
+    "minmax_estimate",
+    "official_rank_loss",
+    "pairwise_euclidean",
+    "ranked_list_loss",
+    "sinkhorn_distance",
+    "triplet_loss",
+    "vcd_loss_official",
+    "vcd_loss_paper",
+    "vsd_loss",
+]
