@@ -1,0 +1,241 @@
+"""Exact evaluation from features without a dense distance matrix (faiss or torch, CPU or GPU, blockwise).
+
+``evaluate_features`` computes the same numbers as :func:`vdreid.evaluation.evaluate` fed the exact float64
+distance matrix, for any gallery size: distances are computed one block at a time (float32 GEMM by faiss or
+torch), reduced to per-positive rank counts and a running top-L (see :mod:`vdreid.evaluation.core`), and entries
+whose float32 value is too close to a positive's exact distance to decide are recomputed in float64.
+
+Exact distances (the definition every backend reproduces):
+
+* ``'cosine'``: ``-<q/|q|, g/|g|>`` (AGW's ``-(q @ g.T)`` on L2-normalised features, spec section 2.3), with
+  ``|x|`` floored at 1e-12 like ``torch.nn.functional.normalize`` (an all-zero feature is at distance 0 to all).
+* ``'euclidean'``: ``sum((q - g) ** 2)`` (squared, which ranks like the Euclidean distance).
+
+Both computed in float64 with numpy's pairwise summation. Ties are broken by gallery index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from vdreid.evaluation.core import DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics
+from vdreid.evaluation.metrics import camera_groups, check_common, evaluate
+
+METRICS = ("cosine", "euclidean")
+BACKENDS = ("auto", "faiss", "torch")
+_U32 = 2.0**-24  # unit roundoff of float32
+RERANK_MAX_ITEMS = 30000  # torchreid's re_ranking builds (Q+G)^2 float32 matrices
+
+
+def _features(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (num_items, dim) feature array, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name} must hold floating-point features, got dtype {a.dtype}")
+    if a.shape[0] and not np.all(np.isfinite(a)):
+        bad = int((~np.isfinite(a).all(1)).sum())
+        raise ValueError(f"{name} contains NaN/inf in {bad} rows; check the model outputs before evaluating")
+    if a.shape[0] and np.abs(a).max() > 1e18:
+        raise ValueError(f"{name} has values above 1e18, too large for exact float32 blocks; rescale the features")
+    return a
+
+
+def _normalized64(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float64 (deterministic per row: the same row gives the same bits)."""
+    x = x.astype(np.float64)
+    n = np.sqrt(np.sum(x * x, axis=1))
+    return x / np.maximum(n, 1e-12)[:, None]
+
+
+class _Features:
+    """Query/gallery features prepared for one metric: float32 copies for the blocks, float64 exact pairs."""
+
+    def __init__(self, qf: np.ndarray, gf: np.ndarray, metric: str, chunk: int = 1 << 16) -> None:
+        self.metric, self.qsrc, self.gsrc = metric, qf, gf
+        self.dim = qf.shape[1]
+        if metric == "cosine":
+            self.q32 = _normalized64(qf).astype(np.float32)
+            self.g32 = np.empty(gf.shape, np.float32)
+            for i in range(0, gf.shape[0], chunk):  # chunks: never a full float64 copy of a big gallery
+                self.g32[i : i + chunk] = _normalized64(gf[i : i + chunk])
+            self.q2 = self.g2 = None
+        else:
+            self.q32 = np.ascontiguousarray(qf, dtype=np.float32)
+            self.g32 = np.ascontiguousarray(gf, dtype=np.float32)
+            self.q2 = np.sum(qf.astype(np.float64) ** 2, axis=1)
+            self.g2 = np.concatenate(
+                [np.sum(gf[i : i + chunk].astype(np.float64) ** 2, axis=1) for i in range(0, gf.shape[0], chunk)]
+            )
+
+    def band(self) -> np.ndarray:
+        """Per-query bound on |float32 block entry - exact distance| (a rigorous dot-product error bound,
+        gamma_n |a||b| with n = D + a few roundings, times a safety factor 2)."""
+        n = self.dim + 8
+        if self.metric == "cosine":
+            return np.full(self.q32.shape[0], 2.0 * n * _U32 * 1.001)
+        qn, gmax = np.sqrt(self.q2), float(np.sqrt(self.g2.max()))
+        return 2.0 * n * _U32 * (qn + gmax) ** 2 * 1.001
+
+    def exact(self, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
+        out = np.empty(rows.size, np.float64)
+        step = max(1, (1 << 22) // max(1, self.dim))
+        for i in range(0, rows.size, step):
+            r, c = rows[i : i + step], cols[i : i + step]
+            q, g = self.qsrc[r], self.gsrc[c]
+            if self.metric == "cosine":
+                out[i : i + step] = -np.sum(_normalized64(q) * _normalized64(g), axis=1)
+            else:
+                out[i : i + step] = np.sum((q.astype(np.float64) - g.astype(np.float64)) ** 2, axis=1)
+        return out
+
+
+@contextlib.contextmanager
+def _full_fp32():
+    """Exact float32 GEMMs: no TF32 / reduced precision, whatever the caller set globally."""
+    prev = torch.get_float32_matmul_precision()
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev)
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+
+
+def resolve_backend(backend: str) -> tuple[str, torch.device]:
+    """'auto' -> torch on CUDA if available, else faiss on GPU if faiss sees one, else torch on CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    cuda = torch.cuda.is_available()
+    if backend == "torch" or (backend == "auto" and cuda):
+        return "torch", torch.device("cuda" if cuda else "cpu")
+    try:
+        import faiss  # noqa: F401
+    except ImportError as exc:
+        if backend == "faiss":
+            raise ValueError("backend='faiss' needs the faiss package: pip install faiss-cpu (or faiss-gpu)") from exc
+        return "torch", torch.device("cpu")
+    if backend == "auto" and faiss.get_num_gpus() == 0:
+        return "torch", torch.device("cpu")
+    return "faiss", torch.device("cpu")
+
+
+def _block_fn(feats: _Features, backend: str, device: torch.device, cols: np.ndarray):
+    """Block distance function over the allowed gallery ``cols`` for one backend."""
+    full = cols.size == feats.g32.shape[0]
+    g32 = feats.g32 if full else feats.g32[cols]
+    g2 = None if feats.g2 is None else (feats.g2 if full else feats.g2[cols]).astype(np.float32)
+    q2 = None if feats.q2 is None else feats.q2.astype(np.float32)
+    if backend == "torch":
+        gt = torch.from_numpy(g32).to(device)
+        qt = torch.from_numpy(feats.q32).to(device)
+        g2t = None if g2 is None else torch.from_numpy(g2).to(device)
+        q2t = None if q2 is None else torch.from_numpy(q2).to(device)
+
+        def fn(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
+            rt = torch.as_tensor(r, device=device)
+            ip = qt.index_select(0, rt) @ gt[c0:c1].T
+            if feats.metric == "cosine":
+                return ip.neg_()
+            return (q2t.index_select(0, rt)[:, None] + g2t[None, c0:c1]).sub_(ip, alpha=2.0).clamp_min_(0.0)
+
+        return fn
+    import faiss
+
+    gpu_res = faiss.StandardGpuResources() if faiss.get_num_gpus() > 0 else None
+    mt = faiss.METRIC_INNER_PRODUCT if feats.metric == "cosine" else faiss.METRIC_L2
+
+    def fn_faiss(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
+        xq = np.ascontiguousarray(feats.q32[r])
+        xb = g32[c0:c1]
+        if gpu_res is not None:
+            d = faiss.pairwise_distance_gpu(gpu_res, xq, xb, metric=mt)
+        else:
+            d = faiss.pairwise_distances(xq, xb, mt)
+        t = torch.from_numpy(d)
+        return t.neg_() if feats.metric == "cosine" else t
+
+    return fn_faiss
+
+
+def _rerank_distmat(qf: np.ndarray, gf: np.ndarray, metric: str) -> np.ndarray:
+    """k-reciprocal re-ranking (Zhong et al. 2017) through torchreid's ``re_ranking`` on the torchreid-style
+    distances (cosine: 1 - cos; euclidean: squared)."""
+    from vdreid import compat
+
+    n = qf.shape[0] + gf.shape[0]
+    if n > RERANK_MAX_ITEMS:
+        raise ValueError(
+            f"rerank=True needs (Q+G)^2 memory; Q+G = {n} > {RERANK_MAX_ITEMS}. Use rerank=False for large sets."
+        )
+
+    def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if metric == "cosine":
+            a, b = _normalized64(a), _normalized64(b)
+            return (1.0 - a @ b.T).astype(np.float32)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        d = (a64**2).sum(1)[:, None] + (b64**2).sum(1)[None, :] - 2 * a64 @ b64.T
+        return np.maximum(d, 0).astype(np.float32)
+
+    return compat.re_ranking(dist(qf, gf), dist(qf, qf), dist(gf, gf))
+
+
+def evaluate_features(
+    qf,
+    gf,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    metric: str = "cosine",
+    backend: str = "auto",
+    block_size: int | None = None,
+    max_rank: int = 20,
+    cmc_mode: str = "dedup",
+    exclude_cam_pairs: Sequence[Sequence[int]] = (),
+    rerank: bool = False,
+) -> dict:
+    """Exact CMC / mAP / mINP from query features ``qf`` (Q, D) and gallery features ``gf`` (G, D).
+
+    Same definitions and return value as :func:`vdreid.evaluation.evaluate` (fractions), computed blockwise
+    with at most ``block_size`` distance entries per block (default ``2**23``); a problem that fits in one
+    block is the dense path. ``backend``: ``'torch'`` (CUDA when available), ``'faiss'`` (GPU when faiss sees
+    one) or ``'auto'``. Every backend and block size gives the same result. ``rerank=True`` applies
+    torchreid's k-reciprocal re-ranking on a dense matrix (small sets only) and evaluates that.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    backend_name, device = resolve_backend(backend)
+    q = _features(qf, "qf")
+    g = _features(gf, "gf")
+    if q.shape[0] and g.shape[0] and q.shape[1] != g.shape[1]:
+        raise ValueError(f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}; both must come from one model")
+    qp, gp, qc, gc, pairs = check_common(
+        q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids, max_rank, cmc_mode, exclude_cam_pairs
+    )
+    if block_size is not None and (not isinstance(block_size, (int, np.integer)) or block_size < 1):
+        raise ValueError(f"block_size must be a positive integer (distance entries per block), got {block_size!r}")
+    if rerank:
+        dm = _rerank_distmat(q, g, metric)
+        return evaluate(dm, qp, gp, qc, gc, max_rank, cmc_mode, pairs, block_size)
+    feats = _Features(q, g, metric)
+    band = feats.band()
+    stats: list[RankStats] = []
+    with _full_fp32(), torch.no_grad():
+        for rows, cols in camera_groups(qc, gc, pairs):
+            fn = _block_fn(feats, backend_name, device, cols)
+            stats.append(
+                rank_statistics(
+                    rows, cols, qp, gp, fn, feats.exact, band[rows], torch.float32, device, max_rank,
+                    cmc_mode == "dedup", block_size or DEFAULT_BLOCK_SIZE, progress=f"ranking ({backend_name})",
+                )
+            )
+    return aggregate(stats, q.shape[0], max_rank, cmc_mode)
