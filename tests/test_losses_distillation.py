@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
-
 from vdreid.losses import js_divergence, kl_distill, sinkhorn_distance, vcd_loss_official, vcd_loss_paper, vsd_loss
 
 

@@ -145,7 +145,8 @@ def official_rank_loss(
     total = torch.zeros(n, dtype=d.dtype, device=d.device)
     for mod_mask, alpha, margin in ((intra, alpha_intra, margin_intra), (~intra, alpha_cross, margin_cross)):
         pos = same & ~eye & mod_mask
-        pos_term = torch.where(pos, (d - (alpha - margin)).clamp(min=0.0), zero).sum(dim=1) / (pos.sum(dim=1) + 1e-5)
+        pos_cnt = pos.sum(dim=1).to(d.dtype)  # a float count: int + 1e-5 would silently become float32
+        pos_term = torch.where(pos, (d - (alpha - margin)).clamp(min=0.0), zero).sum(dim=1) / (pos_cnt + 1e-5)
         neg = ~same & mod_mask & (d < alpha)
         w = torch.where(neg, torch.exp(tval * (alpha - d)), zero)
         neg_term = (w * (alpha - d)).sum(dim=1) / (w.sum(dim=1) + 1e-5)
