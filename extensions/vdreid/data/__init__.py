@@ -1,7 +1,9 @@
 """VI-ReID datasets (SYSU-MM01, RegDB), protocols, cross-modal sampler, synthetic data."""
 
+from vdreid.data.datamanager import CrossModalDataManager
 from vdreid.data.protocol import Protocol
 from vdreid.data.regdb import REGDB_REGISTRY, RegDB
+from vdreid.data.sampler import CrossModalIdentitySampler
 from vdreid.data.sysu_mm01 import SYSU_REGISTRY, SYSUMM01
 
 #: every torchreid name vdreid registers -> dataset class
@@ -16,4 +18,12 @@ def register_datasets() -> None:
         compat.register_image_dataset(name, cls)
 
 
-__all__ = ["DATASET_REGISTRY", "Protocol", "RegDB", "SYSUMM01", "register_datasets"]
+__all__ = [
+    "DATASET_REGISTRY",
+    "CrossModalDataManager",
+    "CrossModalIdentitySampler",
+    "Protocol",
+    "RegDB",
+    "SYSUMM01",
+    "register_datasets",
+]
