@@ -1,6 +1,19 @@
 """vdreid.evaluation: exact AGW metrics, blockwise faiss/torch ranking, protocol runner, ranked lists, plots."""
 
+from vdreid.evaluation.evaluator import EvalReport, evaluate_model, provenance_defaults, run_protocol
+from vdreid.evaluation.extract import extract_features
 from vdreid.evaluation.metrics import evaluate
 from vdreid.evaluation.ranking import evaluate_features
+from vdreid.evaluation.visualize import plot_cmc, save_ranked_lists
 
-__all__ = ["evaluate", "evaluate_features"]
+__all__ = [
+    "EvalReport",
+    "evaluate",
+    "evaluate_features",
+    "evaluate_model",
+    "extract_features",
+    "plot_cmc",
+    "provenance_defaults",
+    "run_protocol",
+    "save_ranked_lists",
+]
