@@ -83,16 +83,20 @@ class _Features:
         qn, gmax = np.sqrt(self.q2), float(np.sqrt(self.g2.max()))
         return 2.0 * n * _U32 * (qn + gmax) ** 2 * 1.001
 
-    def exact(self, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
+    def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Exact float64 distances of the pairs ``(rows[i], cols[i])``. Rows are normalised once per unique
+        row (the same row always gives the same bits, so duplicated features tie exactly)."""
         out = np.empty(rows.size, np.float64)
         step = max(1, (1 << 22) // max(1, self.dim))
         for i in range(0, rows.size, step):
-            r, c = rows[i : i + step], cols[i : i + step]
-            q, g = self.qsrc[r], self.gsrc[c]
+            ur, ir = np.unique(rows[i : i + step], return_inverse=True)
+            uc, ic = np.unique(cols[i : i + step], return_inverse=True)
             if self.metric == "cosine":
-                out[i : i + step] = -np.sum(_normalized64(q) * _normalized64(g), axis=1)
+                q, g = _normalized64(self.qsrc[ur]), _normalized64(self.gsrc[uc])
+                out[i : i + step] = -np.sum(q[ir] * g[ic], axis=1)
             else:
-                out[i : i + step] = np.sum((q.astype(np.float64) - g.astype(np.float64)) ** 2, axis=1)
+                q, g = self.qsrc[ur].astype(np.float64), self.gsrc[uc].astype(np.float64)
+                out[i : i + step] = np.sum((q[ir] - g[ic]) ** 2, axis=1)
         return out
 
 
