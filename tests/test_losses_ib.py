@@ -77,9 +77,10 @@ def test_critic_training_separates_dependent_from_independent_pairs():
             opt.step()
         with torch.no_grad():
             results[name] = est(v, z, torch.randperm(n)).item()
-    # the JS bound lies in [-2 log 2, 0]: near 0 for a critic that separates joint from shuffled pairs, near
-    # -2 log 2 = -1.39 when it cannot (some in-sample overfitting lifts the independent case a little)
-    assert -2 * math.log(2) <= results["ind"] <= 0 and -2 * math.log(2) <= results["dep"] <= 0
+    # the JS bound is <= 0: near 0 for a critic that separates joint from shuffled pairs; for independent pairs
+    # the best critic gives -2 log 2 = -1.39 (in-sample overfitting on a fixed batch lifts it a little)
+    assert results["ind"] <= 0 and results["dep"] <= 0
+    assert results["ind"] < -0.6
     assert results["dep"] > -0.4
     assert results["dep"] > results["ind"] + 0.4
 
