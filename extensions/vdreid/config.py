@@ -115,11 +115,12 @@ def get_default_config() -> CN:
     cfg.loss.name = "vd"
     cfg.loss.ce = 1.0  # label-smoothed cross-entropy weight
     cfg.loss.label_smooth = 0.1
-    cfg.loss.metric = "ranked_list"  # ranked_list | triplet | official_rank | none
+    cfg.loss.metric = ""  # ranked_list | triplet | official_rank | none | "" (the recipe's: paper ranked_list)
     cfg.loss.metric_weight = 1.0
     cfg.loss.triplet_margin = 0.3
-    cfg.loss.dml = 8.0  # alpha of Eq. 17 (paper recipe: KL deep mutual learning)
-    cfg.loss.cml = 0.0  # official recipe: Sinkhorn distance weight (the released code's stand-in for DML)
+    # Weights given as -1 take the recipe's default (vdreid.losses.VDLossConfig: paper dml 8, cml 0; official 0, 8).
+    cfg.loss.dml = -1.0  # alpha of Eq. 17 (paper recipe: KL deep mutual learning)
+    cfg.loss.cml = -1.0  # official recipe: Sinkhorn distance weight (the released code's stand-in for DML)
 
     # ---------------------------------------------------------------- test
     cfg.test = CN()
@@ -140,18 +141,20 @@ def get_default_config() -> CN:
     cfg.vd.bottleneck_branches = ["ir", "vis", "shared"]  # Table 3: B_I and B_V, B_S
     cfg.vd.routing = "official"  # official (gray(x) -> E_ir, x -> E_vis) | modality
     cfg.vd.bottleneck = "deterministic"  # deterministic | gaussian
-    cfg.vd.bottleneck_dims = [1024, 512, 256]  # paper section 4.2 (official: 1000, 500, 512)
-    cfg.vd.z_classifier_hidden = 0  # 0: linear classifier on z; official: 256
-    cfg.vd.attention = False  # the released code's channel-attention blocks before layer2/3/4
+    # Architecture keys left at "preset" values take the registered model's preset (vdreid.models.vd_net.PRESETS):
+    cfg.vd.bottleneck_dims = []  # [] = preset; paper section 4.2: 1024, 512, 256; released: 1000, 500, 512
+    cfg.vd.z_classifier_hidden = -1  # -1 = preset; 0 = linear classifier on z; released: 256
+    cfg.vd.attention = "preset"  # preset | true | false: the released code's channel attention before layer2/3/4
     cfg.vd.last_stride = 1
     cfg.vd.feature_mode = "obs_concat"  # test feature: obs_concat | shared_z | z_concat | v_vis | ...
     cfg.vd.beta = 2.0  # beta of Eq. 16
-    cfg.vd.vsd = 1.0  # VSD (Eq. 8) weight inside beta(...)
-    cfg.vd.vcd = 1.0  # VCD (Eq. 15)
-    cfg.vd.vml = 1.0  # VML (Eq. 12)
+    cfg.vd.vsd = -1.0  # VSD (Eq. 8) weight inside beta(...); -1 = recipe default (1)
+    cfg.vd.vcd = -1.0  # VCD (Eq. 15); -1 = recipe default (1)
+    cfg.vd.vml = -1.0  # VML (Eq. 12); -1 = recipe default (paper 1, official 0: absent from the released code)
     cfg.vd.temperature = 1.0
     cfg.vd.detach_teacher = True
-    cfg.vd.branch_weights = [1.0, 1.0, 1.0, 1.0]  # ir, vis, shared_x, shared_gray (official: 0.5, 0.5, 0.25, 0.25)
+    # CE/metric weight of each branch, order (ir, vis, shared_gray, shared_x) = vdreid.losses.BRANCH_ORDER
+    cfg.vd.branch_weights = [0.5, 0.5, 0.25, 0.25]
     cfg.vd.ib_baseline = 0.0  # conventional IB (CIBS, Table 3 rows 7-9): weight of the I(v;z) estimate
     return cfg
 
@@ -213,6 +216,9 @@ def _parse_scalar_text(text: str) -> Any:
         return text
 
 
+# element type of list keys whose default is empty
+_LIST_ELEMENT: dict[str, Any] = {"vd.bottleneck_dims": 0, "vd.bottleneck_branches": "", "vd.branches": ""}
+
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -261,6 +267,8 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     if isinstance(default, str):
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML `attention: true`
+            return "true" if value else "false"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         if isinstance(value, str):
@@ -272,8 +280,8 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
             value = parsed if isinstance(parsed, (list, tuple)) else [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]  # a single item for a list key
-        if default:
-            elem = default[0]
+        elem = default[0] if default else _LIST_ELEMENT.get(key.split("[")[0])
+        if elem is not None:
             return [_coerce(f"{key}[{i}]", v, elem, source) for i, v in enumerate(value)]
         return list(value)
     return value
@@ -380,8 +388,9 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "data.regdb.direction": ("v2t", "t2v"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.selection": ("final", "val", "test"),
-    "train.optim": ("adam", "sgd", "adamw"),
-    "loss.metric": ("ranked_list", "triplet", "official_rank", "none"),
+    "train.optim": ("adam", "sgd"),
+    "loss.metric": ("", "ranked_list", "triplet", "official_rank", "none"),
+    "vd.attention": ("preset", "true", "false"),
     "test.dist_metric": ("cosine", "euclidean"),
     "test.backend": ("auto", "faiss", "torch"),
     "vd.recipe": ("paper", "official"),

@@ -1,0 +1,450 @@
+"""``vdreid`` command line (also ``python -m vdreid``).
+
+    vdreid train   --config-file F [--trial N | --all-trials] [--resume PATH] [KEY VALUE ...]
+    vdreid test    [--config-file F] --checkpoint PATH [--trials N] [--feature-mode M] [--rerank] [--visrank]
+    vdreid make-synthetic --layout sysu|regdb --out DIR [--preset demo|tiny] [--seed S]
+    vdreid leaderboard [--runs DIR ...] [--out benchmarks/LEADERBOARD.md]
+    vdreid tsne    [--config-file F] --checkpoint PATH [--out DIR] [--modes z_ir,z_vis,shared_z]
+    vdreid export  [--config-file F] --checkpoint PATH --out model.onnx [--feature-mode M]
+    vdreid plot    --cmc RESULTS.json ... | --train-log train_log.jsonl  --out FILE.png
+    vdreid demo    [--config-file configs/quickstart.yaml]
+
+Every command that builds a model takes ``--config-file`` and trailing ``KEY VALUE`` overrides as torchreid's
+scripts do (``vdreid train --config-file configs/sysu_all.yaml train.max_epoch 10 data.root /data``). ``test``,
+``tsne`` and ``export`` without ``--config-file`` rebuild the configuration stored in the checkpoint.
+``train`` under ``torchrun --nproc_per_node N`` uses all N processes (DDP; the engine handles the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+import time
+from typing import Any
+
+from yacs.config import CfgNode as CN
+
+from vdreid.config import ConfigError, get_default_config, load_config, merge_dict
+
+REPO_HINT = "run from the repository root or pass paths explicitly"
+
+
+# ------------------------------------------------------------------------------------------------ config
+def _cfg_from_args(args: argparse.Namespace, extra: list[str] | None = None, ckpt_config: dict | None = None) -> CN:
+    opts = list(args.opts or []) + list(extra or [])
+    if getattr(args, "config_file", None):
+        return load_config(args.config_file, opts)
+    if ckpt_config is not None:
+        cfg = get_default_config()
+        merge_dict(cfg, ckpt_config, "the checkpoint's stored config")
+        from vdreid.config import check_values, merge_from_list
+
+        merge_from_list(cfg, opts)
+        check_values(cfg)
+        cfg.freeze()
+        return cfg
+    raise ConfigError("--config-file is required (or a --checkpoint written by `vdreid train`, which stores its config)")
+
+
+def _checkpoint_config(path: str | None) -> tuple[dict | None, dict | None]:
+    """(checkpoint dict, its stored vdreid config) for ``path``."""
+    if not path:
+        return None, None
+    from vdreid.engine import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    prov = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return ckpt, (prov or {}).get("config") if isinstance(prov, dict) else None
+
+
+def _dump_config(cfg: CN, save_dir: str) -> None:
+    os.makedirs(save_dir, exist_ok=True)
+    with open(osp.join(save_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        f.write(cfg.dump())
+
+
+# ------------------------------------------------------------------------------------------------ train
+def _train_one(cfg: CN, resume: str | None, progress: bool = True) -> dict[str, Any]:
+    from vdreid import builders
+    from vdreid.engine import init_distributed, load_checkpoint, load_model_weights
+    from vdreid.engine.distributed import cleanup
+
+    info = init_distributed(use_gpu=builders.use_gpu(cfg))
+    builders.seed_everything(cfg.train.seed + info.rank)
+    dm = builders.build_datamanager(cfg, rank=info.rank, world_size=info.world_size)
+    model = builders.build_model(cfg, dm.num_train_pids)
+    if cfg.model.load_weights:
+        ckpt = load_checkpoint(cfg.model.load_weights)
+        load_model_weights(model, ckpt.get("state_dict", ckpt), source=cfg.model.load_weights)
+    criterion = builders.build_criterion(cfg, dm.num_train_pids, model)
+    optimizer, scheduler = builders.build_optim(cfg, model, criterion)
+    engine = builders.build_engine(cfg, dm, model, criterion, optimizer, scheduler, progress=progress)
+    engine.provenance["num_classes"] = dm.num_train_pids
+    save_dir = cfg.data.save_dir
+    if info.is_main:
+        _dump_config(cfg, save_dir)
+    t0 = time.time()
+    rank1 = engine.run(
+        save_dir=save_dir,
+        max_epoch=cfg.train.max_epoch,
+        start_epoch=cfg.train.start_epoch,
+        resume=resume or cfg.model.resume or None,
+        print_freq=cfg.train.print_freq,
+        rerank=cfg.test.rerank,
+    )
+    out = {"rank1": rank1, "save_dir": save_dir, "engine": engine, "datamanager": dm, "model": engine.net,
+           "wall_s": time.time() - t0, "rank": info.rank}
+    if info.is_main:
+        _after_test(cfg, engine, dm, save_dir)
+    if info.is_distributed:
+        cleanup()
+    return out
+
+
+def _trial_cfg(cfg: CN, trial: int, subdir: bool) -> CN:
+    c = cfg.clone()
+    c.defrost()
+    c.data.regdb.trial = trial
+    if subdir:
+        c.data.save_dir = osp.join(cfg.data.save_dir, f"trial{trial}")
+    c.freeze()
+    return c
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    extra = ["data.regdb.trial", str(args.trial)] if args.trial else []
+    if args.save_dir:
+        extra += ["data.save_dir", args.save_dir]
+    cfg = _cfg_from_args(args, extra)
+    is_regdb = any(n.startswith("regdb") for n in list(cfg.data.sources) + list(cfg.data.targets))
+    if args.all_trials:
+        if not is_regdb:
+            raise ConfigError("--all-trials is for RegDB (ten train/test splits); this config trains on "
+                              f"{list(cfg.data.sources)}")
+        results = {}
+        for t in range(1, 11):
+            print(f"\n========== RegDB split {t}/10 ==========")
+            results[t] = _train_one(_trial_cfg(cfg, t, subdir=True), None)["rank1"]
+        print("\nRegDB rank-1 per split: " + ", ".join(f"{t}: {r:.2f}" for t, r in results.items() if r is not None))
+        print(f"average the splits with: vdreid leaderboard --runs {cfg.data.save_dir}")
+        return 0
+    _train_one(cfg, args.resume)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ test
+def _after_test(cfg: CN, engine, dm, save_dir: str) -> dict[str, str]:
+    """CMC curve per target, ranked-list pictures when ``test.visrank``; returns the written paths."""
+    from vdreid.tools.plots import plot_cmc_runs
+
+    paths: dict[str, str] = {}
+    for name, rep in (engine.last_reports or {}).items():
+        label = f"{cfg.model.backbone or cfg.model.name} {cfg.vd.recipe} ({rep.protocol_name})"
+        paths[f"cmc_{name}"] = plot_cmc_runs({label: list(rep.cmc_mean)}, osp.join(save_dir, f"cmc_{name}.png"),
+                                             title=f"CMC: {name}")
+        if cfg.test.visrank:
+            paths[f"ranked_{name}"] = _ranked_lists(cfg, engine, dm, name, rep, save_dir)
+    return paths
+
+
+def _ranked_lists(cfg: CN, engine, dm, name: str, rep, save_dir: str, max_queries: int = 24) -> str:
+    """Ranked-list pictures of the first ``max_queries`` queries against the first trial's gallery."""
+    import numpy as np
+
+    from vdreid.evaluation import extract_features, save_ranked_lists
+
+    proto = dm.protocols[name]
+    ir = dm.ir_camids_of(name)
+    q_loader, g_loader = dm.test_loader[name]["query"], dm.test_loader[name]["gallery"]
+    qf = extract_features(engine.net, q_loader, engine.device, ir, desc="ranked-list query features")[0]
+    gf = extract_features(engine.net, g_loader, engine.device, ir, desc="ranked-list gallery features")[0]
+    qi = proto.query[:max_queries]
+    gi = proto.gallery_trials[0]
+    qf, gf = np.asarray(qf, dtype=np.float64)[qi], np.asarray(gf, dtype=np.float64)[gi]
+    if cfg.test.dist_metric == "cosine":
+        qf /= np.maximum(np.linalg.norm(qf, axis=1, keepdims=True), 1e-12)
+        gf /= np.maximum(np.linalg.norm(gf, axis=1, keepdims=True), 1e-12)
+        dist = 1.0 - qf @ gf.T
+    else:
+        dist = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)
+    q_items = [q_loader.dataset.data[i] for i in qi]
+    g_items = [g_loader.dataset.data[i] for i in gi]
+    out_dir = osp.join(save_dir, f"ranked_{name}")
+    save_ranked_lists(dist, q_items, g_items, out_dir, topk=cfg.test.visrank_topk,
+                      exclude_cam_pairs=proto.exclude_cam_pairs, width=cfg.data.width, height=cfg.data.height)
+    return out_dir
+
+
+def _build_for_checkpoint(args: argparse.Namespace, extra: list[str]):
+    from vdreid import builders
+    from vdreid.engine import load_model_weights
+
+    ckpt, stored = _checkpoint_config(args.checkpoint)
+    cfg = _cfg_from_args(args, extra, stored)
+    dm = builders.build_datamanager(cfg)
+    c = cfg.clone()
+    c.defrost()
+    c.model.pretrained = False  # the checkpoint holds every weight
+    model = builders.build_model(c, dm.num_train_pids)
+    if ckpt is not None:
+        load_model_weights(model, ckpt.get("state_dict", ckpt), source=args.checkpoint)
+    return cfg, dm, model
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from vdreid import builders
+
+    extra: list[str] = []
+    if args.trials:
+        extra += ["data.sysu.num_trials", str(args.trials)]
+    if args.feature_mode:
+        extra += ["test.feature_mode", args.feature_mode]
+    if args.rerank:
+        extra += ["test.rerank", "true"]
+    if args.visrank:
+        extra += ["test.visrank", "true"]
+    if args.save_dir:
+        extra += ["data.save_dir", args.save_dir]
+    cfg, dm, model = _build_for_checkpoint(args, extra)
+    criterion = builders.build_criterion(cfg, dm.num_train_pids, model)
+    optimizer, scheduler = builders.build_optim(cfg, model, criterion)
+    engine = builders.build_engine(cfg, dm, model, criterion, optimizer, scheduler)
+    save_dir = cfg.data.save_dir
+    os.makedirs(save_dir, exist_ok=True)
+    engine.provenance["checkpoint"] = osp.abspath(args.checkpoint)
+    engine.run(save_dir=save_dir, test_only=True, rerank=cfg.test.rerank)
+    paths = _after_test(cfg, engine, dm, save_dir)
+    print(f"results JSON: {save_dir}/results_<target>.json")
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ tools
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from vdreid.data import synthetic
+
+    fn = synthetic.make_sysu if args.layout == "sysu" else synthetic.make_regdb
+    path = fn(args.out, seed=args.seed, preset=args.preset)
+    print(f"wrote synthetic {args.layout} tree ({args.preset}, seed {args.seed}) to {path}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from vdreid.tools.leaderboard import build_leaderboard
+
+    out_csv = args.csv or osp.splitext(args.out)[0] + ".csv"
+    rows = build_leaderboard(args.runs, None if args.no_published else args.published, args.out, out_csv)
+    ours = sum(r.kind == "ours" for r in rows)
+    print(f"leaderboard: {ours} runs of ours + {len(rows) - ours} published rows -> {args.out}, {out_csv}")
+    return 0
+
+
+def cmd_tsne(args: argparse.Namespace) -> int:
+    from vdreid.tools.tsne import tsne_from_datamanager
+
+    extra = ["data.workers", "0"]
+    cfg, dm, model = _build_for_checkpoint(args, extra)
+    target = args.target or list(cfg.data.targets)[0]
+    modes = [m for m in args.modes.split(",") if m]
+    out = args.out or osp.join(cfg.data.save_dir, "tsne")
+    paths = tsne_from_datamanager(model, dm, target, out, modes, num_ids=args.num_ids, per_id=args.per_id,
+                                  joint_mode=args.joint_mode if args.joint_mode in modes else modes[0])
+    for k, v in paths.items():
+        print(f"t-SNE {k}: {v}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vdreid import builders
+    from vdreid.engine import load_model_weights
+    from vdreid.tools.export import export_onnx
+
+    ckpt, stored = _checkpoint_config(args.checkpoint)
+    extra = ["test.feature_mode", args.feature_mode] if args.feature_mode else []
+    cfg = _cfg_from_args(args, extra, stored)
+    num_classes = args.num_classes
+    state = ckpt.get("state_dict", ckpt) if ckpt is not None else None
+    if num_classes is None and ckpt is not None:
+        num_classes = int((ckpt.get("config") or {}).get("num_classes") or _classes_from_state(state))
+    c = cfg.clone()
+    c.defrost()
+    c.model.pretrained = False
+    model = builders.build_model(c, int(num_classes or 2))
+    if state is not None:
+        load_model_weights(model, state, source=args.checkpoint)
+    res = export_onnx(model, args.out, cfg.data.height, cfg.data.width, builders.feature_mode_of(cfg),
+                      batch=args.batch, opset=args.opset)
+    print(f"ONNX ({res['opset']}) -> {res['path']}: inputs {res['inputs']}, features {res['feature_dim']}-d, "
+          f"onnxruntime vs PyTorch max |diff| = {res['max_abs_diff']:.2e}")
+    return 0
+
+
+def _classes_from_state(state: dict) -> int:
+    for k, v in state.items():
+        if k.endswith("classifier.weight") and getattr(v, "dim", lambda: 0)() == 2:
+            return int(v.shape[0])
+    raise ConfigError("cannot tell the number of training identities from the checkpoint; pass --num-classes")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from vdreid.tools.plots import plot_cmc_runs, plot_training_curves
+
+    if bool(args.cmc) == bool(args.train_log):
+        raise ConfigError("vdreid plot: give either --cmc RESULTS.json ... or --train-log train_log.jsonl")
+    if args.cmc:
+        runs = {}
+        for p in args.cmc:
+            label = osp.basename(osp.dirname(osp.abspath(p))) or p
+            runs[label if label not in runs else p] = p
+        print(plot_cmc_runs(runs, args.out))
+    else:
+        print(plot_training_curves(args.train_log, args.out))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Synthetic SYSU tree -> train quickstart -> all-search 10 trials -> table, leaderboard, pictures."""
+    from vdreid.data import synthetic
+    from vdreid.tools.leaderboard import build_leaderboard
+    from vdreid.tools.plots import plot_training_curves
+    from vdreid.tools.tsne import tsne_from_datamanager
+
+    t0 = time.time()
+    cfg = _cfg_from_args(args)
+    root = cfg.data.root
+    if not osp.isdir(osp.join(root, "SYSU-MM01", "exp")):
+        print(f"=> generating the synthetic SYSU-MM01 demo tree under {root}")
+        synthetic.make_sysu(root, preset="demo", seed=0)
+    else:
+        print(f"=> using the synthetic SYSU-MM01 tree under {root}")
+    res = _train_one(cfg, None, progress=not args.no_progress)
+    save_dir, engine, dm = res["save_dir"], res["engine"], res["datamanager"]
+    here = osp.dirname(osp.abspath(__file__))
+    published = args.published or osp.join(osp.dirname(osp.dirname(here)), "benchmarks", "published.yaml")
+    board = osp.join(save_dir, "LEADERBOARD.md")
+    build_leaderboard([save_dir], published if osp.isfile(published) else None, board,
+                      osp.join(save_dir, "LEADERBOARD.csv"))
+    curves = plot_training_curves(osp.join(save_dir, "train_log.jsonl"), osp.join(save_dir, "training_curves.png"))
+    target = list(cfg.data.targets)[0]
+    tsne = tsne_from_datamanager(engine.net, dm, target, osp.join(save_dir, "tsne"),
+                                 ["shared_z", "z_ir", "z_vis", "shared_v"], num_ids=12, per_id=8,
+                                 device=engine.device)
+    rep = engine.last_reports.get(target)
+    chance = 100.0 / max(1, len({it[1] for it in dm.test_dataset[target]["gallery"]}))
+    print("\n================ vdreid demo: done ================")
+    if rep is not None:
+        print(f"all-search rank-1 {rep.rank1:.2f}% over {rep.num_trials} trials (chance ~ {chance:.2f}%)")
+    print(f"results JSON     : {osp.join(save_dir, f'results_{target}.json')}")
+    print(f"leaderboard      : {board}")
+    print(f"CMC curve        : {osp.join(save_dir, f'cmc_{target}.png')}")
+    if cfg.test.visrank:
+        print(f"ranked lists     : {osp.join(save_dir, f'ranked_{target}')}")
+    print(f"t-SNE (Fig. 6)   : {tsne.get('joint')}")
+    print(f"t-SNE (Fig. 5)   : {tsne.get('branches')}")
+    print(f"training curves  : {curves}")
+    print(f"checkpoint       : {osp.join(save_dir, 'latest.pth')}")
+    print(f"total time       : {time.time() - t0:.0f} s")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def _add_common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+    p.add_argument("--config-file", default="", required=config_required, help="yacs YAML (see configs/)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=None,
+                   help="KEY VALUE overrides, e.g. train.max_epoch 10 data.root /data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vdreid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a config (RegDB: one split, or --all-trials)")
+    p.add_argument("--trial", type=int, default=0, help="RegDB split 1..10 (sets data.regdb.trial)")
+    p.add_argument("--all-trials", action="store_true", help="RegDB: train and test the ten splits in turn")
+    p.add_argument("--resume", default="", help="checkpoint to resume (or 'latest' = save_dir/latest.pth)")
+    p.add_argument("--save-dir", default="", help="output folder (sets data.save_dir)")
+    _add_common(p, config_required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="evaluate a checkpoint on the config's targets")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--trials", type=int, default=0, help="SYSU gallery trials (data.sysu.num_trials)")
+    p.add_argument("--feature-mode", default="", help="test feature (e.g. obs_concat, shared_z, z_concat)")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (recorded in the results)")
+    p.add_argument("--visrank", action="store_true", help="write ranked-list pictures")
+    p.add_argument("--save-dir", default="")
+    _add_common(p)
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("make-synthetic", help="write a synthetic SYSU-MM01 or RegDB tree")
+    p.add_argument("--layout", choices=("sysu", "regdb"), required=True)
+    p.add_argument("--out", required=True, help="data root (SYSU-MM01/ or RegDB/ is created inside)")
+    p.add_argument("--preset", choices=("demo", "tiny"), default="demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("leaderboard", help="results JSON files + published numbers -> Markdown and CSV")
+    p.add_argument("--runs", nargs="+", default=["log"], help="results JSON files or folders (recursive)")
+    p.add_argument("--published", default=osp.join("benchmarks", "published.yaml"))
+    p.add_argument("--no-published", action="store_true")
+    p.add_argument("--out", default=osp.join("benchmarks", "LEADERBOARD.md"))
+    p.add_argument("--csv", default="")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("tsne", help="t-SNE pictures (paper Fig. 5 per branch, Fig. 6 joint)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="")
+    p.add_argument("--target", default="")
+    p.add_argument("--modes", default="shared_z,z_ir,z_vis,shared_v")
+    p.add_argument("--joint-mode", default="shared_z")
+    p.add_argument("--num-ids", type=int, default=12)
+    p.add_argument("--per-id", type=int, default=10)
+    _add_common(p)
+    p.set_defaults(func=cmd_tsne)
+
+    p = sub.add_parser("export", help="ONNX export of the test-time feature extractor, checked with onnxruntime")
+    p.add_argument("--checkpoint", default="")
+    p.add_argument("--out", required=True)
+    p.add_argument("--feature-mode", default="")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--opset", type=int, default=17)
+    _add_common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plot", help="CMC curves of several runs, or training curves of every loss term")
+    p.add_argument("--cmc", nargs="+", default=None, help="results JSON files")
+    p.add_argument("--train-log", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", help="synthetic data -> train quickstart -> evaluate -> leaderboard and pictures")
+    p.add_argument("--published", default="")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--config-file", default="configs/quickstart.yaml")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "opts", None) and args.opts and args.opts[0] == "--":
+        args.opts = args.opts[1:]
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"vdreid {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"vdreid {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
