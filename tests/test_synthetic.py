@@ -1,0 +1,133 @@
+"""Synthetic VI data: exact layouts, split files, strays, determinism, infrared rendering, identity separation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.io import loadmat
+from vdreid.data.synthetic import (
+    _ATTR_SIZES,
+    SYSU_CAMERAS,
+    make_identities,
+    make_regdb,
+    make_sysu,
+    random_pose,
+    render,
+)
+
+
+def tree_digest(base: str) -> str:
+    h = hashlib.sha256()
+    for d, _, files in sorted(os.walk(base)):
+        for f in sorted(files):
+            p = os.path.join(d, f)
+            h.update(os.path.relpath(p, base).encode())
+            if not f.endswith(".mat"):  # .mat headers carry a creation time
+                h.update(open(p, "rb").read())
+    return h.hexdigest()
+
+
+def test_sysu_layout(sysu_root):
+    base = os.path.join(sysu_root, "SYSU-MM01")
+    assert sorted(os.listdir(base)) == ["cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp"]
+    splits = {}
+    for s in ("train", "val", "test", "available"):
+        text = open(os.path.join(base, "exp", f"{s}_id.txt")).read()
+        assert re.fullmatch(r"\d+(,\d+)*\n", text), f"{s}_id.txt must be one comma-separated line"
+        splits[s] = [int(t) for t in text.strip().split(",")]
+        assert splits[s] == sorted(splits[s])
+        mat = loadmat(os.path.join(base, "exp", f"{s}_id.mat"))["id"]
+        assert mat.shape == (1, len(splits[s])) and mat.dtype == np.uint16
+        assert mat.ravel().tolist() == splits[s]
+    assert not set(splits["train"]) & set(splits["val"]) and not set(splits["val"]) & set(splits["test"])
+    assert not set(splits["train"]) & set(splits["test"])
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == splits["available"]
+    present = {}
+    for c in range(1, 7):
+        for pid in os.listdir(os.path.join(base, f"cam{c}")):
+            assert re.fullmatch(r"\d{4}", pid)
+            files = os.listdir(os.path.join(base, f"cam{c}", pid))
+            assert files and all(re.fullmatch(r"\d{4}\.jpg", f) for f in files)
+            present.setdefault(int(pid), set()).add(c)
+    for pid in splits["train"] + splits["val"]:
+        assert present[pid] & {1, 2, 4, 5} and present[pid] & {3, 6}, f"train id {pid} needs both modalities"
+    stray = set(present) - set(splits["available"])
+    assert stray and all(present[p] <= {1, 2, 4, 5} or present[p] <= {3, 6} for p in stray)
+    test = splits["test"]
+    assert any(1 not in present[p] for p in test), "some test ids must lack an indoor gallery"
+    assert any(3 not in present[p] for p in test), "some test ids must lack cam3"
+    for p in splits["available"]:
+        assert (1 in present[p]) == (2 in present[p]), "cam1 and cam2 hold the same ids"
+
+
+def test_regdb_layout(regdb_root):
+    base = os.path.join(regdb_root, "RegDB")
+    for t in range(1, 11):
+        ids = {}
+        for split in ("train", "test"):
+            for m in ("visible", "thermal"):
+                lines = open(os.path.join(base, "idx", f"{split}_{m}_{t}.txt")).read().splitlines()
+                labels, folders = [], set()
+                for line in lines:
+                    path, label = line.split(" ")
+                    assert re.fullmatch(
+                        rf"{m.capitalize()}/\d+/(male|female)_(front|back)_{m[0]}_\d{{5}}_\d+\.bmp", path
+                    ), path
+                    assert os.path.isfile(os.path.join(base, path))
+                    labels.append(int(label))
+                    folders.add(path.split("/")[1])
+                assert sorted(set(labels)) == list(range(len(set(labels)))), "labels restart at 0 in each file"
+                assert labels == sorted(labels), "lines grouped by identity"
+                ids[(split, m)] = folders
+        assert ids[("train", "visible")] == ids[("train", "thermal")]
+        assert not ids[("train", "visible")] & ids[("test", "visible")]
+    vis = set(os.listdir(os.path.join(base, "Visible")))
+    thr = set(os.listdir(os.path.join(base, "Thermal")))
+    assert thr < vis, "a stray visible-only folder exists"
+    first = os.path.join(base, "Thermal", sorted(thr)[0])
+    assert Image.open(os.path.join(first, sorted(os.listdir(first))[0])).format == "BMP"
+
+
+def test_deterministic_per_seed(tmp_path):
+    a = make_sysu(str(tmp_path / "a"), preset="tiny", seed=5, num_ids=8)
+    b = make_sysu(str(tmp_path / "b"), preset="tiny", seed=5, num_ids=8)
+    c = make_sysu(str(tmp_path / "c"), preset="tiny", seed=6, num_ids=8)
+    assert tree_digest(a) == tree_digest(b) != tree_digest(c)
+    r1 = make_regdb(str(tmp_path / "a"), preset="tiny", seed=2, num_ids=6)
+    r2 = make_regdb(str(tmp_path / "b"), preset="tiny", seed=2, num_ids=6)
+    assert tree_digest(r1) == tree_digest(r2)
+
+
+def test_infrared_is_grey_and_thermal_like_visible_is_coloured():
+    rng = np.random.default_rng(0)
+    person = make_identities(1, rng)[0]
+    pose = random_pose(rng)
+    ir = render(person, SYSU_CAMERAS[2], pose, 128, 64).astype(int)
+    vis = render(person, SYSU_CAMERAS[1], pose, 128, 64).astype(int)
+    assert (ir[..., 0] == ir[..., 1]).all() and (ir[..., 1] == ir[..., 2]).all()
+    assert np.abs(vis[..., 0] - vis[..., 2]).mean() > 5
+    # warm body on a cold background: the centre column (person) is brighter than the image borders
+    assert ir[:, 28:36].mean() > ir[:, :4].mean() + 20
+
+
+def test_identities_differ_in_two_infrared_attributes():
+    people = make_identities(150, np.random.default_rng(1))
+    keys = np.array([[p.height, p.build, p.upper, p.lower, p.carry, p.hat, p.warmth] for p in people])
+    assert (keys < np.array(_ATTR_SIZES)).all()
+    dist = (keys[:, None, :] != keys[None, :, :]).sum(-1)
+    np.fill_diagonal(dist, 99)
+    assert dist.min() >= 2
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        make_sysu(str(tmp_path), preset="huge")
+    with pytest.raises(ValueError, match="num_ids=4"):
+        make_sysu(str(tmp_path), preset="tiny", num_ids=4)
+    with pytest.raises(ValueError, match="num_ids"):
+        make_regdb(str(tmp_path), preset="tiny", num_ids=2)
