@@ -10,27 +10,31 @@ Offline-first policy (DESIGN.md principle 5), in this order:
    ``checkpoint_filter_fn`` (the converter timm uses for original-format weights) is tried when keys differ.
 2. No file: the weights timm would download are looked up in the local Hugging Face / torch hub caches, with no
    network access.
-3. Not cached: one TCP connection to the hub host is tried in a daemon thread with a short timeout
-   (``VDREID_HUB_TIMEOUT`` seconds, default 3). Only when it succeeds is timm's normal ``pretrained=True`` loading
-   used (users who are online). Otherwise, or when ``VDREID_OFFLINE=1`` / ``HF_HUB_OFFLINE=1`` is set, a
-   :class:`PretrainedWeightsError` says how to name a local file. The probe is a thread join with a timeout, so a
-   DNS lookup or connect that would hang cannot block the caller for longer than the timeout.
+3. Not cached: one HTTPS ``HEAD`` request to the hub (:data:`HUB_URL`, certificate verified, the environment's
+   proxies honoured) is made in a daemon thread joined with a short timeout (``VDREID_HUB_TIMEOUT`` seconds,
+   default 3). Only when the hub itself answers is timm's normal ``pretrained=True`` loading used (users who are
+   online). Otherwise, or when ``VDREID_OFFLINE=1`` / ``HF_HUB_OFFLINE=1`` is set, a :class:`PretrainedWeightsError`
+   says how to name a local file. A bare TCP connect is not used as the test: sandboxes and transparent proxies
+   accept connections to any address and then never answer, which would send huggingface_hub into minutes of
+   retries. The thread join bounds the wait even when DNS, connect or the TLS handshake would hang.
 """
 
 from __future__ import annotations
 
 import os
 import os.path as osp
-import socket
+import ssl
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-HUB_HOST = ("huggingface.co", 443)
+HUB_URL = "https://huggingface.co"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
 _STRIP_PREFIXES = ("module.", "model.", "backbone.", "base.", "body.")
 
@@ -163,32 +167,44 @@ def load_backbone_file(model: nn.Module, path: str) -> None:
     load_backbone_state(model, read_state_dict(path), source=f'"{osp.abspath(osp.expanduser(str(path)))}"')
 
 
+def _hub_timeout() -> float:
+    raw = os.environ.get("VDREID_HUB_TIMEOUT", "3")
+    try:
+        return max(0.05, float(raw))
+    except ValueError as exc:
+        raise ValueError(f"VDREID_HUB_TIMEOUT must be a number of seconds, got {raw!r}") from exc
+
+
 def _offline_env() -> bool:
     flags = ("VDREID_OFFLINE", "HF_HUB_OFFLINE")
     return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in flags)
 
 
-def hub_reachable(host: tuple[str, int] = HUB_HOST, timeout: float | None = None) -> bool:
-    """True if a TCP connection to ``host`` opens within ``timeout`` seconds (default ``VDREID_HUB_TIMEOUT`` or 3).
-
-    The lookup and connect run in a daemon thread joined with the timeout, so neither a slow DNS resolver nor a
-    black-holed address can block for longer.
+def hub_reachable(url: str | None = None, timeout: float | None = None) -> bool:
+    """True if ``url`` (default :data:`HUB_URL`) answers an HTTPS HEAD request within ``timeout`` seconds
+    (default ``VDREID_HUB_TIMEOUT`` or 3). Any HTTP status over a verified TLS connection counts as an answer;
+    DNS failures, refused or silent connections, certificate errors and timeouts do not. Never blocks longer than
+    ``timeout``: the request runs in a daemon thread that is abandoned if it has not finished.
     """
+    url = HUB_URL if url is None else url
     if timeout is None:
-        timeout = float(os.environ.get("VDREID_HUB_TIMEOUT", "3"))
+        timeout = _hub_timeout()
     result = {"ok": False}
 
     def probe() -> None:
         try:
-            with socket.create_connection(host, timeout=timeout):
+            req = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(req, timeout=timeout, context=ssl.create_default_context()):
                 result["ok"] = True
-        except OSError:
+        except urllib.error.HTTPError:
+            result["ok"] = True  # the server answered (e.g. 404/405): the hub is reachable
+        except (OSError, ValueError, ssl.SSLError):
             pass
 
     t = threading.Thread(target=probe, daemon=True, name="vdreid-hub-probe")
     t.start()
     t.join(timeout)
-    return result["ok"]
+    return bool(result["ok"]) and not t.is_alive()
 
 
 def cached_hub_file(model: nn.Module) -> str | None:
@@ -227,8 +243,8 @@ def hub_state_dict(model_name: str, model: nn.Module, **timm_kwargs: Any) -> dic
     if not hub_reachable():
         raise PretrainedWeightsError(
             f"pretrained=True for backbone '{model_name}' but no local weights file was named, the weights are not "
-            f"in the local hub cache, and {HUB_HOST[0]} cannot be reached (checked with a "
-            f"{os.environ.get('VDREID_HUB_TIMEOUT', '3')} s timeout). " + offline_help(model_name)
+            f"in the local hub cache, and {HUB_URL} cannot be reached (checked with a {_hub_timeout():g} s "
+            "timeout; set VDREID_OFFLINE=1 to skip the check). " + offline_help(model_name)
         )
     import timm
 
