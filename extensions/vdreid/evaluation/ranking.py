@@ -162,6 +162,14 @@ def _block_fn(feats: _Features, backend: str, device: torch.device, cols: np.nda
         xb = g32[c0:c1]
         if gpu_res is not None:
             d = faiss.pairwise_distance_gpu(gpu_res, xq, xb, metric=mt)
+        elif xq.shape[0] * xb.shape[0] < (1 << 20):
+            # small blocks: faiss's OpenMP start-up costs ~ms per call (24 ms on a loaded 2-core box); 1 thread
+            nthr = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                d = faiss.pairwise_distances(xq, xb, mt)
+            finally:
+                faiss.omp_set_num_threads(nthr)
         else:
             d = faiss.pairwise_distances(xq, xb, mt)
         t = torch.from_numpy(d)

@@ -1,0 +1,177 @@
+"""vdreid.evaluation.evaluate against an independent restatement of AGW's eval_sysu / eval_regdb (spec 3.1, 3.2).
+
+The reference below is written from the spec, loop by loop, with a stable sort (our documented tie order) and
+the CMC padded with its last value when the ranked list is shorter than max_rank (AGW would crash there).
+It shares no code with vdreid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vdreid.evaluation import evaluate
+
+
+def agw_reference(dist, q_pids, g_pids, q_camids, g_camids, max_rank=20, mode="dedup", excluded=()):
+    """Spec 3.1 restated: per query, stable argsort, remove excluded cameras, dedup or standard CMC row,
+    AP / INP on the non-deduplicated kept list; invalid queries are skipped. Returns (cmc, mAP, mINP, nvalid)."""
+    rows, aps, inps = [], [], []
+    for i in range(dist.shape[0]):
+        order = np.argsort(dist[i], kind="stable")
+        keep = np.ones(order.size, dtype=bool)
+        for qc, gc in excluded:
+            if q_camids[i] == qc:
+                keep &= g_camids[order] != gc
+        ranked = g_pids[order][keep]
+        hit = ranked == q_pids[i]
+        if mode == "dedup":
+            seen, dedup = set(), []
+            for p in ranked:  # first occurrence of each identity, in rank order
+                if p not in seen:
+                    seen.add(p)
+                    dedup.append(p)
+            row = np.cumsum(np.array(dedup) == q_pids[i]) if dedup else np.zeros(0)
+        else:
+            row = np.minimum(np.cumsum(hit), 1)
+        row = list(row[:max_rank])
+        row += [row[-1] if row else 0] * (max_rank - len(row))
+        if not hit.any():
+            continue
+        rows.append(row)
+        pos = np.nonzero(hit)[0]
+        aps.append(sum((j + 1) / (p + 1) for j, p in enumerate(pos)) / len(pos))
+        inps.append(len(pos) / (pos[-1] + 1))
+    if not rows:
+        return None
+    return np.sum(rows, axis=0) / len(rows), float(np.mean(aps)), float(np.mean(inps)), len(rows)
+
+
+def assert_same(out, ref):
+    cmc, mAP, mINP, nvalid = ref
+    assert out["cmc"].shape == cmc.shape
+    np.testing.assert_allclose(out["cmc"], cmc, atol=1e-6, rtol=0)
+    assert out["mAP"] == pytest.approx(mAP, abs=1e-6)
+    assert out["mINP"] == pytest.approx(mINP, abs=1e-6)
+    assert out["num_valid_queries"] == nvalid
+
+
+def test_hand_computed_example():
+    # one query (pid 1, cam 2) against 6 gallery items; distances give the order g0 g1 g2 g3 g4 g5
+    dist = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+    g_pids = np.array([5, 5, 1, 7, 1, 1])
+    g_cams = np.array([0, 1, 0, 1, 3, 0])
+    # standard, no exclusion: hits at ranks 3, 5, 6 -> AP = (1/3 + 2/5 + 3/6) / 3, INP = 3/6, first hit at rank 3
+    out = evaluate(dist, [1], g_pids, [2], g_cams, max_rank=4, cmc_mode="standard")
+    np.testing.assert_allclose(out["cmc"], [0, 0, 1, 1])
+    assert out["mAP"] == pytest.approx((1 / 3 + 2 / 5 + 3 / 6) / 3)
+    assert out["mINP"] == pytest.approx(0.5)
+    # dedup: identity list 5, 1, 7 -> the query identity is 2nd
+    out = evaluate(dist, [1], g_pids, [2], g_cams, max_rank=4, cmc_mode="dedup")
+    np.testing.assert_allclose(out["cmc"], [0, 1, 1, 1])
+    # SYSU exclusion (query cam 2 never sees gallery cam 1): kept g0 g2 g4 g5 -> hits at 2, 3, 4
+    out = evaluate(dist, [1], g_pids, [2], g_cams, max_rank=4, cmc_mode="standard", exclude_cam_pairs=((2, 1),))
+    np.testing.assert_allclose(out["cmc"], [0, 1, 1, 1])
+    assert out["mAP"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 4) / 3)
+    assert out["mINP"] == pytest.approx(3 / 4)
+
+
+def test_ties_are_stable_by_gallery_index():
+    dist = np.zeros((1, 4))  # all tied: order is the gallery order
+    out = evaluate(dist, [3], [1, 3, 2, 3], [0], [1, 1, 1, 1], max_rank=3, cmc_mode="standard")
+    np.testing.assert_allclose(out["cmc"], [0, 1, 1])
+    assert out["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert out["mINP"] == pytest.approx(2 / 4)
+
+
+@pytest.mark.parametrize("mode", ["dedup", "standard"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_random_cases_match_reference(mode, dtype):
+    rng = np.random.default_rng(0 if mode == "dedup" else 1)
+    checked = 0
+    for t in range(100):
+        nq, ng = int(rng.integers(1, 25)), int(rng.integers(1, 40))
+        if t % 2:  # many exact ties
+            dist = rng.integers(0, 4, (nq, ng)).astype(dtype)
+        else:
+            dist = rng.normal(size=(nq, ng)).astype(dtype)
+        qp, gp = rng.integers(0, 6, nq), rng.integers(0, 6, ng)
+        qc, gc = rng.integers(0, 4, nq), rng.integers(0, 4, ng)
+        excluded = [(), ((2, 1),), ((2, 1), (0, 0), (0, 3))][t % 3]
+        max_rank = int(rng.integers(1, 30))  # often larger than the gallery
+        ref = agw_reference(dist.astype(np.float64), qp, gp, qc, gc, max_rank, mode, excluded)
+        block = int(rng.integers(1, 120))
+        if ref is None:
+            with pytest.raises(ValueError, match="no valid query"):
+                evaluate(dist, qp, gp, qc, gc, max_rank, mode, excluded, block_size=block)
+            continue
+        assert_same(evaluate(dist, qp, gp, qc, gc, max_rank, mode, excluded, block_size=block), ref)
+        assert_same(evaluate(dist, qp, gp, qc, gc, max_rank, mode, excluded), ref)
+        checked += 1
+    assert checked > 60
+
+
+def test_agw_one_based_rule_equals_zero_based_pair():
+    """AGW removes (q_cam == 3) & (g_cam == 2) with 1-based cameras; ours is ((2, 1),) with 0-based ids."""
+    rng = np.random.default_rng(5)
+    nq, ng = 60, 80
+    dist = rng.normal(size=(nq, ng))
+    qp, gp = rng.integers(0, 10, nq), rng.integers(0, 10, ng)
+    qc1, gc1 = rng.choice([3, 6], nq), rng.choice([1, 2, 4, 5], ng)  # 1-based SYSU cameras
+    ref = agw_reference(dist, qp, gp, qc1, gc1, 20, "dedup", excluded=((3, 2),))
+    assert_same(evaluate(dist, qp, gp, qc1 - 1, gc1 - 1, 20, "dedup", ((2, 1),)), ref)
+
+
+def test_unmatched_queries_count_nowhere():
+    dist = np.array([[0.1, 0.2], [0.3, 0.1], [0.5, 0.4]])
+    # query 1 (pid 9) has no match; queries 0 and 2 do
+    out = evaluate(dist, [1, 9, 2], [1, 2], [0, 0, 0], [1, 1], max_rank=3, cmc_mode="standard")
+    assert out["num_valid_queries"] == 2
+    # q0: pid 1 at rank 1; q2: pid 2 at rank 1 (0.4 < 0.5)
+    np.testing.assert_allclose(out["cmc"], [1, 1, 1])
+    # a query whose only match is excluded is unmatched too
+    out = evaluate(dist, [1, 9, 2], [1, 2], [0, 0, 2], [1, 1], 3, "standard", ((2, 1),))
+    assert out["num_valid_queries"] == 1
+
+
+def test_gallery_smaller_than_max_rank_pads_with_last_value():
+    dist = np.array([[0.3, 0.1]])
+    out = evaluate(dist, [4], [4, 8], [0], [1, 1], max_rank=20, cmc_mode="dedup")
+    assert out["cmc"].shape == (20,)
+    np.testing.assert_allclose(out["cmc"], [0] + [1] * 19)
+
+
+def test_torch_input_and_blocks_agree():
+    rng = np.random.default_rng(3)
+    dist = rng.normal(size=(50, 70)).astype(np.float32)
+    qp, gp = rng.integers(0, 8, 50), rng.integers(0, 8, 70)
+    qc, gc = rng.integers(0, 3, 50), rng.integers(0, 3, 70)
+    a = evaluate(torch.from_numpy(dist), qp, gp, qc, gc)
+    b = evaluate(dist, qp, gp, qc, gc, block_size=7)
+    np.testing.assert_array_equal(a["cmc"], b["cmc"])
+    assert a["mAP"] == b["mAP"] and a["mINP"] == b["mINP"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"distmat": np.zeros(3)}, "distmat must be a 2-D"),
+        ({"q_pids": [1, 2, 3]}, "q_pids has 3 entries"),
+        ({"g_camids": [0]}, "g_camids has 1 entries"),
+        ({"distmat": np.array([[0.0, np.nan]])}, "NaN/inf"),
+        ({"distmat": np.array([[0.0, np.inf]])}, "NaN/inf"),
+        ({"distmat": np.zeros((0, 2)), "q_pids": [], "q_camids": []}, "query set is empty"),
+        ({"distmat": np.zeros((1, 0)), "g_pids": [], "g_camids": []}, "gallery set is empty"),
+        ({"cmc_mode": "sysu"}, "cmc_mode"),
+        ({"max_rank": 0}, "max_rank"),
+        ({"q_pids": [7]}, "no valid query"),
+        ({"q_pids": np.array([0.5])}, "q_pids must hold integers"),
+        ({"exclude_cam_pairs": (3,)}, "exclude_cam_pairs"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, match):
+    args = {"distmat": np.array([[0.1, 0.2]]), "q_pids": [1], "g_pids": [1, 2], "q_camids": [0], "g_camids": [1, 1]}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        evaluate(**args)
