@@ -286,3 +286,20 @@ def test_sinkhorn_gradients_flow_to_both_and_dtype():
     out.backward()
     assert p.grad.abs().sum() > 0 and q.grad.abs().sum() > 0
     assert sinkhorn_distance(p.detach().bfloat16(), q.detach().bfloat16()).dtype == torch.float32
+
+
+def test_sinkhorn_cost_gradient_matches_autograd_of_the_broadcast_form():
+    from vdreid.losses.sinkhorn import _cost_matrix
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    (_cost_matrix(x, y) * w).sum().backward()
+    x2, y2 = x.detach().clone().requires_grad_(True), y.detach().clone().requires_grad_(True)
+    (((x2[:, None, :] - y2[None, :, :]) ** 2).sum(-1) * w).sum().backward()
+    assert torch.allclose(x.grad, x2.grad) and torch.allclose(y.grad, y2.grad)
+    # bit-identical to the released expression torch.sum(torch.abs(x_col - y_lin) ** 2, -1) (float32)
+    xf, yf = torch.rand(9, 395, generator=g), torch.rand(11, 395, generator=g)
+    assert torch.equal(_cost_matrix(xf, yf), torch.sum(torch.abs(xf.unsqueeze(-2) - yf.unsqueeze(-3)) ** 2, -1))
+    assert torch.autograd.gradcheck(_cost_matrix, (x.detach().requires_grad_(True), y.detach().requires_grad_(True)))
