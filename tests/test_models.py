@@ -440,6 +440,7 @@ def test_onnx_export_matches_torch(tmp_path):
         (dict(backbone="mobilenetv3_small_050", attention=True, last_stride=2), "ResNet-family"),
         (dict(backbone="mobilenetv3_small_050", last_stride=1), "use last_stride=2"),
         (dict(pretrained=False, pretrained_path="/x/resnet18.pth"), "pretrained=False but pretrained_path"),
+        (dict(pretrained="/x/a.pth", pretrained_path="/x/b.pth"), "name different files"),
     ],
 )
 def test_build_errors(kwargs, match):

@@ -177,6 +177,12 @@ def test_pretrained_without_file_unreachable_hub_fails_within_timeout(monkeypatc
         torch.hub.set_dir(old)
 
 
+def test_bad_hub_timeout_setting(monkeypatch):
+    monkeypatch.setenv("VDREID_HUB_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="VDREID_HUB_TIMEOUT must be a number"):
+        hub_reachable("https://host.invalid/")
+
+
 def test_hub_probe_never_hangs():
     t = time.perf_counter()
     assert hub_reachable("https://10.255.255.1:9/", timeout=0.5) is False  # silent after connect
