@@ -254,6 +254,7 @@ class VDLoss(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- terms
     def _ce(self, out: VDOutput, pids: Tensor) -> Tensor:
+        """L_cls of Eq. (17): label-smoothed CE on every branch's v and z classifiers, branch-weighted."""
         eps = self.cfg.label_smooth
         total = pids.new_zeros((), dtype=torch.float32)
         for name, w in zip(BRANCH_ORDER, self.cfg.branch_weights):
@@ -280,6 +281,7 @@ class VDLoss(nn.Module):
         return triplet_loss(feat, y, margin=cfg.triplet_margin)
 
     def _metric(self, out: VDOutput, pids: Tensor) -> Tensor:
+        """L_metric of Eq. (17) on every branch's v (or v_pre) and z features, branch-weighted."""
         total = pids.new_zeros((), dtype=torch.float32)
         for name, w in zip(BRANCH_ORDER, self.cfg.branch_weights):
             b = out.branches()[name]
@@ -294,6 +296,7 @@ class VDLoss(nn.Module):
         return total
 
     def _dml(self, out: VDOutput, B: int) -> Tensor:
+        """L_DML of Eq. (17) (Zhang et al.); pairing by routing as the module docstring describes."""
         T = self.cfg.temperature
         if out.routing == "official":
             ra, rb = _align(out.ir, out.vis, B)
@@ -312,6 +315,7 @@ class VDLoss(nn.Module):
         return sum(p * (c / n) for p, c in zip(parts, counts))  # type: ignore[return-value]
 
     def _cml(self, out: VDOutput) -> Tensor:
+        """The released code's CML (spec 5.3): Sinkhorn distance between the specific observations' softmaxes."""
         if out.ir.v_logits.shape[0] == 0 or out.vis.v_logits.shape[0] == 0:
             return out.ir.v_logits.new_zeros((), dtype=torch.float32)
         p = F.softmax(out.ir.v_logits.float(), dim=1)
@@ -322,6 +326,7 @@ class VDLoss(nn.Module):
         )
 
     def _vsd(self, out: VDOutput) -> Tensor:
+        """VSD, Eq. (8), summed over the modality-specific branches."""
         cfg = self.cfg
         total = out.ir.v_logits.new_zeros((), dtype=torch.float32)
         for b in (out.ir, out.vis):
@@ -336,6 +341,7 @@ class VDLoss(nn.Module):
         return out.shared_gray, out.shared_x, rg, rx
 
     def _vcd(self, out: VDOutput, B: int) -> Tensor:
+        """VCD, Eq. (15), between the shared branch's two views (paper or official form)."""
         g, x, rg, rx = self._views(out, B)
         if rg.numel() == 0:
             return g.z_logits.new_zeros((), dtype=torch.float32)
@@ -348,12 +354,14 @@ class VDLoss(nn.Module):
         return vcd_loss_paper(x.z_logits[rx], g.z_logits[rg], T=cfg.temperature, detach_teacher=cfg.detach_teacher)
 
     def _vml(self, out: VDOutput, B: int) -> Tensor:
+        """VML, Eq. (12): Jensen-Shannon between the shared branch's two views' P_z."""
         g, x, rg, rx = self._views(out, B)
         if rg.numel() == 0:
             return g.z_logits.new_zeros((), dtype=torch.float32)
         return js_divergence(x.z_logits[rx], g.z_logits[rg], T=self.cfg.temperature)
 
     def _ib(self, out: VDOutput) -> Tensor:
+        """Conventional IB baseline: sum over branches of the JS estimate of I(v; z) (ablation, Table 3)."""
         assert self.ib is not None
         pairs = {name: (b.v, b.z) for name, b in out.branches().items() if b.index.numel() >= 2}
         return self.ib(pairs)
