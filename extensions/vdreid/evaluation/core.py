@@ -26,7 +26,8 @@ and every block size give the same ranks as a stable sort of the exact distances
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,22 @@ ExactFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 DEFAULT_BLOCK_SIZE = 1 << 23  # distance entries per block (32 MiB in float32)
 _INT_SENTINEL = np.iinfo(np.int64).max
+
+
+@contextlib.contextmanager
+def single_thread(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for the elementwise reductions on CPU. On a shared 2-core box their OpenMP barriers
+    made them ~10x slower with 2 threads (306 ms vs 33 ms for one block's reductions at load 12); the GEMMs
+    (block_fn) keep the caller's thread count."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @dataclass
@@ -79,15 +96,17 @@ def _round_out(x64: np.ndarray, dtype: torch.dtype, down: bool) -> np.ndarray:
 def _bsearch_le(sorted_rows: torch.Tensor, r: torch.Tensor, v: torch.Tensor, strict: bool) -> torch.Tensor:
     """Branch-free binary search on ragged selections: for each value ``v[i]`` in row ``r[i]``, the number of
     entries of ``sorted_rows[r[i]]`` that are ``<= v[i]`` (``< v[i]`` when ``strict``). ``torch.searchsorted``
-    needs equal-length value rows and was ~40 ns/entry on the dev box; this runs only on the selected entries."""
+    needs equal-length value rows and was ~40 ns/entry on the dev box; this runs only on the selected entries
+    (flat ``take`` gathers: two-tensor advanced indexing is several times slower on CPU)."""
     kmax = sorted_rows.shape[1]
+    flat = sorted_rows.reshape(-1)
+    base = r * kmax
     a = torch.zeros_like(r)
     step = 1 << (kmax.bit_length() - 1) if kmax > 0 else 0
     while step:
         cand = a + step
-        okc = cand <= kmax
-        t = sorted_rows[r, (cand - 1).clamp(max=kmax - 1)]
-        take = okc & ((t < v) if strict else (t <= v))
+        t = flat.take(base + (cand - 1).clamp_(max=kmax - 1))
+        take = (cand <= kmax) & ((t < v) if strict else (t <= v))
         a = torch.where(take, cand, a)
         step >>= 1
     return a
@@ -181,37 +200,39 @@ def rank_statistics(
             c1 = min(G, c0 + cb)
             ccols = cols[c0:c1]
             x = block_fn(row_ids, c0, c1)
-            if x.dtype != tdt:
-                x = x.to(tdt)
-            below = x < lo_min
-            cnt_all += below.sum(1)
-            mid = (~below) & (x <= hi_max)
-            r, c = mid.nonzero(as_tuple=True)
-            if r.numel():
-                v = x[r, c]
-                a = _bsearch_le(lo_t, r, v, strict=False)  # number of positives with lo <= v
-                hist = torch.bincount(r * (kmax + 1) + a, minlength=R * (kmax + 1)).view(R, kmax + 1)
-                cnt_pos += hist.cumsum(1)[:, :kmax]
-                amb = (a > 0) & (v <= hi_t[r, (a - 1).clamp(min=0)])
-                if bool(amb.any()):
-                    ra, ca, va, aa = r[amb], c[amb], v[amb], a[amb]
-                    a0 = _bsearch_le(hi_t, ra, va, strict=True)  # positives whose band ends below v
-                    ra_np = ra.cpu().numpy()
-                    amb_rows.append(ra_np + r0)
-                    amb_cols.append(ccols[ca.cpu().numpy()])
-                    amb_k0.append(a0.cpu().numpy())
-                    amb_k1.append(aa.cpu().numpy())
-            if dedup:
-                k = min(L, c1 - c0)
-                bv, bi = torch.topk(x, k, dim=1, largest=False, sorted=False)
-                bc = torch.as_tensor(ccols, device=device)[bi]
-                if top_v is None:
-                    top_v, top_c = bv, bc
-                else:
-                    top_v, top_c = torch.cat([top_v, bv], 1), torch.cat([top_c, bc], 1)
-                    if top_v.shape[1] > L:
-                        top_v, ti = torch.topk(top_v, L, dim=1, largest=False, sorted=False)
-                        top_c = top_c.gather(1, ti)
+            with single_thread(device):
+                if x.dtype != tdt:
+                    x = x.to(tdt)
+                below = x < lo_min
+                cnt_all += below.sum(1)
+                mid = (~below) & (x <= hi_max)
+                flat_idx = mid.view(-1).nonzero().squeeze(1)
+                if flat_idx.numel():
+                    r, c = flat_idx // x.shape[1], flat_idx % x.shape[1]
+                    v = x.reshape(-1).take(flat_idx)
+                    a = _bsearch_le(lo_t, r, v, strict=False)  # number of positives with lo <= v
+                    hist = torch.bincount(r * (kmax + 1) + a, minlength=R * (kmax + 1)).view(R, kmax + 1)
+                    cnt_pos += hist.cumsum(1)[:, :kmax]
+                    amb = (a > 0) & (v <= hi_t.reshape(-1).take(r * kmax + (a - 1).clamp(min=0)))
+                    if bool(amb.any()):
+                        ra, ca, va, aa = r[amb], c[amb], v[amb], a[amb]
+                        a0 = _bsearch_le(hi_t, ra, va, strict=True)  # positives whose band ends below v
+                        ra_np = ra.cpu().numpy()
+                        amb_rows.append(ra_np + r0)
+                        amb_cols.append(ccols[ca.cpu().numpy()])
+                        amb_k0.append(a0.cpu().numpy())
+                        amb_k1.append(aa.cpu().numpy())
+                if dedup:
+                    k = min(L, c1 - c0)
+                    bv, bi = torch.topk(x, k, dim=1, largest=False, sorted=False)
+                    bc = torch.as_tensor(ccols, device=device)[bi]
+                    if top_v is None:
+                        top_v, top_c = bv, bc
+                    else:
+                        top_v, top_c = torch.cat([top_v, bv], 1), torch.cat([top_c, bc], 1)
+                        if top_v.shape[1] > L:
+                            top_v, ti = torch.topk(top_v, L, dim=1, largest=False, sorted=False)
+                            top_c = top_c.gather(1, ti)
             del x
             if bar is not None:
                 bar.update(1)

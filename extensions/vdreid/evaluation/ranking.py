@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from vdreid.evaluation.core import DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics
+from vdreid.evaluation.core import DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics, single_thread
 from vdreid.evaluation.metrics import camera_groups, check_common, evaluate
 
 METRICS = ("cosine", "euclidean")
@@ -60,43 +60,62 @@ class _Features:
     def __init__(self, qf: np.ndarray, gf: np.ndarray, metric: str, chunk: int = 1 << 16) -> None:
         self.metric, self.qsrc, self.gsrc = metric, qf, gf
         self.dim = qf.shape[1]
+        self.q64 = None  # cached float64 (normalised for cosine) queries when small enough
         if metric == "cosine":
-            self.q32 = _normalized64(qf).astype(np.float32)
+            q64 = _normalized64(qf)
+            self.q32 = q64.astype(np.float32)
             self.g32 = np.empty(gf.shape, np.float32)
             for i in range(0, gf.shape[0], chunk):  # chunks: never a full float64 copy of a big gallery
                 self.g32[i : i + chunk] = _normalized64(gf[i : i + chunk])
             self.q2 = self.g2 = None
         else:
+            q64 = qf.astype(np.float64)
             self.q32 = np.ascontiguousarray(qf, dtype=np.float32)
             self.g32 = np.ascontiguousarray(gf, dtype=np.float32)
-            self.q2 = np.sum(qf.astype(np.float64) ** 2, axis=1)
+            self.q2 = np.sum(q64**2, axis=1)
             self.g2 = np.concatenate(
                 [np.sum(gf[i : i + chunk].astype(np.float64) ** 2, axis=1) for i in range(0, gf.shape[0], chunk)]
             )
+        if q64.nbytes <= (512 << 20):
+            self.q64 = q64
 
     def band(self) -> np.ndarray:
-        """Per-query bound on |float32 block entry - exact distance| (a rigorous dot-product error bound,
-        gamma_n |a||b| with n = D + a few roundings, times a safety factor 2)."""
+        """Per-query bound on |float32 block entry - exact distance|: the worst-case error of a float32 dot
+        product in any summation order, gamma_n sum|a_i b_i| <= gamma_n |a||b| (Higham, Accuracy and Stability
+        of Numerical Algorithms, 2nd ed., eq. 3.5) with n = D + 8 covering the rounding of the inputs to float32,
+        of the norms and of the final additions; 5% slack. Realistic errors are ~sqrt(D) times smaller, so
+        the bound only costs a few extra exact re-computations."""
         n = self.dim + 8
         if self.metric == "cosine":
-            return np.full(self.q32.shape[0], 2.0 * n * _U32 * 1.001)
+            return np.full(self.q32.shape[0], n * _U32 * 1.05)
         qn, gmax = np.sqrt(self.q2), float(np.sqrt(self.g2.max()))
-        return 2.0 * n * _U32 * (qn + gmax) ** 2 * 1.001
+        return n * _U32 * (qn + gmax) ** 2 * 1.05
 
     def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Exact float64 distances of the pairs ``(rows[i], cols[i])``. Rows are normalised once per unique
-        row (the same row always gives the same bits, so duplicated features tie exactly)."""
+        """Exact float64 distances of the pairs ``(rows[i], cols[i])``. Each feature row is converted (and
+        normalised) on its own, so the same row always gives the same bits and duplicated features tie exactly."""
         out = np.empty(rows.size, np.float64)
-        step = max(1, (1 << 22) // max(1, self.dim))
+        cos = self.metric == "cosine"
+
+        def prep(x: np.ndarray) -> np.ndarray:
+            return _normalized64(x) if cos else x.astype(np.float64)
+
+        uc, ic = np.unique(cols, return_inverse=True)
+        g_all = prep(self.gsrc[uc]) if uc.size * self.dim <= (32 << 20) else None  # <= 256 MiB
+        step = max(1, (1 << 18) // max(1, self.dim))  # 2 MiB float64 temporaries: stay in cache
         for i in range(0, rows.size, step):
-            ur, ir = np.unique(rows[i : i + step], return_inverse=True)
-            uc, ic = np.unique(cols[i : i + step], return_inverse=True)
-            if self.metric == "cosine":
-                q, g = _normalized64(self.qsrc[ur]), _normalized64(self.gsrc[uc])
-                out[i : i + step] = -np.sum(q[ir] * g[ic], axis=1)
+            r = rows[i : i + step]
+            if g_all is not None:
+                g = g_all[ic[i : i + step]]
             else:
-                q, g = self.qsrc[ur].astype(np.float64), self.gsrc[uc].astype(np.float64)
-                out[i : i + step] = np.sum((q[ir] - g[ic]) ** 2, axis=1)
+                u2, i2 = np.unique(cols[i : i + step], return_inverse=True)
+                g = prep(self.gsrc[u2])[i2]
+            if self.q64 is not None:
+                q = self.q64[r]
+            else:
+                ur, ir = np.unique(r, return_inverse=True)
+                q = prep(self.qsrc[ur])[ir]
+            out[i : i + step] = -np.sum(q * g, axis=1) if cos else np.sum((q - g) ** 2, axis=1)
         return out
 
 
@@ -147,9 +166,10 @@ def _block_fn(feats: _Features, backend: str, device: torch.device, cols: np.nda
         def fn(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
             rt = torch.as_tensor(r, device=device)
             ip = qt.index_select(0, rt) @ gt[c0:c1].T
-            if feats.metric == "cosine":
-                return ip.neg_()
-            return (q2t.index_select(0, rt)[:, None] + g2t[None, c0:c1]).sub_(ip, alpha=2.0).clamp_min_(0.0)
+            with single_thread(device):
+                if feats.metric == "cosine":
+                    return ip.neg_()
+                return (q2t.index_select(0, rt)[:, None] + g2t[None, c0:c1]).sub_(ip, alpha=2.0).clamp_min_(0.0)
 
         return fn
     import faiss
@@ -173,7 +193,8 @@ def _block_fn(feats: _Features, backend: str, device: torch.device, cols: np.nda
         else:
             d = faiss.pairwise_distances(xq, xb, mt)
         t = torch.from_numpy(d)
-        return t.neg_() if feats.metric == "cosine" else t
+        with single_thread(torch.device("cpu")):
+            return t.neg_() if feats.metric == "cosine" else t
 
     return fn_faiss
 
