@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import warnings
 
 import numpy as np
 import torch
@@ -65,9 +66,13 @@ def export_onnx(
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     with torch.no_grad():
         ref = wrapper(*args).numpy()
-        # the TorchScript-based exporter: no onnxscript dependency, supports opset 17 and dynamic axes
-        torch.onnx.export(wrapper, args, path, input_names=names, output_names=["features"], dynamic_axes=axes,
-                          opset_version=opset, dynamo=False)
+        # the TorchScript-based exporter: no onnxscript dependency, supports opset 17 and dynamic axes. Its tracer
+        # warnings concern Python-side shape checks and the constant gray-view weights, which are fine to freeze.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(wrapper, args, path, input_names=names, output_names=["features"],
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     feeds = {"images": x.numpy()}
     if with_mod:
