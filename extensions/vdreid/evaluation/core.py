@@ -201,12 +201,11 @@ def rank_statistics(
             ccols = cols[c0:c1]
             x = block_fn(row_ids, c0, c1)
             with single_thread(device):
-                if x.dtype != tdt:
-                    x = x.to(tdt)
+                x = x.to(tdt).contiguous()
                 below = x < lo_min
                 cnt_all += below.sum(1)
                 mid = (~below) & (x <= hi_max)
-                flat_idx = mid.view(-1).nonzero().squeeze(1)
+                flat_idx = mid.reshape(-1).nonzero().squeeze(1)
                 if flat_idx.numel():
                     r, c = flat_idx // x.shape[1], flat_idx % x.shape[1]
                     v = x.reshape(-1).take(flat_idx)
