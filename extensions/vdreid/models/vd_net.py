@@ -138,7 +138,13 @@ class VDNet(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: Tensor, modality: Tensor | None = None) -> VDOutput | Tensor:
-        """Training: :class:`VDOutput`. Eval: (B, feature_dim) tensor for ``feature_mode``."""
+        """Training: :class:`VDOutput`. Eval: (B, feature_dim) tensor for ``feature_mode``.
+
+        ``modality``: bool (B,) with True for infrared images (0/1 integers accepted). Required by
+        ``routing='modality'`` and by the ``*_specific`` feature modes. The official training forward does not
+        use it and only copies it to ``VDOutput.is_ir`` (all False when it is not given, so pass it whenever a
+        loss needs modality, e.g. the released rank loss).
+        """
         self._check_input(x)
         gray = gray_view(x)
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
