@@ -148,3 +148,28 @@ def test_dataloader_blocks_are_batches():
     for batch in dl:
         assert batch["pid"].unique().numel() == 4
         assert int(torch.isin(batch["camid"], torch.tensor(sorted(IR))).sum()) == 8
+
+
+def test_is_infrared_and_camera_maps():
+    import numpy as np
+    from vdreid.data.modality import (
+        REGDB_CAM_MODALITY,
+        REGDB_IR_CAMIDS,
+        SYSU_CAM_MODALITY,
+        SYSU_IR_CAMIDS,
+        is_infrared,
+        modality_of,
+    )
+
+    cams = [0, 1, 2, 3, 4, 5, 2]
+    expected = [c + 1 in (3, 6) for c in cams]  # SYSU IR cameras are cam3 and cam6 (1-based, spec 1.1)
+    for given in (cams, np.array(cams), torch.tensor(cams), torch.tensor(cams, dtype=torch.int32)):
+        out = is_infrared(given, SYSU_IR_CAMIDS)
+        assert out.dtype == torch.bool and out.tolist() == expected
+    assert is_infrared(torch.tensor([[0, 1], [1, 0]]), REGDB_IR_CAMIDS).tolist() == [[False, True], [True, False]]
+    assert is_infrared([], SYSU_IR_CAMIDS).numel() == 0
+    assert not is_infrared([0, 1], ()).any()
+    vis, ir = "visible", "infrared"
+    assert [SYSU_CAM_MODALITY[c] for c in range(6)] == [vis, vis, ir, vis, vis, ir]
+    assert REGDB_CAM_MODALITY == {0: "visible", 1: "infrared"}
+    assert modality_of(5, SYSU_IR_CAMIDS) == "infrared" and modality_of(3, SYSU_IR_CAMIDS) == "visible"
