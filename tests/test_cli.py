@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from vdreid.cli import main
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -90,7 +89,6 @@ def test_export_command_checks_onnxruntime(trained, tmp_path, capsys):
     # independent check: onnxruntime features on a new batch size equal PyTorch's
     import onnxruntime as ort
     import torch
-
     from vdreid.builders import build_model
     from vdreid.config import load_config
     from vdreid.engine import load_checkpoint, load_model_weights

@@ -8,7 +8,6 @@ import os.path as osp
 
 import pytest
 import yaml
-
 from vdreid.config import ConfigError, config_hash, get_default_config, load_config, read_yaml_with_bases
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -215,7 +214,6 @@ _MODEL_CFGS, _DATA_CFGS = _models_and_data()
 @pytest.mark.parametrize("path", _MODEL_CFGS, ids=lambda p: osp.relpath(p, REPO))
 def test_every_distinct_model_builds(path):
     import torch
-
     from vdreid.builders import build_model, feature_mode_of
 
     cfg = load_config(path, ["model.pretrained", "false"])

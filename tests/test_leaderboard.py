@@ -10,7 +10,6 @@ import os.path as osp
 import numpy as np
 import pytest
 import yaml
-
 from vdreid.tools.leaderboard import (
     LeaderboardError,
     Row,
@@ -83,7 +82,7 @@ def test_markdown_keeps_protocols_in_separate_tables(tmp_path):
     assert "synthetic data: sysu/all/single-shot/agw/10 trials" in by_title
     assert "99.00" in by_title["sysu/indoor/single-shot/agw/10 trials"] and "99.00" not in all_agw
     # every table is ranked within itself only
-    for key, table in group_by_protocol(rows).items():
+    for table in group_by_protocol(rows).values():
         assert len({r.table_key for r in table}) == 1
     with open(tmp_path / "LB.csv") as f:
         recs = list(csv.DictReader(f))

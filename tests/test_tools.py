@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from vdreid.tools.plots import loss_terms, plot_cmc_runs, plot_training_curves, read_train_log
 from vdreid.tools.tsne import embed_2d, pick_items, plot_tsne
 
@@ -82,7 +81,6 @@ def test_tsne_keeps_separated_identities_apart(tmp_path):
 def test_onnx_export_with_modality_input(tmp_path):
     import onnxruntime as ort
     import torch
-
     from vdreid.models import build_vd_net
     from vdreid.tools.export import export_onnx, needs_modality
 

@@ -45,7 +45,8 @@ def _cfg_from_args(args: argparse.Namespace, extra: list[str] | None = None, ckp
         check_values(cfg)
         cfg.freeze()
         return cfg
-    raise ConfigError("--config-file is required (or a --checkpoint written by `vdreid train`, which stores its config)")
+    raise ConfigError("--config-file is required (or a --checkpoint written by `vdreid train`, which stores its "
+                      "config)")
 
 
 def _checkpoint_config(path: str | None) -> tuple[dict | None, dict | None]:

@@ -141,8 +141,10 @@ def plot_tsne(
     return paths
 
 
-def tsne_from_datamanager(model, datamanager, target: str, out_dir: str, modes: Sequence[str], num_ids: int = 12,
-                          per_id: int = 10, device="cpu", joint_mode: str = "shared_z", seed: int = 0) -> dict[str, str]:
+def tsne_from_datamanager(
+    model, datamanager, target: str, out_dir: str, modes: Sequence[str], num_ids: int = 12, per_id: int = 10,
+    device="cpu", joint_mode: str = "shared_z", seed: int = 0,
+) -> dict[str, str]:
     """Pick images of ``target``'s test sets, extract every mode, write the pictures."""
     loaders = datamanager.test_loader[target]  # the loaders' datasets carry the test transform
     parts = pick_items(loaders["query"].dataset, loaders["gallery"].dataset, num_ids, per_id)
