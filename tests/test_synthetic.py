@@ -34,7 +34,7 @@ def tree_digest(base: str) -> str:
 
 def test_sysu_layout(sysu_root):
     base = os.path.join(sysu_root, "SYSU-MM01")
-    assert sorted(os.listdir(base)) == ["cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp"]
+    assert sorted(f for f in os.listdir(base) if not f.startswith(".")) == [f"cam{c}" for c in range(1, 7)] + ["exp"]
     splits = {}
     for s in ("train", "val", "test", "available"):
         text = open(os.path.join(base, "exp", f"{s}_id.txt")).read()
@@ -122,6 +122,23 @@ def test_identities_differ_in_two_infrared_attributes():
     dist = (keys[:, None, :] != keys[None, :, :]).sum(-1)
     np.fill_diagonal(dist, 99)
     assert dist.min() >= 2
+
+
+def test_rerun_overwrite_and_foreign_folders(tmp_path):
+    base = make_sysu(str(tmp_path), preset="tiny", num_ids=8)
+    stamp = os.path.getmtime(os.path.join(base, "exp", "test_id.txt"))
+    assert make_sysu(str(tmp_path), preset="tiny", num_ids=8) == base  # identical arguments: kept as is
+    assert os.path.getmtime(os.path.join(base, "exp", "test_id.txt")) == stamp
+    with pytest.raises(FileExistsError, match="different arguments"):
+        make_sysu(str(tmp_path), preset="tiny", num_ids=9)
+    make_sysu(str(tmp_path), preset="tiny", num_ids=9, overwrite=True)
+    assert len(open(os.path.join(base, "exp", "available_id.txt")).read().split(",")) == 9
+    real = tmp_path / "real" / "RegDB"
+    real.mkdir(parents=True)
+    (real / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not written by vdreid"):
+        make_regdb(str(tmp_path / "real"), preset="tiny", overwrite=True)
+    assert (real / "keep.txt").read_text() == "user data"
 
 
 def test_bad_arguments(tmp_path):

@@ -24,8 +24,10 @@ does (spec 1.3), so tests can check that loaders ignore them.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import os.path as osp
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -355,6 +357,37 @@ def _image_numbers(n: int, rng: np.random.Generator) -> list[int]:
     return nums
 
 
+MARKER = ".vdreid_synthetic.json"
+
+
+def _prepare(base: str, args: dict, overwrite: bool) -> bool:
+    """Decide what to do with an existing tree at ``base``; True if an identical synthetic tree is already there.
+
+    A marker file records the generator arguments. Same arguments: nothing to do (re-running a demo is instant).
+    Different arguments: error unless ``overwrite`` (then the old synthetic tree is deleted). A non-empty folder
+    without the marker (e.g. the real dataset) is never touched.
+    """
+    marker = osp.join(base, MARKER)
+    if not osp.isdir(base) or not os.listdir(base):
+        return False
+    if not osp.isfile(marker):
+        raise FileExistsError(
+            f'"{base}" exists and was not written by vdreid.data.synthetic (no {MARKER}); refusing to write a '
+            "synthetic tree into it. Choose another root."
+        )
+    with open(marker) as f:
+        old = json.load(f)
+    if old == args:
+        return True
+    if not overwrite:
+        raise FileExistsError(
+            f'"{base}" holds a synthetic tree made with different arguments ({old}); pass overwrite=True '
+            "(CLI: --overwrite) to replace it, or choose another root."
+        )
+    shutil.rmtree(base)
+    return False
+
+
 def _save(img: np.ndarray, path: str) -> None:
     os.makedirs(osp.dirname(path), exist_ok=True)
     if path.endswith(".jpg"):
@@ -373,6 +406,7 @@ def make_sysu(
     width: int | None = None,
     num_stray: int | None = None,
     rand_perm: bool | None = None,
+    overwrite: bool = False,
 ) -> str:
     """Write a synthetic SYSU-MM01 tree to ``<root>/SYSU-MM01`` and return that path.
 
@@ -385,6 +419,8 @@ def make_sysu(
         height, width: base image size; cameras scale it (surveillance cams 4/5 are smaller).
         num_stray: extra single-modality identity folders that no split file lists.
         rand_perm: also write ``exp/rand_perm_cam.mat`` for the official gallery sampler (10 permutation rows).
+        overwrite: replace an existing synthetic tree made with other arguments (an identical one is kept as is;
+            a folder not written by this module is never touched).
 
     Camera coverage mimics the real data: cam1/cam2 hold the same subset of identities (about 60 %), so some test
     identities have no indoor gallery; a few test identities lack cam3; every train/val identity has both modalities.
@@ -401,6 +437,10 @@ def make_sysu(
     n_stray = cfg["num_stray"]
     if k < 1 or H < 8 or W < 4:
         raise ValueError(f"make_sysu: images_per_cam >= 1 and size >= 8x4 expected, got {k}, {H}x{W}")
+    base = osp.join(osp.abspath(root), "SYSU-MM01")
+    args = {"layout": "sysu", "seed": seed, **cfg}
+    if _prepare(base, args, overwrite):
+        return base
     rng = np.random.default_rng(seed)
     n_train, n_val, n_test = _split_sizes(n)
     total = n + n_stray
@@ -444,7 +484,6 @@ def make_sysu(
     for j, pid in enumerate(stray_ids):  # single-modality folders (spec 1.3: e.g. id 9 in cam4+cam5, id 26 in cam6)
         cams_of[pid] = [4, 5] if j % 2 == 0 else [6]
 
-    base = osp.join(osp.abspath(root), "SYSU-MM01")
     for c in range(1, 7):
         os.makedirs(osp.join(base, f"cam{c}"), exist_ok=True)
     for pid in sorted(cams_of):
@@ -466,6 +505,8 @@ def make_sysu(
         savemat(osp.join(exp, f"{name}_id.mat"), {"id": np.asarray(ids, dtype=np.uint16).reshape(1, -1)})
     if cfg["rand_perm"]:
         write_rand_perm_cam(base, osp.join(exp, "rand_perm_cam.mat"), num_trials=10, seed=seed)
+    with open(osp.join(base, MARKER), "w") as f:
+        json.dump(args, f)
     return base
 
 
@@ -507,13 +548,15 @@ def make_regdb(
     width: int | None = None,
     num_stray: int | None = None,
     num_trials: int = 10,
+    overwrite: bool = False,
 ) -> str:
     """Write a synthetic RegDB tree to ``<root>/RegDB`` and return that path.
 
     Each identity has ``images_per_id`` co-registered visible/thermal pairs (the same pose in both, as RegDB's two
     aligned cameras). For each trial t in 1..``num_trials`` the identities are split in half at random (seeded by
     ``seed`` and t): ``idx/train_{visible,thermal}_t.txt`` list the train half with labels 0..n-1 in ascending id
-    order, ``idx/test_*_t.txt`` the other half with labels restarting at 0 (spec section 4).
+    order, ``idx/test_*_t.txt`` the other half with labels restarting at 0 (spec section 4). ``preset`` and
+    ``overwrite`` work as in :func:`make_sysu`.
     """
     cfg = _resolve(
         REGDB_PRESETS,
@@ -523,9 +566,12 @@ def make_regdb(
     n, k, H, W, n_stray = cfg["num_ids"], cfg["images_per_id"], cfg["height"], cfg["width"], cfg["num_stray"]
     if n < 4 or k < 1:
         raise ValueError(f"make_regdb: num_ids >= 4 and images_per_id >= 1 expected, got {n}, {k}")
+    base = osp.join(osp.abspath(root), "RegDB")
+    args = {"layout": "regdb", "seed": seed, "num_trials": num_trials, **cfg}
+    if _prepare(base, args, overwrite):
+        return base
     rng = np.random.default_rng([seed, 412])
     people = make_identities(n + n_stray, rng)
-    base = osp.join(osp.abspath(root), "RegDB")
     files: dict[int, tuple[list[str], list[str]]] = {}
     counter = 0
     for pid in range(1, n + n_stray + 1):
@@ -557,4 +603,6 @@ def make_regdb(
                     for label, pid in enumerate(ids):
                         for rel in files[pid][m]:
                             f.write(f"{rel} {label}\n")
+    with open(osp.join(base, MARKER), "w") as f:
+        json.dump(args, f)
     return base
