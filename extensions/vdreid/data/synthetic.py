@@ -320,7 +320,7 @@ def render(person: Identity, cam: Camera, pose: Pose, height: int, width: int) -
 SYSU_PRESETS: dict[str, dict] = {
     # tests: ~300 images of 32x16, generates in well under a second
     "tiny": dict(num_ids=16, images_per_cam=2, height=32, width=16, num_stray=2, rand_perm=False),
-    # demo: 110 ids (64 train / 10 val / 36 test) at 128x64, ~2,700 images, a few seconds
+    # demo: 110 ids (64 train / 10 val / 36 test) at 128x64, ~2,300 images, a few seconds
     "demo": dict(num_ids=110, images_per_cam=4, height=128, width=64, num_stray=4, rand_perm=True),
 }
 REGDB_PRESETS: dict[str, dict] = {
