@@ -23,6 +23,7 @@ from vdreid.evaluation import (
     provenance_defaults,
     run_protocol,
     save_ranked_lists,
+    save_ranked_lists_for_protocol,
 )
 
 
@@ -216,6 +217,15 @@ def test_save_ranked_lists_unique_names_and_exclusion(sysu, tmp_path, monkeypatc
         assert list(np.argsort(shown[i][finite])) == list(np.argsort(dist[i][finite], kind="stable"))
     with pytest.raises(ValueError, match="distmat has shape"):
         save_ranked_lists(dist[:, :3], ds.query, gallery, str(tmp_path / "x"))
+
+
+def test_ranked_lists_for_protocol_trial0(sysu, tmp_path):
+    ds, qf, gf, *_ = sysu
+    out = save_ranked_lists_for_protocol(ds.protocol, qf, gf, ds.query, ds.gallery, str(tmp_path / "r"), topk=3,
+                                         max_queries=7)
+    assert len(out) == 7 and len(os.listdir(tmp_path / "r")) == 7
+    with pytest.raises(ValueError, match="trial must be"):
+        save_ranked_lists_for_protocol(ds.protocol, qf, gf, ds.query, ds.gallery, str(tmp_path / "r"), trial=10)
 
 
 def test_plot_cmc(tmp_path):

@@ -4,7 +4,7 @@ from vdreid.evaluation.evaluator import EvalReport, evaluate_model, provenance_d
 from vdreid.evaluation.extract import extract_features
 from vdreid.evaluation.metrics import evaluate
 from vdreid.evaluation.ranking import evaluate_features
-from vdreid.evaluation.visualize import plot_cmc, save_ranked_lists
+from vdreid.evaluation.visualize import plot_cmc, save_ranked_lists, save_ranked_lists_for_protocol
 
 __all__ = [
     "EvalReport",
@@ -16,4 +16,5 @@ __all__ = [
     "provenance_defaults",
     "run_protocol",
     "save_ranked_lists",
+    "save_ranked_lists_for_protocol",
 ]

@@ -178,7 +178,6 @@ def rank_statistics(
     cb = max(1, min(G, block_size // rb))
     pos_rank = np.zeros((V, kmax), np.int64)
     dedup_rank = np.full(V, -1, np.int64)
-    amb_rows, amb_cols, amb_k0, amb_k1 = [], [], [], []
     n_blocks = ((V + rb - 1) // rb) * ((G + cb - 1) // cb)
     bar = None
     if tqdm is not None and n_blocks >= 16 and V * G >= 50_000_000:
@@ -196,6 +195,7 @@ def rank_statistics(
         cnt_pos = torch.zeros((R, kmax), dtype=torch.int64, device=device)
         top_v = top_c = None
         row_ids = rows[r0:r1]
+        amb_rows, amb_cols, amb_k0, amb_k1 = [], [], [], []  # resolved per row chunk: bounded memory
         for c0 in range(0, G, cb):
             c1 = min(G, c0 + cb)
             ccols = cols[c0:c1]
@@ -236,6 +236,7 @@ def rank_statistics(
             if bar is not None:
                 bar.update(1)
         pos_rank[r0:r1] = (cnt_all[:, None] + cnt_pos).cpu().numpy()
+        _resolve_band(pos_rank, rows, pos_d, pos_g, exact_fn, amb_rows, amb_cols, amb_k0, amb_k1)
         if dedup:
             dedup_rank[r0:r1] = _dedup_block(
                 r0, row_ids, top_v.cpu().numpy(), top_c.cpu().numpy(), G, lo[r0:r1, 0], hi[r0:r1, 0],
@@ -243,20 +244,32 @@ def rank_statistics(
             )
     if bar is not None:
         bar.close()
-    # resolve entries inside a band with the exact key (distance, gallery index)
+    pos_rank[padm] = -1
+    return RankStats(rows, pos_rank, npos, dedup_rank)
+
+
+def _resolve_band(
+    pos_rank: np.ndarray, rows: np.ndarray, pos_d: np.ndarray, pos_g: np.ndarray, exact_fn: ExactFn,
+    amb_rows: list, amb_cols: list, amb_k0: list, amb_k1: list,
+) -> None:
+    """Entries inside a positive's band: compare by the exact key (distance, gallery index), add to the ranks."""
     if amb_rows:
         ar, ac = np.concatenate(amb_rows), np.concatenate(amb_cols)
         k0, k1 = np.concatenate(amb_k0), np.concatenate(amb_k1)
-        d = exact_fn(rows[ar], ac)
         w = k1 - k0
         rep = np.repeat(np.arange(ar.size), w)
         kk = k0[rep] + (np.arange(rep.size) - np.repeat(np.cumsum(w) - w, w))
         rr = ar[rep]
         pd, pg = pos_d[rr, kk], pos_g[rr, kk]
-        before = (d[rep] < pd) | ((d[rep] == pd) & (ac[rep] < pg))
-        np.add.at(pos_rank, (rr[before], kk[before]), 1)
-    pos_rank[padm] = -1
-    return RankStats(rows, pos_rank, npos, dedup_rank)
+        other = ac[rep] != pg  # a positive is always inside its own band: no re-computation for itself
+        rep, rr, kk, pd, pg = rep[other], rr[other], kk[other], pd[other], pg[other]
+        if rep.size:
+            need = np.unique(rep)
+            d = np.empty(ar.size)
+            d[need] = exact_fn(rows[ar[need]], ac[need])
+            d = d[rep]
+            before = (d < pd) | ((d == pd) & (ac[rep] < pg))
+            np.add.at(pos_rank, (rr[before], kk[before]), 1)
 
 
 def _dedup_block(
@@ -268,7 +281,7 @@ def _dedup_block(
     the number of distinct identities among the items ranked before the first positive."""
     R, L = top_v.shape
     before = top_v < lo0[:, None]
-    amb = (~before) & (top_v <= hi0[:, None])
+    amb = (~before) & (top_v <= hi0[:, None]) & (top_c != g0[:, None])  # the first positive is not before itself
     if amb.any():
         ar, ak = np.nonzero(amb)
         d = exact_fn(row_ids[ar], top_c[ar, ak])

@@ -84,6 +84,44 @@ def save_ranked_lists(
     return written
 
 
+def save_ranked_lists_for_protocol(
+    protocol,
+    qf,
+    gf,
+    query_items: Sequence[tuple],
+    gallery_items: Sequence[tuple],
+    save_dir: str,
+    topk: int = 10,
+    metric: str = "cosine",
+    trial: int = 0,
+    max_queries: int | None = None,
+) -> list[str]:
+    """Ranked lists of one trial (default: trial 0) of ``protocol``. ``qf`` / ``gf`` and ``query_items`` /
+    ``gallery_items`` cover all of ``dataset.query`` / ``dataset.gallery`` (as for ``run_protocol``); the trial's
+    distances are computed densely in float64 (the evaluator's definitions), so use ``max_queries`` for huge sets."""
+    import torch
+
+    if not 0 <= trial < protocol.num_trials:
+        raise ValueError(f"trial must be in 0..{protocol.num_trials - 1}, got {trial}")
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    qf = qf.detach().cpu().numpy() if isinstance(qf, torch.Tensor) else np.asarray(qf)
+    gf = gf.detach().cpu().numpy() if isinstance(gf, torch.Tensor) else np.asarray(gf)
+    q_idx = protocol.query if max_queries is None else protocol.query[: int(max_queries)]
+    g_idx = protocol.gallery_trials[trial]
+    q, g = qf[q_idx].astype(np.float64), gf[g_idx].astype(np.float64)
+    if metric == "cosine":
+        q = q / np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
+        g = g / np.maximum(np.linalg.norm(g, axis=1), 1e-12)[:, None]
+        dist = -(q @ g.T)
+    else:
+        dist = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * (q @ g.T)
+    return save_ranked_lists(
+        dist, [query_items[i] for i in q_idx], [gallery_items[i] for i in g_idx], save_dir, topk=topk,
+        exclude_cam_pairs=protocol.exclude_cam_pairs,
+    )
+
+
 def plot_cmc(curves: Mapping[str, np.ndarray], path: str, title: str = "CMC") -> str:
     """One CMC curve per label (fractions or percent) as a PNG/PDF at ``path`` (matplotlib, Agg backend)."""
     import matplotlib
