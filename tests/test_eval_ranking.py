@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from vdreid import compat
-from vdreid.evaluation import evaluate_features
+from vdreid.evaluation import core, evaluate_features
 
 BACKENDS = ["torch", "faiss"]
 
@@ -77,7 +77,9 @@ def make_case(rng, nq, ng, dim, num_ids, ties=False):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_random_cases_every_backend_and_block_size(backend, metric):
+def test_random_cases_every_backend_and_block_size(backend, metric, monkeypatch):
+    if metric == "euclidean":  # the other counting path (cosine runs the automatic choice)
+        monkeypatch.setattr(core, "DENSE_MIDDLE_FRACTION", 2.0 if backend == "torch" else -1.0)
     rng = np.random.default_rng(hash((backend, metric)) % 1000)
     n = 0
     for t in range(16):
@@ -100,10 +102,12 @@ def test_random_cases_every_backend_and_block_size(backend, metric):
 
 
 @pytest.mark.parametrize("mode", ["dedup", "standard"])
-def test_blocked_equals_dense_on_a_larger_problem(mode):
+@pytest.mark.parametrize("counting", ["ragged", "dense"])
+def test_blocked_equals_dense_on_a_larger_problem(mode, counting, monkeypatch):
     """Many near-equal distances (low dimension, 2000 items): the float32 blocks cannot order them alone."""
+    monkeypatch.setattr(core, "DENSE_MIDDLE_FRACTION", 2.0 if counting == "ragged" else -1.0)
     rng = np.random.default_rng(7)
-    qf, gf, qp, gp, qc, gc = make_case(rng, 40, 2000, 3, 50)
+    qf, gf, qp, gp, qc, gc = make_case(rng, 30, 1200, 3, 50)
     gf[::7] = np.round(gf[::7], 1)  # coarse values: exact ties after normalisation are possible too
     ref = reference_metrics(reference_distance(qf, gf, "cosine"), qp, gp, qc, gc, 20, mode, ((2, 1),))
     for backend, blocks in (("torch", (None, 997, 9_000)), ("faiss", (None, 9_000))):

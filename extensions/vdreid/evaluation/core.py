@@ -44,6 +44,9 @@ BlockFn = Callable[[np.ndarray, int, int], torch.Tensor]
 ExactFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 DEFAULT_BLOCK_SIZE = 1 << 23  # distance entries per block (32 MiB in float32)
+#: above this fraction of block entries between a row's first and last positive, count with one batched
+#: ``torch.searchsorted`` over the whole block instead of the ragged path over the middle entries only
+DENSE_MIDDLE_FRACTION = 0.125
 _INT_SENTINEL = np.iinfo(np.int64).max
 
 
@@ -203,24 +206,38 @@ def rank_statistics(
             with single_thread(device):
                 x = x.to(tdt).contiguous()
                 below = x < lo_min
-                cnt_all += below.sum(1)
                 mid = (~below) & (x <= hi_max)
-                flat_idx = mid.reshape(-1).nonzero().squeeze(1)
-                if flat_idx.numel():
+                n_mid = int(mid.sum())
+                if n_mid > x.numel() * DENSE_MIDDLE_FRACTION:
+                    # dense middle (weak features, deep positives): one batched binary search per entry is ~3x
+                    # cheaper than the ragged path below (measured on this box)
+                    a_full = torch.searchsorted(lo_t, x, right=True)  # positives with lo <= x
+                    off = torch.arange(R, device=device)[:, None] * (kmax + 1)
+                    hist = torch.bincount((a_full + off).reshape(-1), minlength=R * (kmax + 1)).view(R, kmax + 1)
+                    cnt_pos += hist.cumsum(1)[:, :kmax]
+                    amb_m = (a_full > 0) & (x <= hi_t.gather(1, (a_full - 1).clamp_(min=0)))
+                    flat_idx = amb_m.reshape(-1).nonzero().squeeze(1)
+                    r, c = flat_idx // x.shape[1], flat_idx % x.shape[1]
+                    v = x.reshape(-1).take(flat_idx)
+                    a = a_full.reshape(-1).take(flat_idx)
+                    amb = torch.ones_like(r, dtype=torch.bool)
+                    del a_full, amb_m
+                else:
+                    cnt_all += below.sum(1)
+                    flat_idx = mid.reshape(-1).nonzero().squeeze(1)
                     r, c = flat_idx // x.shape[1], flat_idx % x.shape[1]
                     v = x.reshape(-1).take(flat_idx)
                     a = _bsearch_le(lo_t, r, v, strict=False)  # number of positives with lo <= v
                     hist = torch.bincount(r * (kmax + 1) + a, minlength=R * (kmax + 1)).view(R, kmax + 1)
                     cnt_pos += hist.cumsum(1)[:, :kmax]
                     amb = (a > 0) & (v <= hi_t.reshape(-1).take(r * kmax + (a - 1).clamp(min=0)))
-                    if bool(amb.any()):
-                        ra, ca, va, aa = r[amb], c[amb], v[amb], a[amb]
-                        a0 = _bsearch_le(hi_t, ra, va, strict=True)  # positives whose band ends below v
-                        ra_np = ra.cpu().numpy()
-                        amb_rows.append(ra_np + r0)
-                        amb_cols.append(ccols[ca.cpu().numpy()])
-                        amb_k0.append(a0.cpu().numpy())
-                        amb_k1.append(aa.cpu().numpy())
+                if r.numel() and bool(amb.any()):
+                    ra, ca, va, aa = r[amb], c[amb], v[amb], a[amb]
+                    a0 = _bsearch_le(hi_t, ra, va, strict=True)  # positives whose band ends below v
+                    amb_rows.append(ra.cpu().numpy() + r0)
+                    amb_cols.append(ccols[ca.cpu().numpy()])
+                    amb_k0.append(a0.cpu().numpy())
+                    amb_k1.append(aa.cpu().numpy())
                 if dedup:
                     k = min(L, c1 - c0)
                     bv, bi = torch.topk(x, k, dim=1, largest=False, sorted=False)
