@@ -1,0 +1,140 @@
+"""Small VDEngine setups shared by the engine tests, and a command-line worker for the subprocess tests
+(SIGKILL-and-resume, two-process gloo DDP under torchrun).
+
+The model is ``build_vd_net('test_resnet')`` (timm's ~0.4M-parameter test ResNet per branch) at 64x32 input, so a
+training step takes tens of milliseconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import os.path as osp
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+HEIGHT, WIDTH = 64, 32
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_engine(
+    root: str,
+    seed: int = 0,
+    amp: str = "none",
+    selection: str = "final",
+    eval_freq: int = 0,
+    val: bool = False,
+    lr: float = 1e-3,
+    num_ids: int = 4,
+    num_instances: int = 2,
+    recipe: str = "paper",
+    engine_cls=None,
+    criterion_wrapper=None,
+    rank: int = 0,
+    world_size: int = 1,
+    **engine_kwargs,
+):
+    """A VDEngine on the synthetic SYSU tree under ``root`` (workers=0, deterministic)."""
+    import vdreid  # noqa: F401
+    from vdreid.data import CrossModalDataManager
+    from vdreid.engine import VDEngine, build_optimizer, build_scheduler
+    from vdreid.losses import VDLoss, VDLossConfig
+    from vdreid.models import build_vd_net
+
+    seed_all(seed)
+    dm = CrossModalDataManager(
+        root=root,
+        sources="sysu_mm01",
+        targets="sysu_mm01",
+        height=HEIGHT,
+        width=WIDTH,
+        transforms=["random_flip"],
+        batch_size_test=64,
+        workers=0,
+        num_ids=num_ids,
+        num_instances=num_instances,
+        seed=seed,
+        dataset_kwargs={"val_for_selection": val},
+        rank=rank,
+        world_size=world_size,
+        use_gpu=False,
+    )
+    model = build_vd_net("test_resnet", num_classes=dm.num_train_pids, bottleneck_dims=(64, 32, 32))
+    cfg = VDLossConfig.paper() if recipe == "paper" else VDLossConfig.official()
+    criterion = VDLoss(cfg, dm.num_train_pids)
+    if criterion_wrapper is not None:
+        criterion = criterion_wrapper(criterion)
+    opt = build_optimizer(list(model.parameters()) + list(criterion.parameters()), lr=lr)
+    sched = build_scheduler(opt, milestones=(100,), warmup_epochs=2, warmup_factor=0.1)
+    cls = engine_cls or VDEngine
+    prov = {"model": "test_resnet", "num_classes": dm.num_train_pids, "recipe": recipe, "seed": seed}
+    return cls(dm, model, opt, criterion, sched, amp=amp, selection=selection, eval_freq=eval_freq,
+               provenance=prov, progress=False, **engine_kwargs)
+
+
+def weights_digest(model: torch.nn.Module, params_only: bool = False) -> str:
+    """SHA-256 of every tensor of the state dict (or only of the parameters: under DDP each rank's BatchNorm running
+    statistics see its own last batch, only the parameters are kept identical)."""
+    h = hashlib.sha256()
+    items = dict(model.named_parameters()) if params_only else model.state_dict()
+    for k, v in sorted(items.items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--save-dir", required=True)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--resume", default="")
+    ap.add_argument("--hang-at", default="", help="EPOCH,ITER (1-based): write save_dir/HANGING there, then sleep")
+    ap.add_argument("--ddp", action="store_true")
+    ap.add_argument("--report-dir", required=True, help="where the worker writes worker_rank<r>.json (test-only)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    from vdreid.engine import VDEngine, init_distributed
+
+    hang = tuple(int(x) for x in args.hang_at.split(",")) if args.hang_at else None
+
+    class Worker(VDEngine):
+        def forward_backward(self, data):
+            if hang and (self.epoch + 1, self.batch_idx + 1) == hang:
+                open(osp.join(args.save_dir, "HANGING"), "w").close()
+                time.sleep(600)  # the test kills us here with SIGKILL
+            if args.ddp:
+                self.seen_pids.append(sorted({int(p) for p in data["pid"]}))
+            return super().forward_backward(data)
+
+    info = init_distributed(use_gpu=False) if args.ddp else None
+    rank, world = (info.rank, info.world_size) if info else (0, 1)
+    eng = build_engine(args.root, engine_cls=Worker, rank=rank, world_size=world)
+    eng.seen_pids = []
+    rank1 = eng.run(save_dir=args.save_dir, max_epoch=args.epochs, resume=args.resume or None)
+    report = {"rank": rank, "world_size": world, "start_epoch": eng.start_epoch, "rank1": rank1,
+              "digest": weights_digest(eng.net, params_only=args.ddp), "step_pids": eng.seen_pids}
+    with open(osp.join(args.report_dir, f"worker_rank{rank}.json"), "w") as f:
+        json.dump(report, f)
+    if info is not None:
+        from vdreid.engine.distributed import cleanup
+
+        cleanup()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _main()
