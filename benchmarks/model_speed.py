@@ -88,7 +88,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--num-classes", type=int, default=395)
     ap.add_argument("--no-params", action="store_true", help="skip the parameter table")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.no_params:
         print(f"\nParameters ({args.num_classes} classes):\n")
