@@ -360,7 +360,7 @@ class VDEngine(compat.Engine):
             "scheduler_offbyone": self.offbyone,
             "amp": self.amp,
             "model_class": type(self.net).__name__,
-            "config": self.provenance,
+            "config": _json_safe(self.provenance),
         }
 
     def save_checkpoint(self, epoch: int) -> str | None:
@@ -462,6 +462,10 @@ class VDEngine(compat.Engine):
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=save_dir)
+        if self.dist.is_main and save_dir:
+            for f in os.listdir(save_dir):  # temporary files of a save interrupted by a kill (never loaded)
+                if f.endswith(".tmp") and ".pth." in f:
+                    os.remove(osp.join(save_dir, f))
         if resume:
             start_epoch = self.resume_from(resume)
         self._truncate_train_log(start_epoch)
@@ -514,7 +518,7 @@ class VDEngine(compat.Engine):
             if self.dist.is_main and self.save_dir:
                 save_checkpoint_atomic(
                     {"state_dict": self.net.state_dict(), "epoch": done, "rank1": float(first), "split": split,
-                     "config": self.provenance},
+                     "config": _json_safe(self.provenance)},
                     osp.join(self.save_dir, f"best_{split}.pth"),
                 )
             vdist.barrier()
