@@ -19,6 +19,17 @@ TINY = ["data.height", "32", "data.width", "16", "data.workers", "0", "sampler.n
         "sampler.num_instances", "4", "test.batch_size", "64", "train.warmup_epochs", "0"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP spinning on a loaded 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, sysu_root):
     out = str(tmp_path_factory.mktemp("cli_run"))
@@ -97,9 +108,13 @@ def test_export_command_checks_onnxruntime(trained, tmp_path, capsys):
     cfg = load_config(QUICK, TINY)
     model = build_model(cfg, int(ckpt["config"]["num_classes"]))
     load_model_weights(model, ckpt["state_dict"])
-    x = torch.randn(3, 3, 32, 16)
-    ref = model.eval()(x).detach().numpy()
-    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    x = torch.randn(5, 3, 32, 16)
+    m = torch.tensor([True, False, True, True, False])  # quickstart routes by modality: the graph takes is_ir
+    with torch.no_grad():
+        ref = model.eval()(x, modality=m).numpy()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["images", "is_ir"]
+    got = sess.run(None, {"images": x.numpy(), "is_ir": m.numpy()})[0]
     assert np.abs(got - ref).max() < 1e-4
 
 
