@@ -95,15 +95,20 @@ def scatter(ax, xy: np.ndarray, pids: np.ndarray, is_ir: np.ndarray, title: str)
     uniq = sorted(set(pids.tolist()))
     cmap = plt.get_cmap("tab20" if len(uniq) <= 20 else "hsv", max(len(uniq), 1))
     colour = {p: cmap(i) for i, p in enumerate(uniq)}
-    for flag, marker, label in ((False, VIS_MARKER, "visible"), (True, IR_MARKER, "infrared")):
+    for flag, marker in ((False, VIS_MARKER), (True, IR_MARKER)):
         sel = is_ir == flag
         if sel.any():
             ax.scatter(xy[sel, 0], xy[sel, 1], c=[colour[p] for p in pids[sel]], marker=marker, s=22,
-                       edgecolors="k", linewidths=0.3, label=label)
+                       edgecolors="k", linewidths=0.3)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=7, loc="best")
+    # legend proxies in grey: the marker says the modality, the colour (identity) is not part of the legend
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="none", marker=m, markerfacecolor="0.6", markeredgecolor="k", label=lab)
+               for m, lab in ((VIS_MARKER, "visible"), (IR_MARKER, "infrared"))]
+    ax.legend(handles=handles, fontsize=7, loc="best")
 
 
 def plot_tsne(
