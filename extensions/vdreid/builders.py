@@ -7,7 +7,7 @@ Table 3's settings (which encoders ``E`` and bottlenecks ``B`` are used) map ont
 follows: every branch is still computed (the network always has three), but a branch left out of ``vd.branches``
 gets CE/metric weight 0, the terms that need it (DML/CML between ``ir`` and ``vis``, VSD on ``ir``/``vis``, VCD/VML on
 ``shared``) are switched off, and the test feature uses only the enabled branches. A branch left out of
-``vd.bottleneck_branches`` trains without its bottleneck: see :class:`NoBottleneck`.
+``vd.bottleneck_branches`` trains without its bottleneck: see :class:`BranchMask`.
 """
 
 from __future__ import annotations
@@ -193,21 +193,25 @@ def loss_config(cfg: CN):
     return VDLossConfig(**lc)
 
 
-class NoBottleneck(nn.Module):
-    """Criterion wrapper for Table 3 rows without a bottleneck ``B`` on some branches.
+class BranchMask(nn.Module):
+    """Criterion wrapper for Table 3 rows that leave out encoders ``E`` or bottlenecks ``B``.
 
-    ``VDLoss`` always applies its CE and metric terms to both ``v`` and ``z`` of every branch. For a branch without
-    ``B`` we hand the loss that branch's observation in place of the representation (``z := v``, ``P_z := P_v``), so
-    the branch trains only its encoder (the bottleneck receives no gradient and is never used at test time) and its
-    CE/metric act on ``v`` twice, i.e. with the branch weight doubled on ``v``. VSD on such a branch would be
-    ``KL(P_v || P_v) = 0``; :func:`loss_config` already switches the distillation terms off there.
-    Written here because the loss has no per-branch switch for its ``z`` terms.
+    * A branch without ``B``: ``VDLoss`` always applies its CE and metric terms to both ``v`` and ``z`` of every
+      branch, so we hand it the branch's observation in place of the representation (``z := v``, ``P_z := P_v``).
+      The branch trains only its encoder (the bottleneck gets no gradient and is never used at test time) and its
+      CE/metric act on ``v`` twice, i.e. with the branch weight doubled on ``v``. VSD there would be
+      ``KL(P_v || P_v) = 0``; :func:`loss_config` already switches the distillation terms off.
+    * A branch without ``E`` (left out of ``vd.branches``): its outputs are detached, so no term (including the
+      conventional-IB estimate, which ``VDLoss`` takes over every branch) trains it; its CE/metric weights are 0.
+
+    Written here because the loss has no per-branch switch for its ``z`` terms or for the IB estimate.
     """
 
-    def __init__(self, criterion: nn.Module, branches_without_b: set[str]) -> None:
+    def __init__(self, criterion: nn.Module, disabled: set[str], without_b: set[str]) -> None:
         super().__init__()
         self.criterion = criterion
-        self.without = set(branches_without_b)
+        self.disabled = set(disabled)
+        self.without_b = set(without_b) - self.disabled
 
     def forward(self, out, pids):
         import dataclasses
@@ -215,9 +219,16 @@ class NoBottleneck(nn.Module):
         def swap(b):
             return dataclasses.replace(b, z=b.v, z_logits=b.v_logits, mu=None, logvar=None)
 
+        def detach(b):
+            kw = {f.name: getattr(b, f.name).detach() for f in dataclasses.fields(b)
+                  if isinstance(getattr(b, f.name), torch.Tensor) and f.name != "index"}
+            return dataclasses.replace(b, **kw)
+
         repl = {}
         for field_name, branch in (("ir", "ir"), ("vis", "vis"), ("shared_x", "shared"), ("shared_gray", "shared")):
-            if branch in self.without:
+            if branch in self.disabled:
+                repl[field_name] = detach(getattr(out, field_name))
+            elif branch in self.without_b:
                 repl[field_name] = swap(getattr(out, field_name))
         return self.criterion(dataclasses.replace(out, **repl) if repl else out, pids)
 
@@ -233,8 +244,9 @@ def build_criterion(cfg: CN, num_classes: int, model: nn.Module | None = None) -
         net = getattr(model, "module", model)
         dims = dict(feat_dim_v=int(net.v_dim), feat_dim_z=int(net.z_dim))
     crit = VDLoss(lcfg, num_classes, **dims)
+    disabled = {"ir", "vis", "shared"} - set(cfg.vd.branches)
     without = set(cfg.vd.branches) - set(cfg.vd.bottleneck_branches)
-    return NoBottleneck(crit, without) if without else crit
+    return BranchMask(crit, disabled, without) if (disabled or without) else crit
 
 
 # ------------------------------------------------------------------------------------------------ optimiser
