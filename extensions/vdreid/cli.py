@@ -276,6 +276,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = builders.build_model(c, int(num_classes or 2))
     if state is not None:
         load_model_weights(model, state, source=args.checkpoint)
+    else:
+        print("warning: no --checkpoint given: exporting randomly initialised weights (a graph check only)")
     res = export_onnx(model, args.out, cfg.data.height, cfg.data.width, builders.feature_mode_of(cfg),
                       batch=args.batch, opset=args.opset)
     print(f"ONNX ({res['opset']}) -> {res['path']}: inputs {res['inputs']}, features {res['feature_dim']}-d, "
