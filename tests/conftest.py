@@ -26,3 +26,20 @@ def regdb_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("regdb_root")
     make_regdb(str(root), preset="tiny", seed=0)
     return str(root)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network():
+    """Tests never reach the network: timm/huggingface hub look-ups are switched to offline mode for the session
+    (a test that checks the online path unsets these itself and points the hub URL at a loopback server)."""
+    import os
+
+    old = {k: os.environ.get(k) for k in ("VDREID_OFFLINE", "HF_HUB_OFFLINE")}
+    os.environ["VDREID_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -138,6 +138,37 @@ def test_missing_unreadable_and_mismatching_files(tmp_path, timm_file):
     assert "conv1.weight: file (64, 3, 3, 3) vs model (64, 3, 7, 7)" in str(e.value)
 
 
+@pytest.fixture
+def silent_server():
+    """An HTTPS URL on loopback whose server accepts connections and never answers (tests send no traffic elsewhere)."""
+    import socket
+    import threading
+
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                held.append(conn)  # keep it open, say nothing
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"https://127.0.0.1:{srv.getsockname()[1]}/"
+    stop.set()
+    t.join(1)
+    for c in held:
+        c.close()
+    srv.close()
+
+
 def _no_hf_cache(monkeypatch, tmp_path):
     import huggingface_hub
 
@@ -160,14 +191,14 @@ def test_pretrained_without_file_offline_flag_fails_fast(monkeypatch, tmp_path):
         torch.hub.set_dir(old)
 
 
-def test_pretrained_without_file_unreachable_hub_fails_within_timeout(monkeypatch, tmp_path):
+def test_pretrained_without_file_unreachable_hub_fails_within_timeout(monkeypatch, tmp_path, silent_server):
     old = _no_hf_cache(monkeypatch, tmp_path)
     try:
         monkeypatch.delenv("VDREID_OFFLINE", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setenv("VDREID_HUB_TIMEOUT", "0.5")
-        # a port that accepts the connection (here: the sandbox's proxy) but never answers the TLS handshake
-        monkeypatch.setattr(weights, "HUB_URL", "https://10.255.255.1:9/")
+        # a loopback port that accepts the connection but never answers the TLS handshake
+        monkeypatch.setattr(weights, "HUB_URL", silent_server)
         real_create = timm.create_model
         downloads = []
 
@@ -193,10 +224,9 @@ def test_bad_hub_timeout_setting(monkeypatch):
         hub_reachable("https://host.invalid/")
 
 
-def test_hub_probe_never_hangs():
+def test_hub_probe_never_hangs(silent_server):
     t = time.perf_counter()
-    assert hub_reachable("https://10.255.255.1:9/", timeout=0.5) is False  # silent after connect
-    assert hub_reachable("https://host.invalid/", timeout=0.5) is False  # no DNS
+    assert hub_reachable(silent_server, timeout=0.5) is False  # accepts, then silent
     assert hub_reachable("https://127.0.0.1:1/", timeout=0.5) is False  # refused
     assert time.perf_counter() - t < 3
 
