@@ -114,14 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, rs in results.items():
         cells = [ms([r[k][m] for r in rs]) for k in ("v", "z") for m in ("R1", "mAP")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    root_arg = [] if osp.abspath(args.root) == osp.join(REPO, "datasets", "synthetic") else ["--root", args.root]
     cmd = "python benchmarks/synthetic_ablation.py " + " ".join(
-        (["--seeds", *map(str, args.seeds)]) + (["--epochs", str(args.epochs)] if args.epochs else [])
+        root_arg + ["--seeds", *map(str, args.seeds)] + (["--epochs", str(args.epochs)] if args.epochs else [])
         + list(args.opts or []))
     body = "\n".join([
         "Three-branch network with information bottlenecks on the synthetic SYSU-format demo tree "
         "(configs/quickstart.yaml: vd_resnet18 from scratch, small input, CPU), only the variational terms changed; "
         "all-search single-shot, 10 AGW gallery draws, mean ± std over seeds "
-        f"{args.seeds} (population std). v = `obs_concat` (four observations), z = `z_concat`. Percent.",
+        f"{args.seeds} (population std). v = `obs_concat` (concatenated observations), z = `z_concat` "
+        "(representations). Percent.",
         "Synthetic data says whether the terms help on this toy problem only; it is no stand-in for Table 3.",
         "",
         *lines,
