@@ -1,7 +1,7 @@
 """Small VDEngine setups shared by the engine tests, and a command-line worker for the subprocess tests
 (SIGKILL-and-resume, two-process gloo DDP under torchrun).
 
-The model is ``build_vd_net('test_resnet')`` (timm's ~0.4M-parameter test ResNet per branch) at 64x32 input, so a
+The model is ``build_vd_net('test_resnet')`` (timm's ~0.4M-parameter test ResNet per branch) at 32x16 input, so a
 training step takes tens of milliseconds on a 2-core CPU.
 """
 
@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-HEIGHT, WIDTH = 64, 32
+HEIGHT, WIDTH = 32, 16  # the tiny synthetic tree's own size
 
 
 def seed_all(seed: int) -> None:
@@ -43,6 +43,9 @@ def build_engine(
     criterion_wrapper=None,
     rank: int = 0,
     world_size: int = 1,
+    warmup_epochs: int = 2,
+    height: int = HEIGHT,
+    width: int = WIDTH,
     **engine_kwargs,
 ):
     """A VDEngine on the synthetic SYSU tree under ``root`` (workers=0, deterministic)."""
@@ -57,8 +60,8 @@ def build_engine(
         root=root,
         sources="sysu_mm01",
         targets="sysu_mm01",
-        height=HEIGHT,
-        width=WIDTH,
+        height=height,
+        width=width,
         transforms=["random_flip"],
         batch_size_test=64,
         workers=0,
@@ -76,7 +79,7 @@ def build_engine(
     if criterion_wrapper is not None:
         criterion = criterion_wrapper(criterion)
     opt = build_optimizer(list(model.parameters()) + list(criterion.parameters()), lr=lr)
-    sched = build_scheduler(opt, milestones=(100,), warmup_epochs=2, warmup_factor=0.1)
+    sched = build_scheduler(opt, milestones=(100,), warmup_epochs=warmup_epochs, warmup_factor=0.1)
     cls = engine_cls or VDEngine
     prov = {"model": "test_resnet", "num_classes": dm.num_train_pids, "recipe": recipe, "seed": seed}
     return cls(dm, model, opt, criterion, sched, amp=amp, selection=selection, eval_freq=eval_freq,
