@@ -8,7 +8,6 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from vdreid.engine import (
     CheckpointMismatchError,
     get_rng_state,

@@ -6,7 +6,6 @@ import types
 
 import pytest
 import torch
-
 from vdreid.engine import VDEngine, build_optimizer, build_scheduler
 from vdreid.engine.optim import WarmupMultiStepLR
 

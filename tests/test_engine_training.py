@@ -253,4 +253,15 @@ def test_ddp_two_processes_gloo(sysu_root, tmp_path):
     log = _lines(osp.join(save, "train_log.jsonl"))
     assert [r["epoch"] for r in log] == [1]  # one writer
     assert torch.load(osp.join(save, "latest.pth"), weights_only=True)["epoch"] == 1
-    assert len(torch.load(osp.join(save, "latest.pth"), weights_only=True)["rng"]) == 2
+    ck = torch.load(osp.join(save, "latest.pth"), weights_only=True)
+    assert len(ck["rng"]) == 2  # each rank's RNG states
+    # the gathered two-shard evaluation scores the checkpointed model exactly as one process does
+    from vdreid.engine import load_model_weights
+
+    single = build_engine(sysu_root)
+    load_model_weights(single.net, ck["state_dict"])
+    rep = single.evaluate("test")["sysu_mm01"]
+    res = json.load(open(osp.join(save, "results_sysu_mm01.json")))
+    assert res["world_size"] == 2
+    assert rep.rank1 == pytest.approx(r0["rank1"], abs=1e-6)
+    assert rep.mean["mAP"] == pytest.approx(res["mean"]["mAP"], abs=1e-4)

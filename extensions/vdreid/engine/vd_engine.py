@@ -10,7 +10,8 @@ What we add to torchreid's loop, and why it is not torchreid's code:
 * a NaN/inf guard that names the loss term and the iteration, before any weights change;
 * exact resume: atomic checkpoints with optimiser, scheduler, scaler, criterion, RNG states and sampler epoch
   (torchreid's ``resume_from_checkpoint`` restores model/optimiser/scheduler only and loads unsafely);
-* ``torch.distributed`` (DDP) with rank-0 logging/checkpoints and rank-0 evaluation;
+* ``torch.distributed`` (DDP) with rank-0 logging/checkpoints; evaluation features extracted in shards by
+  every rank and gathered, ranked by rank 0;
 * honest model selection: periodic evaluation uses the validation protocol; the test set selects only on request;
 * ``train_log.jsonl``: one JSON line per epoch (``epoch`` = epochs completed, 1-based; ``lr``; the mean of every
   loss term; ``images_per_s``; ``time_s``; ``val/<target>/rank1|mAP|mINP`` or ``test/...`` when evaluated).
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -538,46 +540,84 @@ class VDEngine(compat.Engine):
                 f"selection_{split}_rank1": self.best["rank1"]}
 
     # ----------------------------------------------------------------------------------------------- testing
+    def _shard_features(self, net: torch.nn.Module, loader, ir_camids, desc: str):
+        """Features of the whole ``loader.dataset`` in dataset order. Single process: one pass. DDP: each rank
+        extracts every ``world_size``-th image (a strided ``Subset``), the shards are gathered on every rank
+        (``all_gather_object``) and put back in dataset order."""
+        from torch.utils.data import DataLoader, Subset
+
+        from vdreid.evaluation.extract import extract_features
+
+        amp_dtype = self.amp_dtype if self.eval_amp else None
+        if not self.dist.is_distributed:
+            f, p, c, _ = extract_features(net, loader, self.device, ir_camids, amp_dtype, desc=desc)
+            return f.numpy(), p, c
+        n = len(loader.dataset)
+        idx = list(range(self.dist.rank, n, self.dist.world_size))
+        part = None
+        if idx:
+            shard = DataLoader(Subset(loader.dataset, idx), batch_size=loader.batch_size, shuffle=False,
+                               num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+            f, p, c, _ = extract_features(net, shard, self.device, ir_camids, amp_dtype, desc=desc)
+            part = (idx, f.numpy(), p, c)
+        parts: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(parts, part)
+        parts = [q for q in parts if q is not None]
+        dim = parts[0][1].shape[1]
+        feats = np.zeros((n, dim), dtype=np.float32)
+        pids = np.zeros(n, dtype=np.int64)
+        camids = np.zeros(n, dtype=np.int64)
+        for ids, f, p, c in parts:
+            feats[ids], pids[ids], camids[ids] = f, p, c
+        return feats, pids, camids
+
+    def _broadcast_buffers(self) -> None:
+        """Give every rank rank 0's BatchNorm running statistics (each rank updated its own in its last training
+        forward), so that every shard of a gathered evaluation sees the model rank 0 checkpoints."""
+        if self.dist.is_distributed:
+            for b in self.net.buffers():
+                dist.broadcast(b.data, src=0)
+
     @torch.no_grad()
     def evaluate(self, split: str = "test", rerank: bool = False) -> dict[str, Any]:
-        """Run the protocol evaluator on every target of ``split`` (``'test'`` or ``'val'``); rank 0 only (other
-        ranks wait). Returns ``{target: EvalReport}`` (empty on other ranks)."""
-        from vdreid.evaluation import evaluate_model
+        """Run the protocol evaluator on every target of ``split`` (``'test'`` or ``'val'``).
 
+        Under DDP the features are extracted in shards by every rank and gathered; rank 0 ranks and scores them
+        (the other ranks return ``{}``). Returns ``{target: EvalReport}``.
+        """
+        from vdreid.evaluation.evaluator import run_protocol
+
+        if split == "test":
+            loaders, protocols = self.test_loader, self.datamanager.protocols
+        else:
+            loaders, protocols = self.datamanager.val_loader, self.datamanager.val_protocols
         reports: dict[str, Any] = {}
-        if self.dist.is_main:
-            if split == "test":
-                loaders, protocols = self.test_loader, self.datamanager.protocols
-            else:
-                loaders, protocols = self.datamanager.val_loader, self.datamanager.val_protocols
-            net = self.net
-            was_training = net.training
-            net.eval()
-            for name in loaders:
-                if name not in protocols:
-                    raise KeyError(f"VDEngine.evaluate: no {split} protocol for target {name!r}")
-                reports[name] = evaluate_model(
-                    net,
-                    loaders[name]["query"],
-                    loaders[name]["gallery"],
-                    protocols[name],
-                    device=self.device,
-                    ir_camids=self.datamanager.ir_camids_of(name),
-                    metric=self.metric,
-                    backend=self.backend,
-                    rerank=rerank,
-                    amp_dtype=self.amp_dtype if self.eval_amp else None,
-                )
-                self._log(f"##### {split}: {name} ({protocols[name].name}) #####")
-                self._log(reports[name].table())
-                if self.writer is not None:
-                    step = self.epoch + 1
-                    self.writer.add_scalar(f"{split.capitalize()}/{name}/rank1", float(reports[name].rank1), step)
-                    for key in ("mAP", "mINP"):
-                        if key in reports[name].mean:
-                            value = float(reports[name].mean[key])
-                            self.writer.add_scalar(f"{split.capitalize()}/{name}/{key}", value, step)
-            net.train(was_training)
+        net = self.net
+        was_training = net.training
+        net.eval()
+        self._broadcast_buffers()
+        for name in loaders:
+            if name not in protocols:
+                raise KeyError(f"VDEngine.evaluate: no {split} protocol for target {name!r}")
+            t0 = time.perf_counter()
+            ir = self.datamanager.ir_camids_of(name)
+            qf, qp, qc = self._shard_features(net, loaders[name]["query"], ir, f"{split} query features")
+            gf, gp, gc = self._shard_features(net, loaders[name]["gallery"], ir, f"{split} gallery features")
+            if not self.dist.is_main:
+                continue
+            rep = run_protocol(protocols[name], qf, gf, qp, gp, qc, gc, metric=self.metric, backend=self.backend,
+                               rerank=rerank)
+            rep.wall_time_s = time.perf_counter() - t0
+            reports[name] = rep
+            self._log(f"##### {split}: {name} ({protocols[name].name}) #####")
+            self._log(rep.table())
+            if self.writer is not None:
+                step = self.epoch + 1
+                self.writer.add_scalar(f"{split.capitalize()}/{name}/rank1", float(rep.rank1), step)
+                for key in ("mAP", "mINP"):
+                    if key in rep.mean:
+                        self.writer.add_scalar(f"{split.capitalize()}/{name}/{key}", float(rep.mean[key]), step)
+        net.train(was_training)
         vdist.barrier()
         return reports
 
