@@ -84,6 +84,8 @@ def test_training_lowers_loss_and_beats_chance(sysu40_root, tmp_path):
     for r in log:  # every active loss term, the lr and the speed are logged per epoch
         assert {"total", "ce", "metric", "dml", "vsd", "vcd", "vml", "lr", "images_per_s", "time_s"} <= set(r)
     assert log[-1]["ce"] < 0.9 * log[0]["ce"] and log[-1]["total"] < 0.95 * log[0]["total"]
+    frozen = {n: p for n, p in eng.net.named_parameters() if n.endswith("bnneck.bias")}
+    assert len(frozen) == 3 and all(not p.requires_grad and not p.any() for p in frozen.values())  # BNNeck bias
     chance = _chance_rank1(eng.datamanager, "sysu_mm01")
     assert 5.0 < chance < 12.0  # about 1 / 14 test ids
     # a tiny randomly initialised network after 126 steps: about 2x chance on this tree (seeds 0 and 1: 17.4, 16.8

@@ -283,7 +283,9 @@ class VDEngine(compat.Engine):
         """One epoch. Returns the epoch's mean of every loss term, ``lr``, ``images_per_s`` and ``time_s``."""
         losses = compat.utils.MetricMeter()
         self.set_model_mode("train")
-        self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers, model=self.net)
+        if fixbase_epoch > 0:
+            # only when asked: torchreid's open_all_layers() would also set requires_grad on the BNNeck's frozen bias
+            self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers, model=self.net)
         sampler = self._train_sampler()
         if sampler is not None:
             sampler.set_epoch(self.epoch)
