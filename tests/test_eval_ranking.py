@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from vdreid import compat
-from vdreid.evaluation import core, evaluate_features
+from vdreid.evaluation import core, evaluate_features, ranking
 
 BACKENDS = ["torch", "faiss"]
 
@@ -80,6 +80,8 @@ def make_case(rng, nq, ng, dim, num_ids, ties=False):
 def test_random_cases_every_backend_and_block_size(backend, metric, monkeypatch):
     if metric == "euclidean":  # the other counting path (cosine runs the automatic choice)
         monkeypatch.setattr(core, "DENSE_MIDDLE_FRACTION", 2.0 if backend == "torch" else -1.0)
+    elif backend == "torch":  # float64 blocks (the torch backend's choice for D >= 1024)
+        monkeypatch.setattr(ranking, "FLOAT64_MIN_DIM", 1)
     rng = np.random.default_rng(hash((backend, metric)) % 1000)
     n = 0
     for t in range(16):
@@ -110,7 +112,9 @@ def test_blocked_equals_dense_on_a_larger_problem(mode, counting, monkeypatch):
     qf, gf, qp, gp, qc, gc = make_case(rng, 30, 1200, 3, 50)
     gf[::7] = np.round(gf[::7], 1)  # coarse values: exact ties after normalisation are possible too
     ref = reference_metrics(reference_distance(qf, gf, "cosine"), qp, gp, qc, gc, 20, mode, ((2, 1),))
-    for backend, blocks in (("torch", (None, 997, 9_000)), ("faiss", (None, 9_000))):
+    for backend, blocks in (("torch", (None, 997, 9_000)), ("faiss", (None, 9_000)), ("torch64", (None, 9_000))):
+        monkeypatch.setattr(ranking, "FLOAT64_MIN_DIM", 1 if backend == "torch64" else 1024)
+        backend = backend[:5]
         for block in blocks:
             out = evaluate_features(qf, gf, qp, gp, qc, gc, backend=backend, block_size=block, cmc_mode=mode,
                                     exclude_cam_pairs=((2, 1),))

@@ -28,6 +28,12 @@ from vdreid.evaluation.metrics import camera_groups, check_common, evaluate
 METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "faiss", "torch")
 _U32 = 2.0**-24  # unit roundoff of float32
+_U64 = 2.0**-53  # unit roundoff of float64
+#: torch backend: float64 blocks when D >= this and the float64 features fit FLOAT64_MAX_BYTES. The float32
+#: error band grows with D, and every entry inside a band costs a D-long float64 re-computation; at D=2048 a
+#: float64 GEMM (2x the float32 one) is cheaper than those re-checks (10k x 10k benchmark).
+FLOAT64_MIN_DIM = 1024
+FLOAT64_MAX_BYTES = 1 << 30
 RERANK_MAX_ITEMS = 30000  # torchreid's re_ranking builds (Q+G)^2 float32 matrices
 
 
@@ -79,17 +85,23 @@ class _Features:
         if q64.nbytes <= (512 << 20):
             self.q64 = q64
 
-    def band(self) -> np.ndarray:
+    def prepare64(self) -> None:
+        """Float64 gallery for float64 blocks (normalised for cosine; the same per-row bits as ``exact``)."""
+        self.g64 = _normalized64(self.gsrc) if self.metric == "cosine" else self.gsrc.astype(np.float64)
+
+    def band(self, use64: bool = False) -> np.ndarray:
         """Per-query bound on |float32 block entry - exact distance|: the worst-case error of a float32 dot
         product in any summation order, gamma_n sum|a_i b_i| <= gamma_n |a||b| (Higham, Accuracy and Stability
         of Numerical Algorithms, 2nd ed., eq. 3.5) with n = D + 8 covering the rounding of the inputs to float32,
         of the norms and of the final additions; 5% slack. Realistic errors are ~sqrt(D) times smaller, so
         the bound only costs a few extra exact re-computations."""
         n = self.dim + 8
+        # float64 blocks: the block and the exact re-computation each err by up to gamma_n (u = 2^-53)
+        u = 2.0 * _U64 if use64 else _U32
         if self.metric == "cosine":
-            return np.full(self.q32.shape[0], n * _U32 * 1.05)
+            return np.full(self.q32.shape[0], n * u * 1.05)
         qn, gmax = np.sqrt(self.q2), float(np.sqrt(self.g2.max()))
-        return n * _U32 * (qn + gmax) ** 2 * 1.05
+        return n * u * (qn + gmax) ** 2 * 1.05
 
     def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Exact float64 distances of the pairs ``(rows[i], cols[i])``. Each feature row is converted (and
@@ -151,15 +163,21 @@ def resolve_backend(backend: str) -> tuple[str, torch.device]:
     return "faiss", torch.device("cpu")
 
 
-def _block_fn(feats: _Features, backend: str, device: torch.device, cols: np.ndarray):
-    """Block distance function over the allowed gallery ``cols`` for one backend."""
+def _block_fn(feats: _Features, backend: str, device: torch.device, cols: np.ndarray, use64: bool = False):
+    """Block distance function over the allowed gallery ``cols`` for one backend (float64 blocks: torch only)."""
     full = cols.size == feats.g32.shape[0]
     g32 = feats.g32 if full else feats.g32[cols]
-    g2 = None if feats.g2 is None else (feats.g2 if full else feats.g2[cols]).astype(np.float32)
-    q2 = None if feats.q2 is None else feats.q2.astype(np.float32)
+    fdt = np.float64 if use64 else np.float32
+    g2 = None if feats.g2 is None else (feats.g2 if full else feats.g2[cols]).astype(fdt)
+    q2 = None if feats.q2 is None else feats.q2.astype(fdt)
     if backend == "torch":
-        gt = torch.from_numpy(g32).to(device)
-        qt = torch.from_numpy(feats.q32).to(device)
+        if use64:
+            g64 = feats.g64 if full else feats.g64[cols]
+            gt = torch.from_numpy(g64).to(device)
+            qt = torch.from_numpy(feats.q64).to(device)
+        else:
+            gt = torch.from_numpy(g32).to(device)
+            qt = torch.from_numpy(feats.q32).to(device)
         g2t = None if g2 is None else torch.from_numpy(g2).to(device)
         q2t = None if q2 is None else torch.from_numpy(q2).to(device)
 
@@ -260,14 +278,21 @@ def evaluate_features(
         dm = _rerank_distmat(q, g, metric)
         return evaluate(dm, qp, gp, qc, gc, max_rank, cmc_mode, pairs, block_size)
     feats = _Features(q, g, metric)
-    band = feats.band()
+    use64 = (
+        backend_name == "torch" and q.shape[1] >= FLOAT64_MIN_DIM and feats.q64 is not None
+        and (q.shape[0] + g.shape[0]) * q.shape[1] * 8 <= FLOAT64_MAX_BYTES
+    )
+    if use64:
+        feats.prepare64()
+    band = feats.band(use64)
     stats: list[RankStats] = []
     with _full_fp32(), torch.no_grad():
         for rows, cols in camera_groups(qc, gc, pairs):
-            fn = _block_fn(feats, backend_name, device, cols)
+            fn = _block_fn(feats, backend_name, device, cols, use64)
             stats.append(
                 rank_statistics(
-                    rows, cols, qp, gp, fn, feats.exact, band[rows], torch.float32, device, max_rank,
+                    rows, cols, qp, gp, fn, feats.exact, band[rows], torch.float64 if use64 else torch.float32,
+                    device, max_rank,
                     cmc_mode == "dedup", block_size or DEFAULT_BLOCK_SIZE, progress=f"ranking ({backend_name})",
                 )
             )
