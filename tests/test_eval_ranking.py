@@ -80,8 +80,9 @@ def make_case(rng, nq, ng, dim, num_ids, ties=False):
 def test_random_cases_every_backend_and_block_size(backend, metric, monkeypatch):
     if metric == "euclidean":  # the other counting path (cosine runs the automatic choice)
         monkeypatch.setattr(core, "DENSE_MIDDLE_FRACTION", 2.0 if backend == "torch" else -1.0)
-    elif backend == "torch":  # float64 blocks (the torch backend's choice for D >= 1024)
+    elif backend == "torch":  # float64 blocks (the torch backend's choice on CUDA for D >= 1024)
         monkeypatch.setattr(ranking, "FLOAT64_MIN_DIM", 1)
+        monkeypatch.setattr(ranking, "FLOAT64_ON_CPU", True)
     rng = np.random.default_rng(hash((backend, metric)) % 1000)
     n = 0
     for t in range(16):
@@ -114,6 +115,7 @@ def test_blocked_equals_dense_on_a_larger_problem(mode, counting, monkeypatch):
     ref = reference_metrics(reference_distance(qf, gf, "cosine"), qp, gp, qc, gc, 20, mode, ((2, 1),))
     for backend, blocks in (("torch", (None, 997, 9_000)), ("faiss", (None, 9_000)), ("torch64", (None, 9_000))):
         monkeypatch.setattr(ranking, "FLOAT64_MIN_DIM", 1 if backend == "torch64" else 1024)
+        monkeypatch.setattr(ranking, "FLOAT64_ON_CPU", backend == "torch64")
         backend = backend[:5]
         for block in blocks:
             out = evaluate_features(qf, gf, qp, gp, qc, gc, backend=backend, block_size=block, cmc_mode=mode,

@@ -29,10 +29,12 @@ METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "faiss", "torch")
 _U32 = 2.0**-24  # unit roundoff of float32
 _U64 = 2.0**-53  # unit roundoff of float64
-#: torch backend: float64 blocks when D >= this and the float64 features fit FLOAT64_MAX_BYTES. The float32
-#: error band grows with D, and every entry inside a band costs a D-long float64 re-computation; at D=2048 a
-#: float64 GEMM (2x the float32 one) is cheaper than those re-checks (10k x 10k benchmark).
+#: torch backend on CUDA: float64 blocks when D >= this and the float64 features fit FLOAT64_MAX_BYTES. The float32
+#: error band grows with D, and every entry inside a band costs a D-long float64 re-computation on the CPU; a
+#: float64 GEMM on a data-centre GPU avoids those. On the 2-core CPU box float64 blocks were slower at SYSU size
+#: (0.31 s vs 0.20 s per trial) and equal at 10k x 10k, so the CPU uses float32 blocks unless FLOAT64_ON_CPU.
 FLOAT64_MIN_DIM = 1024
+FLOAT64_ON_CPU = False
 FLOAT64_MAX_BYTES = 1 << 30
 RERANK_MAX_ITEMS = 30000  # torchreid's re_ranking builds (Q+G)^2 float32 matrices
 
@@ -279,7 +281,8 @@ def evaluate_features(
         return evaluate(dm, qp, gp, qc, gc, max_rank, cmc_mode, pairs, block_size)
     feats = _Features(q, g, metric)
     use64 = (
-        backend_name == "torch" and q.shape[1] >= FLOAT64_MIN_DIM and feats.q64 is not None
+        backend_name == "torch" and (device.type == "cuda" or FLOAT64_ON_CPU)
+        and q.shape[1] >= FLOAT64_MIN_DIM and feats.q64 is not None
         and (q.shape[0] + g.shape[0]) * q.shape[1] * 8 <= FLOAT64_MAX_BYTES
     )
     if use64:
