@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os.path as osp
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -88,7 +89,9 @@ def load_checkpoint(fpath: str, weights_only: bool = True, map_location: str | t
     """torchreid's ``load_checkpoint`` calls ``torch.load`` without ``weights_only`` (unsafe, and a warning or
     error on torch >= 2.6) and prints instead of raising useful errors; this loads with ``weights_only=True``."""
     if not fpath:
-        raise ValueError("checkpoint path is empty: name a file written by `vdreid train` or torchreid's save_checkpoint")
+        raise ValueError(
+            "checkpoint path is empty: name a file written by `vdreid train` or torchreid's save_checkpoint"
+        )
     fpath = osp.abspath(osp.expanduser(fpath))
     if not osp.isfile(fpath):
         raise FileNotFoundError(f'checkpoint not found: "{fpath}"')
