@@ -36,6 +36,7 @@ _U64 = 2.0**-53  # unit roundoff of float64
 FLOAT64_MIN_DIM = 1024
 FLOAT64_ON_CPU = False
 FLOAT64_MAX_BYTES = 1 << 30
+CACHE64_MAX_BYTES = 512 << 20  # float64 copies of the query / gallery features kept for exact() up to this size
 RERANK_MAX_ITEMS = 30000  # torchreid's re_ranking builds (Q+G)^2 float32 matrices
 
 
@@ -47,19 +48,30 @@ def _features(x, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a 2-D (num_items, dim) feature array, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
         raise ValueError(f"{name} must hold floating-point features, got dtype {a.dtype}")
-    if a.shape[0] and not np.all(np.isfinite(a)):
+    if not a.size:
+        return a
+    # max/min propagate NaN and see inf without the full-size temporaries of isfinite/abs (4x faster)
+    mx, mn = float(a.max()), float(a.min())
+    if not (np.isfinite(mx) and np.isfinite(mn)):
         bad = int((~np.isfinite(a).all(1)).sum())
         raise ValueError(f"{name} contains NaN/inf in {bad} rows; check the model outputs before evaluating")
-    if a.shape[0] and np.abs(a).max() > 1e18:
+    if max(mx, -mn) > 1e18:
         raise ValueError(f"{name} has values above 1e18, too large for exact float32 blocks; rescale the features")
     return a
 
 
-def _normalized64(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float64 (deterministic per row: the same row gives the same bits)."""
-    x = x.astype(np.float64)
-    n = np.sqrt(np.sum(x * x, axis=1))
-    return x / np.maximum(n, 1e-12)[:, None]
+def _normalized64(x: np.ndarray, out_dtype=np.float64, chunk: int = 64) -> np.ndarray:
+    """Row-wise L2 normalisation in float64 (deterministic per row: the same row gives the same bits), cast to
+    ``out_dtype``. Done ``chunk`` rows at a time so the float64 temporaries stay in cache (~10x faster than
+    whole-array temporaries at 3803 x 2048 on the dev box); each row's bits do not depend on the chunking
+    (the norm is numpy's pairwise sum over that row alone)."""
+    out = np.empty(x.shape, out_dtype)
+    for i in range(0, x.shape[0], chunk):
+        xi = x[i : i + chunk].astype(np.float64)
+        n = np.sqrt(np.sum(xi * xi, axis=1))
+        xi /= np.maximum(n, 1e-12)[:, None]
+        out[i : i + chunk] = xi
+    return out
 
 
 class _Features:
@@ -69,12 +81,18 @@ class _Features:
         self.metric, self.qsrc, self.gsrc = metric, qf, gf
         self.dim = qf.shape[1]
         self.q64 = None  # cached float64 (normalised for cosine) queries when small enough
+        # cached float64 gallery when small enough: exact() then never re-normalises gallery rows (at 10k x 10k,
+        # D=2048 the per-call re-normalisation was 2.2 s of 13.6 s)
+        self.g64 = None
+        cache_g = gf.size * 8 <= CACHE64_MAX_BYTES
         if metric == "cosine":
             q64 = _normalized64(qf)
             self.q32 = q64.astype(np.float32)
-            self.g32 = np.empty(gf.shape, np.float32)
-            for i in range(0, gf.shape[0], chunk):  # chunks: never a full float64 copy of a big gallery
-                self.g32[i : i + chunk] = _normalized64(gf[i : i + chunk])
+            if cache_g:
+                self.g64 = _normalized64(gf)
+                self.g32 = self.g64.astype(np.float32)
+            else:
+                self.g32 = _normalized64(gf, np.float32)  # chunked: never a full float64 copy of a big gallery
             self.q2 = self.g2 = None
         else:
             q64 = qf.astype(np.float64)
@@ -84,12 +102,15 @@ class _Features:
             self.g2 = np.concatenate(
                 [np.sum(gf[i : i + chunk].astype(np.float64) ** 2, axis=1) for i in range(0, gf.shape[0], chunk)]
             )
-        if q64.nbytes <= (512 << 20):
+        if q64.nbytes <= CACHE64_MAX_BYTES:
             self.q64 = q64
+        if cache_g and metric != "cosine":
+            self.g64 = gf.astype(np.float64)
 
     def prepare64(self) -> None:
         """Float64 gallery for float64 blocks (normalised for cosine; the same per-row bits as ``exact``)."""
-        self.g64 = _normalized64(self.gsrc) if self.metric == "cosine" else self.gsrc.astype(np.float64)
+        if self.g64 is None:
+            self.g64 = _normalized64(self.gsrc) if self.metric == "cosine" else self.gsrc.astype(np.float64)
 
     def band(self, use64: bool = False) -> np.ndarray:
         """Per-query bound on |float32 block entry - exact distance|: the worst-case error of a float32 dot
@@ -114,8 +135,11 @@ class _Features:
         def prep(x: np.ndarray) -> np.ndarray:
             return _normalized64(x) if cos else x.astype(np.float64)
 
-        uc, ic = np.unique(cols, return_inverse=True)
-        g_all = prep(self.gsrc[uc]) if uc.size * self.dim <= (32 << 20) else None  # <= 256 MiB
+        if self.g64 is not None:
+            g_all, ic = self.g64, cols
+        else:
+            uc, ic = np.unique(cols, return_inverse=True)
+            g_all = prep(self.gsrc[uc]) if uc.size * self.dim <= (32 << 20) else None  # <= 256 MiB
         step = max(1, (1 << 18) // max(1, self.dim))  # 2 MiB float64 temporaries: stay in cache
         for i in range(0, rows.size, step):
             r = rows[i : i + step]
@@ -219,6 +243,37 @@ def _block_fn(feats: _Features, backend: str, device: torch.device, cols: np.nda
     return fn_faiss
 
 
+def _dense_distances(feats: _Features, device: torch.device, use64: bool) -> torch.Tensor:
+    """All Q x G block-dtype distances in one (multi-threaded) GEMM, for problems that fit one block: the
+    camera groups then slice it instead of each gathering its query rows and running its own GEMM (at SYSU
+    size the row gathers cost ~10 % of the evaluation). Same formulas as ``_block_fn``'s torch path."""
+    qt = torch.from_numpy(feats.q64 if use64 else feats.q32).to(device)
+    gt = torch.from_numpy(feats.g64 if use64 else feats.g32).to(device)
+    ip = qt @ gt.T
+    with single_thread(device):
+        if feats.metric == "cosine":
+            return ip.neg_()
+        fdt = np.float64 if use64 else np.float32
+        q2t = torch.from_numpy(feats.q2.astype(fdt)).to(device)
+        g2t = torch.from_numpy(feats.g2.astype(fdt)).to(device)
+        return (q2t[:, None] + g2t[None, :]).sub_(ip, alpha=2.0).clamp_min_(0.0)
+
+
+def _dense_block_fn(dense: torch.Tensor, cols: np.ndarray):
+    """Block function reading the precomputed ``dense`` (Q, G) matrix over the allowed gallery ``cols``."""
+    full = cols.size == dense.shape[1]
+    ct = torch.as_tensor(cols, device=dense.device)
+
+    def fn(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
+        if r.size and r[-1] - r[0] + 1 == r.size:  # contiguous rows (all queries in one group): a view
+            x = dense[int(r[0]) : int(r[-1]) + 1]
+        else:
+            x = dense.index_select(0, torch.as_tensor(r, device=dense.device))
+        return x[:, c0:c1] if full else x.index_select(1, ct[c0:c1])
+
+    return fn
+
+
 def _rerank_distmat(qf: np.ndarray, gf: np.ndarray, metric: str) -> np.ndarray:
     """k-reciprocal re-ranking (Zhong et al. 2017) through torchreid's ``re_ranking`` on the torchreid-style
     distances (cosine: 1 - cos; euclidean: squared)."""
@@ -289,14 +344,18 @@ def evaluate_features(
         feats.prepare64()
     band = feats.band(use64)
     stats: list[RankStats] = []
+    block = block_size or DEFAULT_BLOCK_SIZE
     with _full_fp32(), torch.no_grad():
+        # dense path: the whole Q x G matrix fits one block (torch backend; faiss keeps its own blocks)
+        dense = _dense_distances(feats, device, use64) if backend_name == "torch" and q.size and (
+            q.shape[0] * g.shape[0] <= block) else None
         for rows, cols in camera_groups(qc, gc, pairs):
-            fn = _block_fn(feats, backend_name, device, cols, use64)
+            fn = _block_fn(feats, backend_name, device, cols, use64) if dense is None else _dense_block_fn(dense, cols)
             stats.append(
                 rank_statistics(
                     rows, cols, qp, gp, fn, feats.exact, band[rows], torch.float64 if use64 else torch.float32,
                     device, max_rank,
-                    cmc_mode == "dedup", block_size or DEFAULT_BLOCK_SIZE, progress=f"ranking ({backend_name})",
+                    cmc_mode == "dedup", block, progress=f"ranking ({backend_name})",
                 )
             )
     return aggregate(stats, q.shape[0], max_rank, cmc_mode)
