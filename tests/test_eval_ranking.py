@@ -183,3 +183,34 @@ def test_bad_input_names_the_argument(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         evaluate_features(**args)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("cache", [True, False])
+def test_dense_one_gemm_path_equals_blocked_and_reference(metric, cache, monkeypatch):
+    """The one-GEMM dense path (torch, Q x G fits one block) against the blocked path and the reference: ties,
+    exclusions, unmatched queries, a gallery shorter than max_rank, contiguous and gathered query rows, with and
+    without the cached float64 features used by the exact re-computation."""
+    if not cache:
+        monkeypatch.setattr(ranking, "CACHE64_MAX_BYTES", 0)
+    calls = []
+    orig = ranking._dense_distances
+    monkeypatch.setattr(ranking, "_dense_distances", lambda *a: calls.append(1) or orig(*a))
+    rng = np.random.default_rng(23)
+    for t in range(8):
+        nq, ng = int(rng.integers(2, 40)), int(rng.integers(2, 60)) if t % 4 else 7  # 7 < max_rank = 20
+        qf, gf, qp, gp, qc, gc = make_case(rng, nq, ng, int(rng.integers(2, 40)), 5, ties=t % 2 == 0)
+        qp[0] = 99  # a query without any match
+        if t % 3 == 0:
+            qc[:] = 2  # one camera group: contiguous query rows
+        mode = ["dedup", "standard"][t % 2]
+        excluded = [(), ((2, 1),)][(t // 2) % 2]
+        ref = reference_metrics(reference_distance(qf, gf, metric), qp, gp, qc, gc, 20, mode, excluded)
+        if ref is None:
+            continue
+        for block, dense in ((None, True), (nq * ng, True), (nq * ng - 1, False), (3, False)):
+            calls.clear()
+            out = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, backend="torch", block_size=block,
+                                    cmc_mode=mode, exclude_cam_pairs=excluded)
+            assert bool(calls) == dense
+            check(out, ref)
