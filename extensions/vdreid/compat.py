@@ -26,17 +26,16 @@ with warnings.catch_warnings():
         import torchreid  # type: ignore[no-redef]
 
         TORCHREID_LAYOUT = "torchreid"
-    from importlib import import_module
-
-    _tr_data = import_module(torchreid.__name__ + ".data")
-    _tr_datasets = import_module(torchreid.__name__ + ".data.datasets")
-    _tr_transforms = import_module(torchreid.__name__ + ".data.transforms")
-    _tr_models = import_module(torchreid.__name__ + ".models")
-    _tr_engine = import_module(torchreid.__name__ + ".engine")
-    _tr_utils = import_module(torchreid.__name__ + ".utils")
-    _tr_metrics = import_module(torchreid.__name__ + ".metrics")
-    _tr_losses = import_module(torchreid.__name__ + ".losses")
-    _tr_optim = import_module(torchreid.__name__ + ".optim")
+    # attribute access (not import by dotted name) so both layouts resolve the same way
+    _tr_data = torchreid.data
+    _tr_datasets = torchreid.data.datasets
+    _tr_transforms = torchreid.data.transforms
+    _tr_models = torchreid.models
+    _tr_engine = torchreid.engine
+    _tr_utils = torchreid.utils
+    _tr_metrics = torchreid.metrics
+    _tr_losses = torchreid.losses
+    _tr_optim = torchreid.optim
 
 data = _tr_data
 models = _tr_models
