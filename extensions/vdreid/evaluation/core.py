@@ -207,19 +207,21 @@ def rank_statistics(
                 x = x.to(tdt).contiguous()
                 below = x < lo_min
                 mid = (~below) & (x <= hi_max)
-                n_mid = int(mid.sum())
+                n_mid = int(torch.count_nonzero(mid))  # ~15x faster than a bool .sum() on CPU
                 if n_mid > x.numel() * DENSE_MIDDLE_FRACTION:
                     # dense middle (weak features, deep positives): one batched binary search per entry is ~3x
                     # cheaper than the ragged path below (measured on this box)
-                    a_full = torch.searchsorted(lo_t, x, right=True)  # positives with lo <= x
-                    off = torch.arange(R, device=device)[:, None] * (kmax + 1)
+                    # int32 positions when the histogram index fits: bincount over int32 was ~3x faster than int64
+                    i32 = R * (kmax + 1) < 2**31
+                    a_full = torch.searchsorted(lo_t, x, right=True, out_int32=i32)  # positives with lo <= x
+                    off = torch.arange(R, device=device, dtype=a_full.dtype)[:, None] * (kmax + 1)
                     hist = torch.bincount((a_full + off).reshape(-1), minlength=R * (kmax + 1)).view(R, kmax + 1)
                     cnt_pos += hist.cumsum(1)[:, :kmax]
-                    amb_m = (a_full > 0) & (x <= hi_t.gather(1, (a_full - 1).clamp_(min=0)))
+                    amb_m = (a_full > 0) & (x <= hi_t.gather(1, (a_full - 1).clamp_(min=0).long()))
                     flat_idx = amb_m.reshape(-1).nonzero().squeeze(1)
                     r, c = flat_idx // x.shape[1], flat_idx % x.shape[1]
                     v = x.reshape(-1).take(flat_idx)
-                    a = a_full.reshape(-1).take(flat_idx)
+                    a = a_full.reshape(-1).take(flat_idx).long()
                     amb = torch.ones_like(r, dtype=torch.bool)
                     del a_full, amb_m
                 else:
