@@ -1,6 +1,6 @@
 """Write benchmarks/LEADERBOARD.md and LEADERBOARD.csv: our results JSON files beside benchmarks/published.yaml.
 
-    python benchmarks/leaderboard.py [RUN_DIR_OR_JSON ...]        (default: log/)
+    python benchmarks/leaderboard.py [RUN_DIR_OR_JSON ...]        (default: benchmarks/runs/, the tracked runs)
     vdreid leaderboard --runs log/ ...                              (the same, through the CLI)
 
 One table per protocol string; runs of different protocols are never ranked against each other
@@ -19,7 +19,7 @@ HERE = osp.dirname(osp.abspath(__file__))
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="*", default=[osp.join(osp.dirname(HERE), "log")],
+    p.add_argument("runs", nargs="*", default=[osp.join(HERE, "runs")],
                    help="results JSON files or folders searched recursively")
     p.add_argument("--published", default=osp.join(HERE, "published.yaml"))
     p.add_argument("--out", default=osp.join(HERE, "LEADERBOARD.md"))
