@@ -43,3 +43,15 @@ def _no_network():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests use tiny tensors: one intra-op thread is as fast, and immune to OpenMP spinning on a loaded 2-core box.
+    (Subprocess tests set their own thread count.)"""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

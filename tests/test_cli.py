@@ -19,17 +19,6 @@ TINY = ["data.height", "32", "data.width", "16", "data.workers", "0", "sampler.n
         "sampler.num_instances", "4", "test.batch_size", "64", "train.warmup_epochs", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP spinning on a loaded 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, sysu_root):
     out = str(tmp_path_factory.mktemp("cli_run"))

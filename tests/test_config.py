@@ -14,17 +14,6 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(REPO, "configs", "**", "*.yaml"), recursive=True))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP spinning on a loaded 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _write(tmp_path, name: str, data: dict | str) -> str:
     p = tmp_path / name
     p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))

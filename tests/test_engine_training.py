@@ -21,15 +21,6 @@ from _engine_worker import build_engine, weights_digest
 WORKER = osp.join(osp.dirname(osp.abspath(__file__)), "_engine_worker.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP spinning on a loaded 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _lines(path):
     with open(path) as f:
         return [json.loads(ln) for ln in f if ln.strip()]

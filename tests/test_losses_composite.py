@@ -13,14 +13,6 @@ from vdreid.models.outputs import BranchOutput, VDOutput
 C, DV, DZ = 7, 6, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _branch(index, g, dtype=torch.float64):
     n = len(index)
 

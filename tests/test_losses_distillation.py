@@ -13,15 +13,6 @@ from torch.distributions import Categorical, kl_divergence
 from vdreid.losses import js_divergence, kl_distill, sinkhorn_distance, vcd_loss_official, vcd_loss_paper, vsd_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _logits(n=6, c=9, scale=2.0, seed=0, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
     t = (torch.randn(n, c, generator=g, dtype=torch.float64) * scale).requires_grad_(requires_grad)

@@ -9,15 +9,6 @@ import torch
 from vdreid.losses import ConventionalIB, JSMIEstimator, js_mi_lower_bound, minmax_estimate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_js_bound_matches_hand_formula():
     pos = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
     neg = torch.tensor([-3.0, 0.2], dtype=torch.float64)

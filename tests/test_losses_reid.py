@@ -12,15 +12,6 @@ from vdreid import compat
 from vdreid.losses import dml_loss, label_smooth_ce, official_rank_loss, ranked_list_loss, triplet_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(ids=3, k=2, dim=5, seed=0, scale=1.0):
     """ids x (k visible + k infrared), pids and IR flags like the cross-modal sampler's batches."""
     g = torch.Generator().manual_seed(seed)

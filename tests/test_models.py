@@ -33,16 +33,6 @@ BACKBONE = "test_resnet"
 V = 96  # test_resnet's final channel count
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads make these tiny models ~5x
-    slower (measured: 31 s vs 6 s CPU for the structure tests)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(routing: str = "official", bottleneck: str = "deterministic", seed: int = 0, **kw) -> VDNet:
     torch.manual_seed(seed)
     return build_vd_net(BACKBONE, num_classes=C, routing=routing, bottleneck=bottleneck, bottleneck_dims=DIMS, **kw)

@@ -19,16 +19,6 @@ C = 4
 X = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads make these tiny models ~5x
-    slower (measured: 31 s vs 6 s CPU for the structure tests)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(**kw):
     args = dict(backbone="resnet18", num_classes=C, bottleneck_dims=(16, 8), last_stride=2)
     args.update(kw)

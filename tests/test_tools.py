@@ -10,17 +10,6 @@ from vdreid.tools.plots import loss_terms, plot_cmc_runs, plot_training_curves, 
 from vdreid.tools.tsne import embed_2d, pick_items, plot_tsne
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and avoids OpenMP spinning on a loaded 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _log(tmp_path, rows):
     p = tmp_path / "train_log.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")

@@ -26,46 +26,37 @@ with warnings.catch_warnings():
         import torchreid  # type: ignore[no-redef]
 
         TORCHREID_LAYOUT = "torchreid"
-    # attribute access (not import by dotted name) so both layouts resolve the same way
-    _tr_data = torchreid.data
-    _tr_datasets = torchreid.data.datasets
-    _tr_transforms = torchreid.data.transforms
-    _tr_models = torchreid.models
-    _tr_engine = torchreid.engine
-    _tr_utils = torchreid.utils
-    _tr_metrics = torchreid.metrics
-    _tr_losses = torchreid.losses
-    _tr_optim = torchreid.optim
 
-data = _tr_data
-models = _tr_models
-engine = _tr_engine
-utils = _tr_utils
-metrics = _tr_metrics
-losses = _tr_losses
-optim = _tr_optim
-transforms = _tr_transforms
+# attribute access (not import by dotted name), so both layouts resolve the same way
+data = torchreid.data
+models = torchreid.models
+engine = torchreid.engine
+utils = torchreid.utils
+metrics = torchreid.metrics
+losses = torchreid.losses
+optim = torchreid.optim
+transforms = torchreid.data.transforms
 
-ImageDataset = _tr_data.ImageDataset
-ImageDataManager = _tr_data.ImageDataManager
-Engine = _tr_engine.Engine
-build_transforms = _tr_transforms.build_transforms
-visualize_ranked_results = _tr_utils.visualize_ranked_results
-re_ranking = _tr_utils.re_ranking
-evaluate_rank = _tr_metrics.evaluate_rank
-TripletLoss = _tr_losses.TripletLoss
-CrossEntropyLoss = _tr_losses.CrossEntropyLoss
-save_checkpoint = _tr_utils.save_checkpoint
-read_image = _tr_utils.read_image
+ImageDataset = data.ImageDataset
+ImageDataManager = data.ImageDataManager
+Engine = engine.Engine
+build_transforms = transforms.build_transforms
+visualize_ranked_results = utils.visualize_ranked_results
+re_ranking = utils.re_ranking
+evaluate_rank = metrics.evaluate_rank
+TripletLoss = losses.TripletLoss
+CrossEntropyLoss = losses.CrossEntropyLoss
+save_checkpoint = utils.save_checkpoint
+read_image = utils.read_image
 
 
 def _image_dataset_registry() -> dict[str, Any]:
     # torchreid keeps its registry in a module-level dict named with two underscores (no public accessor).
-    return getattr(_tr_datasets, "__image_datasets")
+    return getattr(data.datasets, "__image_datasets")
 
 
 def _model_registry() -> dict[str, Callable[..., torch.nn.Module]]:
-    return getattr(_tr_models, "__model_factory")
+    return getattr(models, "__model_factory")
 
 
 def register_image_dataset(name: str, dataset: type) -> None:
@@ -76,7 +67,7 @@ def register_image_dataset(name: str, dataset: type) -> None:
     if name in reg and getattr(reg[name], "__module__", "").startswith("vdreid"):
         reg[name] = dataset  # a reloaded vdreid module: replace our own older class
         return
-    _tr_data.register_image_dataset(name, dataset)
+    data.register_image_dataset(name, dataset)
 
 
 def register_model(name: str, factory: Callable[..., torch.nn.Module]) -> None:
