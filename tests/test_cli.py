@@ -123,3 +123,19 @@ def test_config_errors_exit_2_with_message(capsys, sysu_root):
     assert main(["train", "--config-file", QUICK, "--all-trials"]) == 2
     assert "--all-trials is for RegDB" in capsys.readouterr().err
     assert main(["test", "--checkpoint", osp.join(sysu_root, "missing.pth")]) == 2
+
+
+def test_bad_input_errors_exit_2_without_traceback(capsys, sysu_root, tmp_path):
+    """Errors that say what to fix (missing weights offline, missing data root) are one clear line, exit code 2."""
+    sysu_all = osp.join(osp.dirname(QUICK), "sysu_all.yaml")
+    args = ["train", "--config-file", sysu_all, "data.root", sysu_root, "data.save_dir", str(tmp_path / "o"),
+            "sampler.num_ids", "4", "data.height", "32", "data.width", "16"]
+    assert main(args) == 2  # pretrained=True, no local file, offline (conftest sets VDREID_OFFLINE)
+    err = capsys.readouterr().err
+    assert "PretrainedWeightsError" in err and "pretrained_path" in err and "Traceback" not in err
+    assert main(["train", "--config-file", QUICK, "data.root", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    args = ["train", "--config-file", QUICK, "data.root", sysu_root, "data.save_dir", str(tmp_path / "p")]
+    assert main(args) == 2  # 16 ids per batch, the tiny tree has fewer: a ValueError that names the fix
+    err = capsys.readouterr().err
+    assert "num_ids" in err and "Traceback" not in err

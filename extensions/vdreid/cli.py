@@ -444,9 +444,33 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vdreid {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"vdreid {args.command}: {exc}", file=sys.stderr)
+    except _user_errors() as exc:
+        # errors whose message already says what is wrong and what to do: no traceback unless asked for
+        if os.environ.get("VDREID_TRACEBACK"):
+            raise
+        print(f"vdreid {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("(set VDREID_TRACEBACK=1 to see where it was raised)", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe bad input (file, field, expectation, fix) rather than a bug in vdreid."""
+    from vdreid.data.errors import ImageReadError, SplitFileError
+    from vdreid.engine.checkpoint import CheckpointMismatchError
+    from vdreid.engine.vd_engine import NonFiniteLossError
+    from vdreid.models.weights import PretrainedWeightsError
+    from vdreid.tools.leaderboard import LeaderboardError
+
+    return (
+        FileNotFoundError,  # includes DatasetLayoutError
+        SplitFileError,
+        ImageReadError,
+        PretrainedWeightsError,
+        CheckpointMismatchError,
+        NonFiniteLossError,
+        LeaderboardError,
+        ValueError,  # our argument checks raise ValueError naming the argument and the expected value
+    )
 
 
 if __name__ == "__main__":
