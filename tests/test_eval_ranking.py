@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from agw_reference import agw_reference, assert_same
 from vdreid import compat
 from vdreid.evaluation import core, evaluate_features, ranking
 
@@ -24,41 +25,6 @@ def reference_distance(qf, gf, metric):
         g = g / np.maximum(np.sqrt((g * g).sum(1)), 1e-12)[:, None]
         return -(q[:, None, :] * g[None, :, :]).sum(-1)
     return ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
-
-
-def reference_metrics(dist, q_pids, g_pids, q_camids, g_camids, max_rank, mode, excluded):
-    rows, aps, inps = [], [], []
-    for i in range(dist.shape[0]):
-        order = np.argsort(dist[i], kind="stable")
-        keep = np.ones(order.size, dtype=bool)
-        for qc, gc in excluded:
-            if q_camids[i] == qc:
-                keep &= g_camids[order] != gc
-        ranked = g_pids[order][keep]
-        hit = ranked == q_pids[i]
-        if not hit.any():
-            continue
-        if mode == "dedup":
-            seen: set = set()
-            firsts = [p for p in ranked.tolist() if not (p in seen or seen.add(p))]  # first occurrences
-            row = np.cumsum(np.array(firsts) == q_pids[i])
-        else:
-            row = np.minimum(np.cumsum(hit), 1)
-        row = list(row[:max_rank])
-        rows.append(row + [row[-1]] * (max_rank - len(row)))
-        pos = np.nonzero(hit)[0]
-        aps.append(np.mean((np.arange(len(pos)) + 1) / (pos + 1)))
-        inps.append(len(pos) / (pos[-1] + 1))
-    if not rows:
-        return None
-    return np.mean(rows, axis=0), float(np.mean(aps)), float(np.mean(inps)), len(rows)
-
-
-def check(out, ref):
-    np.testing.assert_allclose(out["cmc"], ref[0], atol=1e-6, rtol=0)
-    assert out["mAP"] == pytest.approx(ref[1], abs=1e-6)
-    assert out["mINP"] == pytest.approx(ref[2], abs=1e-6)
-    assert out["num_valid_queries"] == ref[3]
 
 
 def make_case(rng, nq, ng, dim, num_ids, ties=False):
@@ -91,7 +57,7 @@ def test_random_cases_every_backend_and_block_size(backend, metric, monkeypatch)
         mode = ["dedup", "standard"][t % 2]
         excluded = [(), ((2, 1),)][(t // 2) % 2]
         max_rank = int(rng.integers(1, 25))
-        ref = reference_metrics(reference_distance(qf, gf, metric), qp, gp, qc, gc, max_rank, mode, excluded)
+        ref = agw_reference(reference_distance(qf, gf, metric), qp, gp, qc, gc, max_rank, mode, excluded)
         for block in (None, int(rng.integers(max(4, ng // 2), 6 * ng + 8))):
             kw = dict(metric=metric, backend=backend, block_size=block, max_rank=max_rank, cmc_mode=mode,
                       exclude_cam_pairs=excluded)
@@ -99,7 +65,7 @@ def test_random_cases_every_backend_and_block_size(backend, metric, monkeypatch)
                 with pytest.raises(ValueError, match="no valid query"):
                     evaluate_features(qf, gf, qp, gp, qc, gc, **kw)
             else:
-                check(evaluate_features(qf, gf, qp, gp, qc, gc, **kw), ref)
+                assert_same(evaluate_features(qf, gf, qp, gp, qc, gc, **kw), ref)
                 n += 1
     assert n > 16
 
@@ -112,7 +78,7 @@ def test_blocked_equals_dense_on_a_larger_problem(mode, counting, monkeypatch):
     rng = np.random.default_rng(7)
     qf, gf, qp, gp, qc, gc = make_case(rng, 30, 1200, 3, 50)
     gf[::7] = np.round(gf[::7], 1)  # coarse values: exact ties after normalisation are possible too
-    ref = reference_metrics(reference_distance(qf, gf, "cosine"), qp, gp, qc, gc, 20, mode, ((2, 1),))
+    ref = agw_reference(reference_distance(qf, gf, "cosine"), qp, gp, qc, gc, 20, mode, ((2, 1),))
     for backend, blocks in (("torch", (None, 997, 9_000)), ("faiss", (None, 9_000)), ("torch64", (None, 9_000))):
         monkeypatch.setattr(ranking, "FLOAT64_MIN_DIM", 1 if backend == "torch64" else 1024)
         monkeypatch.setattr(ranking, "FLOAT64_ON_CPU", backend == "torch64")
@@ -120,7 +86,7 @@ def test_blocked_equals_dense_on_a_larger_problem(mode, counting, monkeypatch):
         for block in blocks:
             out = evaluate_features(qf, gf, qp, gp, qc, gc, backend=backend, block_size=block, cmc_mode=mode,
                                     exclude_cam_pairs=((2, 1),))
-            check(out, ref)
+            assert_same(out, ref)
 
 
 def test_dedup_needs_more_than_the_top_l():
@@ -133,18 +99,18 @@ def test_dedup_needs_more_than_the_top_l():
     gp = np.concatenate([rng.integers(100, 103, 300), np.arange(40)])  # 300 near items of 3 identities
     qp = np.array([5, 6, 7])
     qc, gc = np.zeros(3, int), np.ones(340, int)
-    ref = reference_metrics(reference_distance(qf, gf, "cosine"), qp, gp, qc, gc, 20, "dedup", ())
+    ref = agw_reference(reference_distance(qf, gf, "cosine"), qp, gp, qc, gc, 20, "dedup", ())
     for backend in BACKENDS:
-        check(evaluate_features(qf, gf, qp, gp, qc, gc, backend=backend, block_size=500), ref)
+        assert_same(evaluate_features(qf, gf, qp, gp, qc, gc, backend=backend, block_size=500), ref)
 
 
 def test_torch_tensors_and_float64_inputs():
     rng = np.random.default_rng(2)
     qf, gf, qp, gp, qc, gc = make_case(rng, 20, 30, 16, 5)
-    ref = reference_metrics(reference_distance(qf, gf, "euclidean"), qp, gp, qc, gc, 20, "standard", ())
+    ref = agw_reference(reference_distance(qf, gf, "euclidean"), qp, gp, qc, gc, 20, "standard", ())
     out = evaluate_features(torch.from_numpy(qf), torch.from_numpy(gf).double(), qp, gp, qc, gc,
                             metric="euclidean", cmc_mode="standard")
-    check(out, ref)
+    assert_same(out, ref)
 
 
 def test_rerank_matches_torchreid_re_ranking():
@@ -154,8 +120,8 @@ def test_rerank_matches_torchreid_re_ranking():
     g = gf / np.linalg.norm(gf, axis=1, keepdims=True)
     d = compat.re_ranking((1 - q @ g.T).astype(np.float32), (1 - q @ q.T).astype(np.float32),
                           (1 - g @ g.T).astype(np.float32))
-    ref = reference_metrics(d.astype(np.float64), qp, gp, qc, gc, 20, "dedup", ())
-    check(evaluate_features(qf, gf, qp, gp, qc, gc, rerank=True), ref)
+    ref = agw_reference(d.astype(np.float64), qp, gp, qc, gc, 20, "dedup", ())
+    assert_same(evaluate_features(qf, gf, qp, gp, qc, gc, rerank=True), ref)
 
 
 @pytest.mark.parametrize(
@@ -205,7 +171,7 @@ def test_dense_one_gemm_path_equals_blocked_and_reference(metric, cache, monkeyp
             qc[:] = 2  # one camera group: contiguous query rows
         mode = ["dedup", "standard"][t % 2]
         excluded = [(), ((2, 1),)][(t // 2) % 2]
-        ref = reference_metrics(reference_distance(qf, gf, metric), qp, gp, qc, gc, 20, mode, excluded)
+        ref = agw_reference(reference_distance(qf, gf, metric), qp, gp, qc, gc, 20, mode, excluded)
         if ref is None:
             continue
         for block, dense in ((None, True), (nq * ng, True), (nq * ng - 1, False), (3, False)):
@@ -213,4 +179,4 @@ def test_dense_one_gemm_path_equals_blocked_and_reference(metric, cache, monkeyp
             out = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, backend="torch", block_size=block,
                                     cmc_mode=mode, exclude_cam_pairs=excluded)
             assert bool(calls) == dense
-            check(out, ref)
+            assert_same(out, ref)

@@ -7,16 +7,14 @@ objects; here every checkpoint is written to a temporary file in the same folder
 
 from __future__ import annotations
 
-import os
-import os.path as osp
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
 from vdreid import compat
+from vdreid.atomic import atomic_write
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -64,21 +62,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint_atomic(state: dict[str, Any], path: str) -> str:
     """Write ``state`` to ``path`` through a temporary file in the same folder and ``os.replace``: a reader (or a
     resumed run after SIGKILL) sees either the previous complete file or the new complete file, never a torn one."""
-    path = osp.abspath(path)
-    folder = osp.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=osp.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

@@ -13,7 +13,6 @@ import os
 import os.path as osp
 import platform
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vdreid.atomic import atomic_write
 from vdreid.evaluation.ranking import evaluate_features, resolve_backend
 
 METRIC_KEYS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
@@ -144,17 +144,7 @@ class EvalReport:
         model, selection, dataset, synthetic) as JSON, atomically (temporary file + rename)."""
         d = self.to_dict(**provenance)
         text = json.dumps(d, indent=2, default=_json_default)
-        folder = osp.dirname(osp.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if osp.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: f.write(text), binary=False)
         return path
 
 
