@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as CN
 
+from vdreid.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "get_default_config",
@@ -38,8 +40,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A config file or command-line override names an unknown key or gives a value of the wrong type."""
 
 
 def get_default_config() -> CN:

@@ -10,17 +10,10 @@ import os.path as osp
 
 from PIL import Image
 
+from vdreid.errors import DatasetLayoutError, ImageReadError, SplitFileError
 
-class DatasetLayoutError(FileNotFoundError):
-    """A folder or file the dataset layout requires is missing or empty."""
-
-
-class SplitFileError(ValueError):
-    """A split/index file (SYSU ``exp/*_id.txt``, RegDB ``idx/*.txt``, ``rand_perm_cam.mat``) is malformed."""
-
-
-class ImageReadError(OSError):
-    """An image file exists in the split but cannot be decoded."""
+__all__ = ["DatasetLayoutError", "ImageReadError", "SplitFileError", "list_folder", "read_image_rgb",
+           "require_dir", "require_file"]
 
 
 def require_dir(path: str, what: str, hint: str) -> str:

@@ -15,10 +15,7 @@ import torch
 
 from vdreid import compat
 from vdreid.atomic import atomic_write
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A state dict does not fit the model (another architecture, number of classes or configuration)."""
+from vdreid.errors import CheckpointMismatchError
 
 
 # ----------------------------------------------------------------------------------------------------- RNG states

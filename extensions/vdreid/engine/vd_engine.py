@@ -47,6 +47,7 @@ from vdreid.engine.checkpoint import (
     set_rng_state,
     unwrap_model,
 )
+from vdreid.errors import NonFiniteLossError
 
 AMP_MODES = ("none", "bf16", "fp16")
 SELECTIONS = ("final", "val", "test")
@@ -56,8 +57,6 @@ TRAIN_LOG = "train_log.jsonl"
 RESUME_CHECK_KEYS = ("model", "num_classes", "recipe", "routing", "bottleneck", "backbone")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or inf; training stopped before the optimiser step."""
 
 
 def _is_infrared(camids: torch.Tensor, ir_camids) -> torch.Tensor:

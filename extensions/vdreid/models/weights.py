@@ -34,13 +34,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vdreid.errors import PretrainedWeightsError
+
 HUB_URL = "https://huggingface.co"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
 _STRIP_PREFIXES = ("module.", "model.", "backbone.", "base.", "body.")
 
 
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights could not be found or do not fit the backbone; the message says what to do."""
 
 
 def offline_help(model_name: str) -> str:

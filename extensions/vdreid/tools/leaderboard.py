@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from vdreid.errors import LeaderboardError
+
 METRICS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 _SPLIT_RE = re.compile(r"(?:split|trial)[ =_-]?(\d+)$")
 
-
-class LeaderboardError(ValueError):
-    """Bad input to the leaderboard (mixed protocols in one ranking, malformed results or published file)."""
 
 
 @dataclass

@@ -1,0 +1,100 @@
+"""What a VI-ReID method is to vdreid: one registered unit (see ``docs/adding-a-method.md``).
+
+A :class:`Method` turns its own config section (plus the shared ``model``/``loss`` keys) into plain keyword
+arguments, builds its model and its criterion, names its test-feature modes and says what it records in results.
+The trainer, the evaluator, the command line and the tools only ever talk to this interface, so adding a method is
+one new file in ``vdreid/methods/`` (plus its model and loss modules when they are new) and a config.
+
+Contracts every method's parts follow:
+
+* **model**: a ``torch.nn.Module`` registered in torchreid's model factory. ``forward(x, modality=None)`` where
+  ``modality`` is a bool tensor (B,), True = infrared. Train mode returns whatever the method's criterion takes;
+  eval mode returns the test feature ``(B, D)``, *not* L2-normalised (the evaluator normalises for cosine). The model
+  has a settable ``feature_mode`` attribute (one of ``Method.feature_modes``) choosing that test feature.
+* **criterion**: ``criterion(outputs, pids) -> (total, terms)`` where ``terms`` maps each active loss term's name to
+  its weighted 0-dim tensor and ``total`` is their sum. It may own parameters (they are optimised too).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from vdreid.errors import ConfigError
+
+
+class Method(ABC):
+    """Base class of a registered method. Subclasses set the class attributes and implement the builders."""
+
+    #: registry name, picked by the config key ``model.method``
+    name: ClassVar[str] = ""
+    #: the method's own config section (``cfg.<section>``); its defaults come from :meth:`config`
+    section: ClassVar[str] = ""
+    #: torchreid model-factory names this method registers (``model.name`` must be one of them)
+    model_names: ClassVar[tuple[str, ...]] = ()
+    #: test-feature modes the model offers, and the default one
+    feature_modes: ClassVar[tuple[str, ...]] = ()
+    default_feature_mode: ClassVar[str] = ""
+    #: feature modes drawn by ``vdreid tsne`` by default (a joint cross-modal picture uses the first)
+    tsne_modes: ClassVar[tuple[str, ...]] = ()
+    #: provenance keys that must agree between a checkpoint and a run resuming from it
+    resume_keys: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------------------------------------ config
+    @classmethod
+    def config(cls) -> CN:
+        """Defaults of the method's own section (added to the default config as ``cfg.<section>``)."""
+        return CN()
+
+    def check_config(self, cfg: CN) -> None:
+        """Value checks of the method's keys; raise :class:`~vdreid.errors.ConfigError` naming the key."""
+        if self.model_names and cfg.model.name not in self.model_names:
+            raise ConfigError(
+                f"config key 'model.name': {cfg.model.name!r} is not a model of method '{self.name}' "
+                f"(model.method); choose one of {list(self.model_names)}"
+            )
+
+    def feature_mode(self, cfg: CN) -> str:
+        """The test feature: ``test.feature_mode`` when set, else the method's default; checked."""
+        mode = cfg.test.feature_mode or self.default_feature_mode
+        if mode not in self.feature_modes:
+            raise ConfigError(
+                f"config key 'test.feature_mode': {mode!r} is not a feature mode of method '{self.name}'; "
+                f"choose one of {list(self.feature_modes)}"
+            )
+        return mode
+
+    # ------------------------------------------------------------------------------------------------ builders
+    @abstractmethod
+    def model_kwargs(self, cfg: CN) -> dict[str, Any]:
+        """Keyword arguments of the model factory, from the config (no yacs object goes further)."""
+
+    @abstractmethod
+    def build_model(self, cfg: CN, num_classes: int) -> nn.Module:
+        """The model, with pretrained weights as configured and ``feature_mode`` set."""
+
+    @abstractmethod
+    def build_criterion(self, cfg: CN, num_classes: int, model: nn.Module | None = None) -> nn.Module:
+        """The training criterion ``(outputs, pids) -> (total, terms)``."""
+
+    def param_groups(self, cfg: CN, model: nn.Module, criterion: nn.Module) -> list[dict[str, Any]]:
+        """Optimiser parameter groups (``{'params': [...], 'lr_mult': float}``; default: one group of every
+        trainable parameter of the model and the criterion at the base learning rate)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        params += [p for p in criterion.parameters() if p.requires_grad]
+        return [{"params": params, "lr_mult": 1.0}]
+
+    def find_unused_parameters(self, cfg: CN) -> bool:
+        """Whether DDP must look for parameters without gradients (branches or heads some steps do not use)."""
+        return False
+
+    # ------------------------------------------------------------------------------------------------ records
+    def provenance(self, cfg: CN) -> dict[str, Any]:
+        """What the method records in checkpoints and results JSON besides the common fields."""
+        return {"method": self.name, "feature_mode": self.feature_mode(cfg)}
+
+    def describe(self) -> str:
+        return f"{self.name}: models {list(self.model_names)}, feature modes {list(self.feature_modes)}"
