@@ -60,12 +60,17 @@ class DiskFullError(VDReIDError, OSError):
     """Writing an output failed for lack of space; the previous file at that path is intact."""
 
 
+class EvaluationInputError(VDReIDError, ValueError):
+    """Features, ids or options given to the evaluation (metrics, search, re-ranking) are malformed."""
+
+
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "ConfigError",
     "DatasetLayoutError",
     "DiskFullError",
+    "EvaluationInputError",
     "ImageReadError",
     "LeaderboardError",
     "NonFiniteLossError",
