@@ -173,3 +173,168 @@ def test_is_infrared_and_camera_maps():
     assert [SYSU_CAM_MODALITY[c] for c in range(6)] == [vis, vis, ir, vis, vis, ir]
     assert REGDB_CAM_MODALITY == {0: "visible", 1: "infrared"}
     assert modality_of(5, SYSU_IR_CAMIDS) == "infrared" and modality_of(3, SYSU_IR_CAMIDS) == "visible"
+
+
+# ------------------------------------------------------------------------------------------ epoch definitions
+def _real_count_items(n_ids: int, n_vis: int, n_ir: int, ir_cam: int = 2, vis_cam: int = 0) -> list[tuple]:
+    """In-memory items with a dataset's real training counts (no images): images spread as evenly as possible."""
+    out = []
+    for modality_cam, total in ((vis_cam, n_vis), (ir_cam, n_ir)):
+        for pid in range(n_ids):
+            k = total // n_ids + (1 if pid < total % n_ids else 0)
+            out += [(f"{modality_cam}_{pid}_{j}", pid, modality_cam, 0) for j in range(k)]
+    return out
+
+
+def _released_vd_iterations(n_ids: int, batch_size: int, num_instances_vd: int) -> int:
+    """The released VD code's epoch, written out: CamRandomIdentitySampler yields num_instances_vd indices for each
+    of the n_ids identities (one randperm pass), a DataLoader(batch_size, drop_last=True) cuts them."""
+    stream = list(range(n_ids * num_instances_vd))
+    loader = torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True)
+    return sum(1 for _ in loader)
+
+
+def _agw_iterations(n_vis: int, n_ir: int, batch_ids: int, num_pos: int) -> int:
+    """AGW's epoch, written out: IdentitySampler.__iter__ yields (int(N/(B*P))+1)*B*P indices (N = max(#vis, #ir));
+    the DataLoader has batch_size B*P and drop_last=True (agw.md A.3)."""
+    n = max(n_vis, n_ir)
+    stream = list(range((int(n / (batch_ids * num_pos)) + 1) * batch_ids * num_pos))
+    loader = torch.utils.data.DataLoader(stream, batch_size=batch_ids * num_pos, drop_last=True)
+    return sum(1 for _ in loader)
+
+
+def _recipe_sampler(path: str) -> dict:
+    import os.path as osp
+
+    from vdreid.config import read_yaml_with_bases
+
+    merged: dict = {}
+    for _, data in read_yaml_with_bases(osp.join(osp.dirname(__file__), "..", "configs", path)):
+        merged.update(data.get("sampler", {}))
+    return merged
+
+
+SYSU_TRAIN = dict(n_ids=395, n_vis=22258, n_ir=11909)  # protocol counts of SYSU-MM01 train+val (395 ids)
+
+
+def test_official_sysu_epoch_is_24_iterations():
+    sam = _recipe_sampler("official/sysu_all.yaml")
+    P, K = sam["num_ids"], sam["num_instances"]
+    assert (P, K) == (16, 4)  # batch 128 = 16 ids x (4 visible + 4 infrared); mm01.py: -b 128 --num-instances 8
+    assert sam.get("epoch", "identities") == "identities"
+    data = _real_count_items(**SYSU_TRAIN, ir_cam=2)
+    s = CrossModalIdentitySampler(data, num_ids=P, num_instances=K, ir_camids=IR, seed=1,
+                                  epoch_definition="identities")
+    expected = _released_vd_iterations(395, batch_size=128, num_instances_vd=8)
+    assert expected == 24 and s.num_batches == 24 and len(s) == 24 * 128
+    assert (s.num_visible, s.num_infrared, s.num_identities) == (22258, 11909, 395)
+    # each identity at most once per epoch; 395 - 24 * 16 = 11 identities are left out, as drop_last does there
+    pids = [data[i][1] for i in s][:: 2 * K]
+    assert len(pids) == 24 * 16 and len(set(pids)) == 24 * 16
+
+
+def test_official_regdb_epoch_is_25_iterations():
+    # RegDB (released regdb.py): 206 training ids per split (reid/datasets/RegDB.py: trainval = labels 0..205), 10
+    # visible (cam 0) + 10 thermal (cam 2) images each; -b 64 --num-instances 8 -> 8 ids x (4 + 4).
+    # len(sampler) = 206 * 8 = 1648, DataLoader(64, drop_last=True) -> 1648 // 64 = 25 batches (25.75 cut to 25).
+    sam = _recipe_sampler("official/regdb_v2t.yaml")
+    P, K = sam["num_ids"], sam["num_instances"]
+    assert (P, K) == (8, 4)
+    data = _real_count_items(206, 2060, 2060, ir_cam=1)
+    s = CrossModalIdentitySampler(data, num_ids=P, num_instances=K, ir_camids={1}, epoch_definition="identities")
+    assert _released_vd_iterations(206, batch_size=64, num_instances_vd=8) == 25
+    assert s.num_batches == 25
+    assert _recipe_sampler("official/regdb_t2v.yaml")["num_ids"] == P
+
+
+def test_agw_sysu_epoch_is_696_iterations():
+    # agw.md A.3: batch 8 ids x (4 VIS + 4 IR), int(N/32)+1 = 696 iterations for SYSU's N = 22,258
+    data = _real_count_items(**SYSU_TRAIN, ir_cam=5)
+    s = CrossModalIdentitySampler(data, num_ids=8, num_instances=4, ir_camids=IR, epoch_definition="images")
+    assert _agw_iterations(22258, 11909, 8, 4) == 696
+    assert s.num_batches == 696
+
+
+@pytest.mark.parametrize("n_vis, n_ir", [(64, 40), (63, 40), (65, 70), (40, 64)])
+def test_images_epoch_matches_agw_count_also_when_divisible(n_vis, n_ir):
+    # N divisible by B*P: AGW still runs int(N/(B*P)) + 1 batches (one more than ceil)
+    data = _real_count_items(6, n_vis, n_ir)
+    s = CrossModalIdentitySampler(data, num_ids=2, num_instances=4, ir_camids=IR)
+    assert s.num_batches == _agw_iterations(n_vis, n_ir, 2, 4)
+    s2 = CrossModalIdentitySampler(data, num_ids=1, num_instances=4, ir_camids=IR, world_size=2, rank=1)
+    assert s2.num_batches == int(max(n_vis, n_ir) / 8) + 1  # per global step 2 ranks x 1 id x 4 images
+
+
+def test_identities_epoch_under_ddp_and_explicit_count():
+    from vdreid.data.sampler import iterations_per_epoch
+
+    kw = dict(num_ids=2, num_instances=2, ir_camids=IR, epoch_definition="identities", world_size=2)
+    r0, r1 = (CrossModalIdentitySampler(DATA, rank=r, **kw) for r in (0, 1))
+    assert r0.num_batches == r1.num_batches == 12 // 4
+    seen = [data_pid for s in (r0, r1) for data_pid in (DATA[i][1] for i in list(s)[::4])]
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 12  # all 12 ids exactly once over both ranks
+    s = CrossModalIdentitySampler(DATA, num_ids=4, num_instances=2, ir_camids=IR, epoch_definition="7")
+    assert s.num_batches == 7 and len(list(s)) == 7 * 16
+    assert iterations_per_epoch(5, 395, 1, 1, 16, 4) == 5
+    assert iterations_per_epoch("identities", 395, 22258, 11909, 16, 4, world_size=2) == 12
+
+
+def test_epoch_definition_errors():
+    from vdreid.errors import ConfigError
+
+    for bad in ("epochs", 0, -3, "0", True, 2.5, None):
+        with pytest.raises(ConfigError, match="expected 'images'.*'identities'"):
+            CrossModalIdentitySampler(DATA, num_ids=2, ir_camids=IR, epoch_definition=bad)
+    with pytest.raises(ConfigError, match="give one of them"):
+        CrossModalIdentitySampler(DATA, num_ids=2, ir_camids=IR, num_batches=3, epoch_definition="identities")
+    assert CrossModalIdentitySampler(DATA, num_ids=2, ir_camids=IR, num_batches=3, epoch_definition=3).num_batches == 3
+
+
+# ---------------------------------------------------------------------------------- (index, seed) pairs
+def test_sample_seeds_pairs_keep_the_index_stream():
+    kw = dict(num_ids=4, num_instances=2, ir_camids=IR, seed=3)
+    plain = CrossModalIdentitySampler(DATA, **kw)
+    paired = CrossModalIdentitySampler(DATA, sample_seeds=True, **kw)
+    for _ in range(2):  # two epochs
+        pairs = list(paired)
+        assert [i for i, _ in pairs] == list(plain)
+        assert all(isinstance(s, int) and 0 <= s < 2**32 for _, s in pairs)
+        assert len({s for _, s in pairs}) == len(pairs)  # 2**32 range: no collision among a few dozen
+    paired.set_epoch(0)
+    e0 = [s for _, s in paired]
+    paired.set_epoch(0)
+    assert [s for _, s in paired] == e0  # a function of (seed, epoch, position)
+    assert [s for _, s in paired] != e0  # the next epoch differs
+    other = CrossModalIdentitySampler(DATA, sample_seeds=True, **dict(kw, seed=4))
+    assert [s for _, s in other] != e0
+
+
+def test_sample_seeds_depend_on_position_not_epoch_length_and_split_across_ranks():
+    short = CrossModalIdentitySampler(DATA, num_ids=2, num_instances=2, ir_camids=IR, sample_seeds=True, num_batches=3)
+    long = CrossModalIdentitySampler(DATA, num_ids=2, num_instances=2, ir_camids=IR, sample_seeds=True, num_batches=5)
+    s_short, s_long = [s for _, s in short], [s for _, s in long]
+    assert s_long[: len(s_short)] == s_short
+    # ranks: the global layout (2 ranks x 1 id) interleaves the ranks' identity slots batch by batch
+    kw = dict(num_ids=1, num_instances=2, ir_camids=IR, sample_seeds=True, num_batches=5, world_size=2)
+    r0, r1 = (list(CrossModalIdentitySampler(DATA, rank=r, **kw)) for r in (0, 1))
+    merged = [p for b in range(5) for p in r0[4 * b : 4 * b + 4] + r1[4 * b : 4 * b + 4]]
+    assert [s for _, s in merged] == s_long  # same global layout (5 batches x 2 slots x 2 x 2), same seeds
+    assert {s for _, s in r0}.isdisjoint({s for _, s in r1})
+
+
+def test_sample_seed_pairs_reach_the_dataset_whatever_the_worker_count():
+    class Echo(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(DATA)
+
+        def __getitem__(self, pair):
+            i, s = pair
+            return torch.tensor([i, s], dtype=torch.int64)
+
+    def run(workers):
+        s = CrossModalIdentitySampler(DATA, num_ids=4, num_instances=2, ir_camids=IR, seed=2, sample_seeds=True)
+        dl = torch.utils.data.DataLoader(Echo(), batch_size=s.batch_size, sampler=s, drop_last=True,
+                                         num_workers=workers)
+        return torch.cat(list(dl)).tolist()
+
+    assert run(0) == run(2)

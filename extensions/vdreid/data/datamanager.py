@@ -61,6 +61,9 @@ class CrossModalDataManager(compat.ImageDataManager):
         batch_size_test, workers: test batch size and loader workers.
         num_ids, num_instances: P and K; the train batch size is ``num_ids * 2 * num_instances``.
         seed: sampler seed (batches are a function of seed and epoch).
+        epoch_definition: epoch length of the train sampler: ``'images'`` (AGW's), ``'identities'`` (the released VD
+            code's) or a number of batches (see :func:`vdreid.data.sampler.iterations_per_epoch`).
+        sample_seeds: the train sampler yields ``(index, augmentation seed)`` pairs (the dataset must accept them).
         dataset_kwargs: protocol options for the vdreid datasets, e.g. ``{'search_mode': 'indoor', 'shots': 10}`` or
             ``{'trial': 3}``; either one dict for every vdreid dataset, or ``{name: {...}}`` per dataset name.
         rank, world_size: ``torch.distributed`` placement of the train sampler.
@@ -84,6 +87,8 @@ class CrossModalDataManager(compat.ImageDataManager):
         num_ids: int = 16,
         num_instances: int = 2,
         seed: int = 0,
+        epoch_definition: str | int = "images",
+        sample_seeds: bool = False,
         dataset_kwargs: dict[str, Any] | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -134,7 +139,7 @@ class CrossModalDataManager(compat.ImageDataManager):
         self.train_ir_camids = self._merged_ir_camids(trainsets)
         self.train_sampler = CrossModalIdentitySampler(
             trainset.train, num_ids=num_ids, num_instances=num_instances, ir_camids=self.train_ir_camids, seed=seed,
-            rank=rank, world_size=world_size,
+            rank=rank, world_size=world_size, epoch_definition=epoch_definition, sample_seeds=sample_seeds,
         )
         self.train_loader = torch.utils.data.DataLoader(
             trainset, sampler=self.train_sampler, batch_size=batch_size, shuffle=False, num_workers=workers,
