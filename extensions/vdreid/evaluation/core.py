@@ -150,14 +150,23 @@ def rank_statistics(
     dedup: bool,
     block_size: int | None = None,
     progress: str = "",
+    removal: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RankStats:
     """Exact rank statistics of queries ``rows`` against the allowed gallery columns ``cols`` (ascending).
 
     ``band[i]`` bounds ``|block entry - exact distance|`` for row ``rows[i]`` (0 for exact blocks).
+
+    ``removal = (q_cam, g_cam)`` (physical camera of every query / gallery item) applies the same-identity
+    same-camera rule: a positive seen by the query's camera leaves the query's list. Such items are positives, so
+    they are ranked with the other positives and then taken out of the positive set, out of the number of items
+    before each kept positive, and out of the de-duplicated list (see :func:`_drop_removed`).
     """
     block_size = int(block_size or DEFAULT_BLOCK_SIZE)
     pos_g, npos = find_positives(rows, q_pids, cols, g_pids)
     valid = npos > 0
+    if removal is not None:
+        removed = _removed_positives(rows, pos_g, removal)
+        valid &= npos > removed.sum(1)  # at least one positive left after the removal
     rows, pos_g, npos, band = rows[valid], pos_g[valid], npos[valid], band[valid]
     V, kmax = pos_g.shape
     empty = RankStats(rows, np.zeros((0, kmax), np.int64), npos, np.zeros(0, np.int64))
@@ -172,6 +181,10 @@ def rank_statistics(
     pos_d = np.take_along_axis(pos_d, order, 1)
     pos_g = np.take_along_axis(pos_g, order, 1)
     padm = pos_g < 0
+    removed = _removed_positives(rows, pos_g, removal) if removal is not None else np.zeros(pos_g.shape, bool)
+    # the first positive that stays in the list: the identity's place in the de-duplicated list is decided by it
+    first = np.argmax(~removed & ~padm, axis=1)
+    ar_v = np.arange(V)
     lo = _round_out(np.where(padm, np.inf, pos_d - band[:, None]), block_dtype, down=True)
     hi = _round_out(np.where(padm, np.inf, pos_d + band[:, None]), block_dtype, down=False)
 
@@ -257,14 +270,39 @@ def rank_statistics(
         pos_rank[r0:r1] = (cnt_all[:, None] + cnt_pos).cpu().numpy()
         _resolve_band(pos_rank, rows, pos_d, pos_g, exact_fn, amb_rows, amb_cols, amb_k0, amb_k1)
         if dedup:
+            f, a = first[r0:r1], ar_v[r0:r1]
             dedup_rank[r0:r1] = _dedup_block(
-                r0, row_ids, top_v.cpu().numpy(), top_c.cpu().numpy(), G, lo[r0:r1, 0], hi[r0:r1, 0],
-                pos_d[r0:r1, 0], pos_g[r0:r1, 0], q_pids, g_pids, cols, exact_fn, max_rank,
+                r0, row_ids, top_v.cpu().numpy(), top_c.cpu().numpy(), G, lo[a, f], hi[a, f],
+                pos_d[a, f], pos_g[a, f], q_pids, g_pids, cols, exact_fn, max_rank,
             )
     if bar is not None:
         bar.close()
     pos_rank[padm] = -1
+    if removed.any():
+        pos_rank, npos = _drop_removed(pos_rank, removed, padm)
     return RankStats(rows, pos_rank, npos, dedup_rank)
+
+
+def _removed_positives(rows: np.ndarray, pos_g: np.ndarray, removal: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(V, kmax) bool: positive ``pos_g[i, k]`` is seen by the same camera as query ``rows[i]`` (padding: False)."""
+    q_cam, g_cam = removal
+    return (pos_g >= 0) & (g_cam[np.maximum(pos_g, 0)] == q_cam[rows][:, None])
+
+
+def _drop_removed(pos_rank: np.ndarray, removed: np.ndarray, padm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of the kept positives in the list without the removed items.
+
+    ``pos_rank`` holds exact ranks of every positive (removed ones included) in the list that still contains the
+    removed items, in the exact order (distance, gallery index). A kept positive's rank drops by the number of
+    removed positives before it, which is the number of removed entries to its left in that order. The kept ranks
+    are then packed to the left (padding -1) and counted."""
+    keep = ~removed & ~padm
+    shifted = pos_rank - np.cumsum(removed, axis=1)
+    n_keep = keep.sum(1)
+    out = np.full((pos_rank.shape[0], max(int(n_keep.max()), 1)), -1, np.int64)
+    r, k = np.nonzero(keep)
+    out[r, (np.cumsum(keep, axis=1) - 1)[r, k]] = shifted[r, k]
+    return out, n_keep
 
 
 def _resolve_band(
@@ -297,7 +335,9 @@ def _dedup_block(
     exact_fn: ExactFn, max_rank: int,
 ) -> np.ndarray:
     """0-based position of the query identity in the de-duplicated ranked list (capped at ``max_rank``):
-    the number of distinct identities among the items ranked before the first positive."""
+    the number of distinct identities among the items ranked before the first positive that stays in the list
+    (``lo0``, ``hi0``, ``d0``, ``g0`` describe it), not counting the query's own identity (items of it ranked
+    earlier are removed by the same-camera rule, so they are not in the list)."""
     R, L = top_v.shape
     before = top_v < lo0[:, None]
     amb = (~before) & (top_v <= hi0[:, None]) & (top_c != g0[:, None])  # the first positive is not before itself
@@ -305,7 +345,9 @@ def _dedup_block(
         ar, ak = np.nonzero(amb)
         d = exact_fn(row_ids[ar], top_c[ar, ak])
         before[ar, ak] = (d < d0[ar]) | ((d == d0[ar]) & (top_c[ar, ak] < g0[ar]))
-    pids = np.where(before, g_pids[top_c], _INT_SENTINEL)
+    # items of the query's identity before its first kept positive can only be removed positives: not in the list
+    q_of_row = q_pids[row_ids][:, None]
+    pids = np.where(before & (g_pids[top_c] != q_of_row), g_pids[top_c], _INT_SENTINEL)
     pids.sort(axis=1)
     distinct = (pids[:, :1] != _INT_SENTINEL).sum(1) + (
         (pids[:, 1:] != pids[:, :-1]) & (pids[:, 1:] != _INT_SENTINEL)
@@ -320,6 +362,7 @@ def _dedup_block(
             cc = cols[c0 : c0 + chunk]
             d = exact_fn(np.full(cc.size, row_ids[i]), cc)
             bm = (d < d0[i]) | ((d == d0[i]) & (cc < g0[i]))
+            bm &= g_pids[cc] != q_pids[row_ids[i]]
             cnt.update(np.unique(g_pids[cc[bm]]).tolist())
         out[i] = min(len(cnt), max_rank)
     return out

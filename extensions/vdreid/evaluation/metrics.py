@@ -1,15 +1,20 @@
 """CMC (standard and identity-deduplicated), mAP and mINP from a distance matrix (AGW definitions).
 
-Definitions (``../shared/spec/protocol-spec.md`` section 3; AGW ``eval_metrics.py`` ``eval_sysu`` / ``eval_regdb``):
+Definitions (``docs/protocols.md``, "Metrics"; AGW ``eval_metrics.py`` ``eval_sysu`` / ``eval_regdb``, DEEN
+``eval_metrics.py`` ``eval_llcm``):
 
 * The gallery of a query is ranked by ascending distance; ties are broken by gallery index (stable; AGW's
   ``np.argsort`` is unstable, MATLAB's official kit is stable).
 * ``exclude_cam_pairs``: pairs ``(query_camid, gallery_camid)`` (0-based camera ids): gallery items of that
   camera are removed from the list of a query of that camera (SYSU: ``((2, 1),)``, cam3 queries never see cam2).
+* ``remove_same_pid_same_cam`` (LLCM, DEEN's ``eval_llcm``): gallery items of the query's identity seen by the
+  query's camera are removed from its list (they are positives, so they leave the positive set, the ranks of the
+  other positives and the de-duplicated list). ``physical_camera`` maps camids to the camera compared by this rule
+  (LLCM: the visible and near-infrared camids of one camera); camids it does not list map to themselves.
 * ``cmc_mode='dedup'`` (SYSU): the kept list keeps only the first occurrence of each identity; CMC[k] is the
   fraction of valid queries whose identity appears in the first k+1 entries of that list. ``'standard'``
   (RegDB): the first positive of the kept list is within the first k+1 entries. A CMC shorter than
-  ``max_rank`` (small gallery) is padded with its last value (AGW would crash, spec section 7 trap 9).
+  ``max_rank`` (small gallery) is padded with its last value (AGW's code would fail with an inhomogeneous array).
 * AP = (1/n) sum_k k / rank_k over the n positives of the kept, non-deduplicated list; INP = n / rank_last
   (1-based ranks). A query without a positive in its kept list is not counted anywhere.
 
@@ -18,7 +23,7 @@ Returned values are fractions (0..1), not percent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -76,6 +81,38 @@ def check_common(
     return qp, gp, qc, gc, pairs
 
 
+def same_camera_removal(
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    remove_same_pid_same_cam: bool,
+    physical_camera: Mapping[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(q_cam, g_cam)``: the physical camera of every query and gallery item for the same-pid-same-camera rule
+    (``None`` when the rule is off); ``physical_camera`` maps camids, unlisted camids map to themselves."""
+    if not isinstance(remove_same_pid_same_cam, (bool, np.bool_)):
+        raise ValueError(f"remove_same_pid_same_cam must be True or False, got {remove_same_pid_same_cam!r}")
+    if physical_camera is not None and not isinstance(physical_camera, Mapping):
+        raise ValueError(f"physical_camera must be a mapping camid -> camera (or None), got {physical_camera!r}")
+    if not remove_same_pid_same_cam:
+        return None
+    if not physical_camera:
+        return q_camids, g_camids
+    try:
+        table = {int(k): int(v) for k, v in physical_camera.items()}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"physical_camera must map integer camids to integer cameras, got {physical_camera!r}"
+        ) from exc
+
+    def phys(c: np.ndarray) -> np.ndarray:
+        return np.array([table.get(int(x), int(x)) for x in c], dtype=np.int64) if c.size else c
+
+    # map the distinct camids only (a handful), then broadcast back
+    uq, iq = np.unique(q_camids, return_inverse=True)
+    ug, ig = np.unique(g_camids, return_inverse=True)
+    return phys(uq)[iq].reshape(q_camids.shape), phys(ug)[ig].reshape(g_camids.shape)
+
+
 def camera_groups(
     q_camids: np.ndarray, g_camids: np.ndarray, pairs: tuple[tuple[int, int], ...]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -104,6 +141,8 @@ def evaluate(
     cmc_mode: str = "dedup",
     exclude_cam_pairs: Sequence[Sequence[int]] = (),
     block_size: int | None = None,
+    remove_same_pid_same_cam: bool = False,
+    physical_camera: Mapping[int, int] | None = None,
 ) -> dict:
     """AGW-exact CMC / mAP / mINP from a (Q, G) distance matrix (smaller = closer).
 
@@ -126,6 +165,7 @@ def evaluate(
     if not np.all(np.isfinite(dm)):
         bad = int((~np.isfinite(dm)).sum())
         raise ValueError(f"distmat contains {bad} NaN/inf entries; fix the features or distances first")
+    removal = same_camera_removal(qc, gc, remove_same_pid_same_cam, physical_camera)
     tdt = torch.float32 if dm.dtype == np.float32 else torch.float64
 
     def exact_fn(r: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -144,7 +184,7 @@ def evaluate(
         stats.append(
             rank_statistics(
                 rows, cols, qp, gp, block_fn, exact_fn, np.zeros(rows.size), tdt, torch.device("cpu"),
-                max_rank, cmc_mode == "dedup", block_size or DEFAULT_BLOCK_SIZE,
+                max_rank, cmc_mode == "dedup", block_size or DEFAULT_BLOCK_SIZE, removal=removal,
             )
         )
     return aggregate(stats, dm.shape[0], max_rank, cmc_mode)

@@ -17,13 +17,13 @@ Both computed in float64 with numpy's pairwise summation. Ties are broken by gal
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from vdreid.evaluation.core import DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics, single_thread
-from vdreid.evaluation.metrics import camera_groups, check_common, evaluate
+from vdreid.evaluation.metrics import camera_groups, check_common, evaluate, same_camera_removal
 
 METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "faiss", "torch")
@@ -310,6 +310,8 @@ def evaluate_features(
     cmc_mode: str = "dedup",
     exclude_cam_pairs: Sequence[Sequence[int]] = (),
     rerank: bool = False,
+    remove_same_pid_same_cam: bool = False,
+    physical_camera: Mapping[int, int] | None = None,
 ) -> dict:
     """Exact CMC / mAP / mINP from query features ``qf`` (Q, D) and gallery features ``gf`` (G, D).
 
@@ -331,9 +333,11 @@ def evaluate_features(
     )
     if block_size is not None and (not isinstance(block_size, (int, np.integer)) or block_size < 1):
         raise ValueError(f"block_size must be a positive integer (distance entries per block), got {block_size!r}")
+    removal = same_camera_removal(qc, gc, remove_same_pid_same_cam, physical_camera)  # the LLCM rule
     if rerank:
         dm = _rerank_distmat(q, g, metric)
-        return evaluate(dm, qp, gp, qc, gc, max_rank, cmc_mode, pairs, block_size)
+        return evaluate(dm, qp, gp, qc, gc, max_rank, cmc_mode, pairs, block_size,
+                        remove_same_pid_same_cam=remove_same_pid_same_cam, physical_camera=physical_camera)
     feats = _Features(q, g, metric)
     use64 = (
         backend_name == "torch" and (device.type == "cuda" or FLOAT64_ON_CPU)
@@ -355,7 +359,7 @@ def evaluate_features(
                 rank_statistics(
                     rows, cols, qp, gp, fn, feats.exact, band[rows], torch.float64 if use64 else torch.float32,
                     device, max_rank,
-                    cmc_mode == "dedup", block, progress=f"ranking ({backend_name})",
+                    cmc_mode == "dedup", block, progress=f"ranking ({backend_name})", removal=removal,
                 )
             )
     return aggregate(stats, q.shape[0], max_rank, cmc_mode)
