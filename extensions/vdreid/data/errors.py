@@ -12,8 +12,8 @@ from PIL import Image
 
 from vdreid.errors import DatasetLayoutError, ImageReadError, SplitFileError
 
-__all__ = ["DatasetLayoutError", "ImageReadError", "SplitFileError", "list_folder", "read_image_rgb",
-           "require_dir", "require_file"]
+__all__ = ["DatasetLayoutError", "ImageReadError", "SplitFileError", "empty_folder_error", "list_folder",
+           "read_image_rgb", "require_dir", "require_file"]
 
 
 def require_dir(path: str, what: str, hint: str) -> str:
@@ -30,18 +30,24 @@ def require_file(path: str, what: str, hint: str) -> str:
     return path
 
 
-def list_folder(folder: str) -> list[str]:
-    """Sorted full paths of ``os.listdir(folder)`` with no filtering (AGW's rule, spec 2.2 / trap 1).
+def empty_folder_error(folder: str) -> DatasetLayoutError:
+    """The error for an identity folder without images: AGW's ``random.choice`` would fail on it, and an empty
+    identity folder is never part of the released data."""
+    return DatasetLayoutError(
+        f'identity folder "{folder}" is empty: expected image files (e.g. 0001.jpg). '
+        "Remove the empty folder or restore its images."
+    )
 
-    Raises :class:`DatasetLayoutError` on an empty folder: AGW's ``random.choice`` would fail on it, and an empty
-    identity folder is never part of the released data.
+
+def list_folder(folder: str) -> list[str]:
+    """Sorted full paths of ``os.listdir(folder)`` with no filtering (AGW's rule for gallery draws).
+
+    Raises :class:`DatasetLayoutError` on an empty folder (:func:`empty_folder_error`). Dataset readers list folders
+    through :func:`vdreid.data.paths.list_inside`, which also keeps symbolic links inside the dataset folder.
     """
     names = os.listdir(folder)
     if not names:
-        raise DatasetLayoutError(
-            f'identity folder "{folder}" is empty: expected image files (e.g. 0001.jpg). '
-            "Remove the empty folder or restore its images."
-        )
+        raise empty_folder_error(folder)
     return sorted(osp.join(folder, n) for n in names)
 
 

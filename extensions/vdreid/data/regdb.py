@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from vdreid.data.base import VIImageDataset, preset_class
-from vdreid.data.errors import DatasetLayoutError, SplitFileError, require_dir, require_file
+from vdreid.data.errors import require_dir, require_file
 from vdreid.data.modality import REGDB_IR_CAMIDS
 from vdreid.data.protocol import Protocol
+from vdreid.data.splitfiles import read_idx_file as read_idx
 
 VISIBLE, THERMAL = 0, 1
 TRIALS = range(1, 11)
@@ -33,37 +34,11 @@ def read_idx_file(path: str, dataset_dir: str) -> list[tuple[str, int]]:
     """Parse a RegDB idx file into ``(absolute image path, label)``; every error names ``path:line``.
 
     Blank lines (e.g. a trailing newline) are skipped; anything else must be ``<relative path> <int label>`` with
-    exactly one space, as AGW's ``split(' ')`` expects, and the image must exist.
+    exactly one space, as AGW's ``split(' ')`` expects, the path must stay inside ``RegDB/`` and the image must exist
+    (:func:`vdreid.data.splitfiles.read_idx_file`).
     """
     require_file(path, "RegDB index file", _HINT)
-    out = []
-    with open(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2 or not parts[0]:
-                raise SplitFileError(
-                    f"{path}:{lineno}: expected '<relative image path> <int label>' separated by one space, "
-                    f"got {line!r}"
-                )
-            try:
-                label = int(parts[1])
-            except ValueError:
-                raise SplitFileError(f"{path}:{lineno}: label {parts[1]!r} is not an integer (line {line!r})") from None
-            if label < 0:
-                raise SplitFileError(f"{path}:{lineno}: negative label {label}")
-            img = osp.normpath(osp.join(dataset_dir, parts[0]))
-            if not osp.isfile(img):
-                raise DatasetLayoutError(
-                    f'{path}:{lineno}: image "{img}" not found (paths are relative to "{dataset_dir}", '
-                    f"e.g. Thermal/1/male_front_t_00007_1.bmp)"
-                )
-            out.append((img, label))
-    if not out:
-        raise SplitFileError(f"{path}: no entries; expected lines '<relative image path> <int label>'")
-    return out
+    return read_idx(path, dataset_dir, what="RegDB index file", example="Thermal/1/male_front_t_00007_1.bmp")
 
 
 class RegDB(VIImageDataset):

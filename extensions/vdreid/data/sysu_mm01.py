@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from vdreid.data.base import Item, VIImageDataset, preset_class
-from vdreid.data.errors import DatasetLayoutError, SplitFileError, list_folder, require_dir, require_file
+from vdreid.data.errors import DatasetLayoutError, SplitFileError, empty_folder_error, require_dir, require_file
 from vdreid.data.modality import SYSU_IR_CAMIDS, SYSU_IR_CAMS, SYSU_RGB_CAMS
+from vdreid.data.paths import list_inside
 from vdreid.data.protocol import Protocol
+from vdreid.data.splitfiles import read_id_list
 
 SEARCH_CAMS: dict[str, tuple[int, ...]] = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 QUERY_CAMS: tuple[int, ...] = SYSU_IR_CAMS
@@ -39,28 +41,11 @@ _HINT = (
 
 
 def read_id_file(path: str) -> list[int]:
-    """Parse an ``exp/*_id.txt`` file as AGW does: the first line, split on ',', each piece an int (spec 1.2)."""
+    """Parse an ``exp/*_id.txt`` file: comma-separated decimal ids (AGW reads the first line, split on ',', each
+    piece an int). Strictly (:func:`vdreid.data.splitfiles.read_id_list`): ids on further lines count too, items
+    that ``int`` would misread (``1_4``) are errors naming ``file:line``, a byte-order mark is dropped."""
     require_file(path, "SYSU-MM01 split file", _HINT)
-    with open(path) as f:
-        lines = f.read().splitlines()
-    if not lines or not lines[0].strip():
-        raise SplitFileError(f'{path}:1: empty split file; expected one line of comma-separated ids, e.g. "1,2,4"')
-    ids = []
-    for k, tok in enumerate(lines[0].split(",")):
-        try:
-            pid = int(tok)
-        except ValueError:
-            raise SplitFileError(
-                f"{path}:1: item {k + 1} is {tok.strip()!r}, not an integer id; expected comma-separated ids like "
-                '"1,2,4" on the first line'
-            ) from None
-        if not 0 < pid <= 9999:
-            raise SplitFileError(f"{path}:1: id {pid} out of range 1..9999 (folders are named with 4 digits)")
-        ids.append(pid)
-    dup = sorted({p for p in ids if ids.count(p) > 1})
-    if dup:
-        raise SplitFileError(f"{path}:1: ids listed more than once: {dup[:10]}")
-    return ids
+    return read_id_list(path, "SYSU-MM01 split file")
 
 
 def load_rand_perm_cam(path: str) -> list[list[np.ndarray]]:
@@ -175,11 +160,15 @@ class SYSUMM01(VIImageDataset):
     # ------------------------------------------------------------------ layout helpers
 
     def _files(self, cam: int, pid: int) -> list[str] | None:
-        """Sorted, unfiltered full paths in ``cam<cam>/<pid:04d>`` (None if the folder does not exist); cached."""
+        """Sorted, unfiltered full paths in ``cam<cam>/<pid:04d>`` (None if the folder does not exist; a link loop,
+        a link leaving SYSU-MM01/ or an empty folder is an error); cached."""
         key = (cam, pid)
         if key not in self._listing:
             d = osp.join(self.dataset_dir, f"cam{cam}", f"{pid:04d}")
-            self._listing[key] = list_folder(d) if osp.isdir(d) else None
+            files = list_inside(d, self.dataset_dir)  # links must stay inside SYSU-MM01/; a link loop is an error
+            if files == []:
+                raise empty_folder_error(d)
+            self._listing[key] = files
         return self._listing[key]
 
     def _find_rand_perm(self, path: str | None) -> str:
