@@ -36,6 +36,8 @@ __all__ = [
     "read_yaml_with_bases",
     "config_hash",
     "flat_keys",
+    "explicit_keys",
+    "set_explicit_keys",
     "NON_SEMANTIC_KEYS",
 ]
 
@@ -43,13 +45,19 @@ __all__ = [
 
 
 def get_default_config() -> CN:
-    """Every valid key with its default. Defaults follow the paper's recipe (section 4.2) at full scale."""
+    """Every valid key with its default. Defaults follow VD's paper recipe (section 4.2) at full scale.
+
+    Sections: ``model``, ``data``, ``sampler``, ``train``, ``loss``, ``test`` (torchreid's names), one section per
+    dataset family under ``data`` (owned by the dataset classes: ``data.sysu``, ``data.regdb``, ...) and one section
+    per registered method (owned by the method: ``vd``, ``agw``, ``bnneck``, ...).
+    """
     cfg = CN()
 
     # ---------------------------------------------------------------- model
     cfg.model = CN()
-    cfg.model.name = "vd_resnet50"  # registered torchreid name: vd_resnet50 | vd_resnet50_official | vd_resnet18
-    cfg.model.backbone = ""  # optional timm encoder name; when set, build_vd_net(backbone=...) is used instead of name
+    cfg.model.method = "vd"  # the registered method (vdreid.methods.names()): vd | agw | bnneck
+    cfg.model.name = "vd_resnet50"  # a registered torchreid model of that method (its preset)
+    cfg.model.backbone = ""  # optional timm encoder name overriding the preset's backbone
     cfg.model.pretrained = True  # ImageNet weights for the encoders (from pretrained_path when given)
     cfg.model.pretrained_path = ""  # local timm/torchvision weights file (nothing downloads when this is set)
     cfg.model.load_weights = ""  # checkpoint to initialise from (weights only)
@@ -57,8 +65,7 @@ def get_default_config() -> CN:
 
     # ---------------------------------------------------------------- data
     cfg.data = CN()
-    cfg.data.type = "image"
-    cfg.data.root = "datasets"  # folder holding SYSU-MM01/ and/or RegDB/
+    cfg.data.root = "datasets"  # folder holding SYSU-MM01/, RegDB/, LLCM/
     cfg.data.sources = ["sysu_mm01"]
     cfg.data.targets = ["sysu_mm01"]
     cfg.data.workers = 4
@@ -69,58 +76,54 @@ def get_default_config() -> CN:
     cfg.data.norm_std = [0.229, 0.224, 0.225]
     cfg.data.save_dir = "log"
     cfg.data.synthetic = False  # the root is a synthetic tree (recorded in results, kept apart on the leaderboard)
-    cfg.data.sysu = CN()
-    cfg.data.sysu.search_mode = "all"  # all | indoor
-    cfg.data.sysu.shots = 1  # 1 (single-shot) | 10 (multi-shot)
-    cfg.data.sysu.gallery_sampler = "agw"  # agw (random.seed(0..9) draws) | official (rand_perm_cam.mat)
-    cfg.data.sysu.rand_perm_path = ""
-    cfg.data.sysu.val_for_selection = False  # train on 296 train ids, select on the 99 val ids
-    cfg.data.sysu.num_trials = 10
-    cfg.data.regdb = CN()
-    cfg.data.regdb.trial = 1  # split 1..10 (each split needs its own training)
-    cfg.data.regdb.direction = "v2t"  # v2t (visible query) | t2v
+    for section, node in _dataset_sections().items():
+        cfg.data[section] = node
 
     # ---------------------------------------------------------------- sampler
     cfg.sampler = CN()
-    cfg.sampler.train_sampler = "CrossModalIdentitySampler"
     cfg.sampler.num_ids = 16  # P identities per batch
     cfg.sampler.num_instances = 2  # K visible + K infrared images per identity (paper: 16 x (2 + 2) = 64)
     cfg.sampler.seed = 1
+    # what one epoch is: identities (each training identity once: the released VD code's) | images (AGW's:
+    # max(#visible, #infrared) images) | a number of iterations
+    cfg.sampler.epoch = "identities"
 
     # ---------------------------------------------------------------- train
     cfg.train = CN()
-    cfg.train.optim = "adam"
+    cfg.train.optim = "adam"  # adam | sgd
     cfg.train.lr = 2.6e-4
     cfg.train.weight_decay = 5e-4
+    cfg.train.momentum = 0.9  # sgd only
+    cfg.train.nesterov = False  # sgd only
     cfg.train.max_epoch = 300
     cfg.train.start_epoch = 0
-    cfg.train.lr_scheduler = "warmup_multi_step"
+    cfg.train.lr_scheduler = "warmup_multistep"  # warmup_multistep | cosine (both with linear warm-up)
     cfg.train.stepsize = [200]  # milestones (epochs) of the x gamma decay
     cfg.train.gamma = 0.1
     cfg.train.warmup_epochs = 10
     cfg.train.warmup_factor = 0.01
-    cfg.train.official_scheduler_offbyone = False  # the released code steps the scheduler at the start of each epoch
-    cfg.train.print_freq = 20
+    # when the per-epoch schedule steps: end (torchreid: epoch e trains with step e) | start (the released VD code,
+    # and AGW's per-epoch adjustment: epoch e trains with step e + 1)
+    cfg.train.scheduler_step = "end"
+    cfg.train.print_freq = 20  # iterations between progress-bar loss updates and per-iteration tensorboard points
     cfg.train.seed = 1
     cfg.train.amp = "none"  # none | bf16 | fp16
     cfg.train.channels_last = False
     cfg.train.grad_clip = 0.0
     cfg.train.sync_bn = False
-    cfg.train.selection = "final"  # final | val | test (which checkpoint is the model; test = AGW's habit, flagged)
+    cfg.train.selection = "final"  # final | val | test (the model tested: last, best on val, best on test (flagged))
     cfg.train.eval_freq = 0  # evaluate every N epochs on the selection protocol (0: only at the end)
+    cfg.train.eval_start = 0  # first epoch of the periodic evaluation
+    cfg.train.checkpoint_every = 0  # also keep epoch_NNN.pth every N epochs (0: only latest.pth and the best)
     cfg.train.use_gpu = True  # use CUDA when available
 
-    # ---------------------------------------------------------------- loss (L_ReID of Eq. 17)
+    # ---------------------------------------------------------------- loss (the Re-ID terms every method shares)
     cfg.loss = CN()
-    cfg.loss.name = "vd"
-    cfg.loss.ce = 1.0  # label-smoothed cross-entropy weight
+    cfg.loss.ce = 1.0  # identity (cross-entropy) loss weight
     cfg.loss.label_smooth = 0.1
-    cfg.loss.metric = ""  # ranked_list | triplet | official_rank | none | "" (the recipe's: paper ranked_list)
+    cfg.loss.metric = ""  # "" = the method's: VD ranked_list | triplet | official_rank | none; AGW wrt | triplet
     cfg.loss.metric_weight = 1.0
     cfg.loss.triplet_margin = 0.3
-    # Weights given as -1 take the recipe's default (vdreid.losses.VDLossConfig: paper dml 8, cml 0; official 0, 8).
-    cfg.loss.dml = -1.0  # alpha of Eq. 17 (paper recipe: KL deep mutual learning)
-    cfg.loss.cml = -1.0  # official recipe: Sinkhorn distance weight (the released code's stand-in for DML)
 
     # ---------------------------------------------------------------- test
     cfg.test = CN()
@@ -128,35 +131,43 @@ def get_default_config() -> CN:
     cfg.test.dist_metric = "cosine"  # cosine | euclidean
     cfg.test.backend = "auto"  # auto | faiss | torch
     cfg.test.rerank = False
-    cfg.test.evaluate = False  # test only
+    cfg.test.evaluate = False  # evaluate only (model.load_weights or model.resume names the checkpoint)
     cfg.test.visrank = False
     cfg.test.visrank_topk = 10
     cfg.test.max_rank = 20
-    cfg.test.feature_mode = ""  # empty: vd.feature_mode
+    cfg.test.feature_mode = ""  # empty: the method's recipe default (e.g. vd.feature_mode)
+    cfg.test.flip = False  # flip test-time augmentation (flagged on the leaderboard)
 
-    # ---------------------------------------------------------------- vd (Variational Distillation)
-    cfg.vd = CN()
-    cfg.vd.recipe = "paper"  # paper | official
-    cfg.vd.branches = ["ir", "vis", "shared"]  # Table 3: E_I and E_V ('ir', 'vis'), E_S ('shared')
-    cfg.vd.bottleneck_branches = ["ir", "vis", "shared"]  # Table 3: B_I and B_V, B_S
-    cfg.vd.routing = "official"  # official (gray(x) -> E_ir, x -> E_vis) | modality
-    cfg.vd.bottleneck = "deterministic"  # deterministic | gaussian
-    # Architecture keys left at "preset" values take the registered model's preset (vdreid.models.vd_net.PRESETS):
-    cfg.vd.bottleneck_dims = []  # [] = preset; paper section 4.2: 1024, 512, 256; released: 1000, 500, 512
-    cfg.vd.z_classifier_hidden = -1  # -1 = preset; 0 = linear classifier on z; released: 256
-    cfg.vd.attention = "preset"  # preset | true | false: the released code's channel attention before layer2/3/4
-    cfg.vd.last_stride = 1
-    cfg.vd.feature_mode = "obs_concat"  # test feature: obs_concat | shared_z | z_concat | v_vis | ...
-    cfg.vd.beta = 2.0  # beta of Eq. 16
-    cfg.vd.vsd = -1.0  # VSD (Eq. 8) weight inside beta(...); -1 = recipe default (1)
-    cfg.vd.vcd = -1.0  # VCD (Eq. 15); -1 = recipe default (1)
-    cfg.vd.vml = -1.0  # VML (Eq. 12); -1 = recipe default (paper 1, official 0: absent from the released code)
-    cfg.vd.temperature = 1.0
-    cfg.vd.detach_teacher = True
-    # CE/metric weight of each branch, order (ir, vis, shared_gray, shared_x) = vdreid.losses.BRANCH_ORDER
-    cfg.vd.branch_weights = [0.5, 0.5, 0.25, 0.25]
-    cfg.vd.ib_baseline = 0.0  # conventional IB (CIBS, Table 3 rows 7-9): weight of the I(v;z) estimate
+    # ---------------------------------------------------------------- methods (one section each)
+    from vdreid import methods
+
+    for m in methods.all_methods():
+        cfg[m.section] = m.config()
     return cfg
+
+
+def _dataset_sections() -> dict[str, CN]:
+    """Config sections of the dataset families, each from its class (``config_section``, ``config()``)."""
+    from vdreid.data import DATASET_REGISTRY
+
+    out: dict[str, CN] = {}
+    for cls in DATASET_REGISTRY.values():
+        section = getattr(cls, "config_section", None)
+        if section and section not in out and hasattr(cls, "config"):
+            out[section] = cls.config()
+    if "sysu" not in out:  # TODO(lead): drop once SYSUMM01 owns its section (config()/from_config())
+        out["sysu"] = CN()
+        out["sysu"].search_mode = "all"  # all | indoor
+        out["sysu"].shots = 1  # 1 (single-shot) | 10 (multi-shot)
+        out["sysu"].gallery_sampler = "agw"  # agw (random.seed(0..9) draws) | official (rand_perm_cam.mat)
+        out["sysu"].rand_perm_path = ""
+        out["sysu"].val_for_selection = False  # train on 296 train ids, select on the 99 val ids
+        out["sysu"].num_trials = 10
+    if "regdb" not in out:  # TODO(lead): drop once RegDB owns its section
+        out["regdb"] = CN()
+        out["regdb"].trial = 1  # split 1..10 (each split needs its own training)
+        out["regdb"].direction = "v2t"  # v2t (visible query) | t2v
+    return out
 
 
 # Keys that do not change what is computed (paths, logging, workers); left out of config_hash.
@@ -368,17 +379,50 @@ def merge_from_list(cfg: CN, opts: list[str], source: str = "command line") -> N
 
 
 def load_config(config_file: str | None = None, opts: list[str] | None = None, freeze: bool = True) -> CN:
-    """Defaults <- ``config_file`` (with its ``_base_`` chain) <- ``opts``; validated; frozen unless asked."""
+    """Defaults <- ``config_file`` (with its ``_base_`` chain) <- ``opts``; validated; frozen unless asked.
+
+    The keys set by a file or an override are remembered (:func:`explicit_keys`), so that a component can tell a
+    value the user wrote from a default (a registered dataset preset must never silently override the former).
+    """
     cfg = get_default_config()
+    explicit: set[str] = set()
     if config_file:
         for path, data in read_yaml_with_bases(config_file):
             merge_dict(cfg, data, f'"{os.path.relpath(path)}"')
+            explicit |= _dict_keys(data)
     if opts:
         merge_from_list(cfg, list(opts))
+        explicit |= set(opts[0::2])
+    set_explicit_keys(cfg, explicit)
     check_values(cfg)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def _dict_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out |= _dict_keys(v, f"{prefix}{k}.")
+        else:
+            out.add(f"{prefix}{k}")
+    return out
+
+
+def set_explicit_keys(cfg: CN, keys: set[str] | frozenset[str]) -> None:
+    """Remember which keys of ``cfg`` were set explicitly (kept by ``cfg.clone()``; not a config key itself)."""
+    object.__setattr__(cfg, "_explicit_keys", frozenset(keys))
+
+
+def explicit_keys(cfg: CN) -> frozenset[str]:
+    """Keys set by a config file or a command-line override; for a config not made by :func:`load_config`, the keys
+    whose value differs from the default."""
+    keys = getattr(cfg, "_explicit_keys", None)
+    if keys is not None:
+        return keys
+    default = get_default_config()
+    return frozenset(k for k in flat_keys(cfg) if k not in flat_keys(default) or _get(cfg, k) != _get(default, k))
 
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
@@ -389,13 +433,10 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train.amp": ("none", "bf16", "fp16"),
     "train.selection": ("final", "val", "test"),
     "train.optim": ("adam", "sgd"),
-    "loss.metric": ("", "ranked_list", "triplet", "official_rank", "none"),
-    "vd.attention": ("preset", "true", "false"),
+    "train.lr_scheduler": ("warmup_multistep", "cosine"),
+    "train.scheduler_step": ("end", "start"),
     "test.dist_metric": ("cosine", "euclidean"),
     "test.backend": ("auto", "faiss", "torch"),
-    "vd.recipe": ("paper", "official"),
-    "vd.routing": ("official", "modality"),
-    "vd.bottleneck": ("deterministic", "gaussian"),
 }
 
 
@@ -414,22 +455,18 @@ def check_values(cfg: CN) -> None:
             raise ConfigError(f"config key '{key}': {v!r} is not one of {list(choices)}")
     if not 1 <= cfg.data.regdb.trial <= 10:
         raise ConfigError(f"config key 'data.regdb.trial': RegDB has splits 1..10, got {cfg.data.regdb.trial}")
-    for key in ("vd.branches", "vd.bottleneck_branches"):
-        bad = [b for b in _get(cfg, key) if b not in ("ir", "vis", "shared")]
-        if bad:
-            raise ConfigError(f"config key '{key}': unknown branch names {bad}; use 'ir', 'vis', 'shared'")
-    if not cfg.vd.branches:
-        raise ConfigError("config key 'vd.branches': at least one encoder branch is needed")
-    extra = [b for b in cfg.vd.bottleneck_branches if b not in cfg.vd.branches]
-    if extra:
-        raise ConfigError(f"config key 'vd.bottleneck_branches': {extra} have no encoder in vd.branches")
-    if len(cfg.vd.branch_weights) != 4:
-        raise ConfigError("config key 'vd.branch_weights': four weights (ir, vis, shared_x, shared_gray) expected")
     for key in ("data.height", "data.width", "sampler.num_ids", "sampler.num_instances", "train.max_epoch"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}': must be positive, got {_get(cfg, key)}")
     if not cfg.data.sources:
         raise ConfigError("config key 'data.sources': name at least one training dataset")
+    epoch = str(cfg.sampler.epoch)
+    if epoch not in ("identities", "images") and not (epoch.isdigit() and int(epoch) > 0):
+        raise ConfigError(f"config key 'sampler.epoch': {epoch!r}; expected 'identities' (each training identity "
+                          "once per epoch), 'images' (AGW: max(#visible, #infrared) images) or a number of iterations")
+    from vdreid import methods
+
+    methods.get(cfg.model.method).check_config(cfg)
 
 
 def config_hash(cfg: CN, length: int = 12) -> str:

@@ -233,17 +233,23 @@ class VDLoss(nn.Module):
             raise TypeError(f"VDLoss: `pids` must be integer identity labels 0..num_classes-1, got {pids.dtype}")
         if out.routing not in ("official", "modality"):
             raise ValueError(f"VDLoss: VDOutput.routing must be 'official' or 'modality', got {out.routing!r}")
+        if not out.branches():
+            raise ValueError("VDLoss: VDOutput has no branch outputs")
         for name, b in out.branches().items():
             n = b.index.numel()
+            if (b.z is None) != (b.z_logits is None):
+                raise ValueError(f"VDLoss: VDOutput.{name} must have both z and z_logits, or neither (no bottleneck)")
             for f in ("v", "v_pre", "v_logits", "z", "z_logits"):
                 t = getattr(b, f)
+                if t is None:
+                    continue
                 if t.dim() != 2 or t.shape[0] != n:
                     raise ValueError(
                         f"VDLoss: VDOutput.{name}.{f} must be 2-D with one row per entry of {name}.index ({n}), "
                         f"got {tuple(t.shape)}"
                     )
             for f in ("v_logits", "z_logits"):
-                if getattr(b, f).shape[1] != self.num_classes:
+                if getattr(b, f) is not None and getattr(b, f).shape[1] != self.num_classes:
                     raise ValueError(
                         f"VDLoss: VDOutput.{name}.{f} has {getattr(b, f).shape[1]} classes but VDLoss was built with "
                         f"num_classes={self.num_classes}"
@@ -257,12 +263,16 @@ class VDLoss(nn.Module):
         """L_cls of Eq. (17): label-smoothed CE on every branch's v and z classifiers, branch-weighted."""
         eps = self.cfg.label_smooth
         total = pids.new_zeros((), dtype=torch.float32)
+        present = out.branches()
         for name, w in zip(BRANCH_ORDER, self.cfg.branch_weights):
-            b = out.branches()[name]
-            if w == 0 or b.index.numel() == 0:
+            b = present.get(name)
+            if b is None or w == 0 or b.index.numel() == 0:
                 continue
             y = pids[b.index]
-            total = total + w * (label_smooth_ce(b.v_logits, y, eps) + label_smooth_ce(b.z_logits, y, eps))
+            term = label_smooth_ce(b.v_logits, y, eps)
+            if b.z_logits is not None:
+                term = term + label_smooth_ce(b.z_logits, y, eps)
+            total = total + w * term
         return total
 
     def _metric_one(self, feat: Tensor, y: Tensor, sub: Tensor) -> Tensor | None:
@@ -283,13 +293,16 @@ class VDLoss(nn.Module):
     def _metric(self, out: VDOutput, pids: Tensor) -> Tensor:
         """L_metric of Eq. (17) on every branch's v (or v_pre) and z features, branch-weighted."""
         total = pids.new_zeros((), dtype=torch.float32)
+        present = out.branches()
         for name, w in zip(BRANCH_ORDER, self.cfg.branch_weights):
-            b = out.branches()[name]
-            if w == 0:
+            b = present.get(name)
+            if b is None or w == 0:
                 continue
             y, sub = pids[b.index], out.is_ir[b.index]
             v_feat = b.v_pre if self.cfg.metric == "triplet" else b.v
             for feat in (v_feat, b.z):
+                if feat is None:
+                    continue
                 term = self._metric_one(feat, y, sub)
                 if term is not None:
                     total = total + w * term
@@ -298,13 +311,20 @@ class VDLoss(nn.Module):
     def _dml(self, out: VDOutput, B: int) -> Tensor:
         """L_DML of Eq. (17) (Zhang et al.); pairing by routing as the module docstring describes."""
         T = self.cfg.temperature
+        zero = out.is_ir.new_zeros((), dtype=torch.float32)
         if out.routing == "official":
+            if out.ir is None or out.vis is None:
+                return zero
             ra, rb = _align(out.ir, out.vis, B)
             if ra.numel() == 0:
                 return out.ir.v_logits.new_zeros((), dtype=torch.float32)
             return dml_loss(out.ir.v_logits[ra], out.vis.v_logits[rb], T=T)
         parts, counts = [], []
+        if out.shared_x is None:
+            return zero
         for b in (out.ir, out.vis):
+            if b is None:
+                continue
             rs, rx = _align(b, out.shared_x, B)
             if rs.numel():
                 parts.append(dml_loss(b.v_logits[rs], out.shared_x.v_logits[rx], T=T))
@@ -316,8 +336,8 @@ class VDLoss(nn.Module):
 
     def _cml(self, out: VDOutput) -> Tensor:
         """The released code's CML (spec 5.3): Sinkhorn distance between the specific observations' softmaxes."""
-        if out.ir.v_logits.shape[0] == 0 or out.vis.v_logits.shape[0] == 0:
-            return out.ir.v_logits.new_zeros((), dtype=torch.float32)
+        if out.ir is None or out.vis is None or out.ir.v_logits.shape[0] == 0 or out.vis.v_logits.shape[0] == 0:
+            return out.is_ir.new_zeros((), dtype=torch.float32)
         p = F.softmax(out.ir.v_logits.float(), dim=1)
         q = F.softmax(out.vis.v_logits.float(), dim=1)
         return sinkhorn_distance(
@@ -328,23 +348,28 @@ class VDLoss(nn.Module):
     def _vsd(self, out: VDOutput) -> Tensor:
         """VSD, Eq. (8), summed over the modality-specific branches."""
         cfg = self.cfg
-        total = out.ir.v_logits.new_zeros((), dtype=torch.float32)
+        total = out.is_ir.new_zeros((), dtype=torch.float32)
         for b in (out.ir, out.vis):
-            if b.index.numel():
+            if b is not None and b.z_logits is not None and b.index.numel():
                 total = total + kl_distill(
                     b.v_logits, b.z_logits, T=cfg.temperature, form=cfg.kl_form, detach_teacher=cfg.detach_teacher
                 )
         return total
 
-    def _views(self, out: VDOutput, B: int) -> tuple[BranchOutput, BranchOutput, Tensor, Tensor]:
-        rg, rx = _align(out.shared_gray, out.shared_x, B)
-        return out.shared_gray, out.shared_x, rg, rx
+    def _views(self, out: VDOutput, B: int) -> tuple[BranchOutput, BranchOutput, Tensor, Tensor] | None:
+        """The shared branch's two views and their aligned rows; None when there is no shared bottleneck."""
+        g, x = out.shared_gray, out.shared_x
+        if g is None or x is None or g.z_logits is None or x.z_logits is None:
+            return None
+        rg, rx = _align(g, x, B)
+        return (g, x, rg, rx) if rg.numel() else None
 
     def _vcd(self, out: VDOutput, B: int) -> Tensor:
         """VCD, Eq. (15), between the shared branch's two views (paper or official form)."""
-        g, x, rg, rx = self._views(out, B)
-        if rg.numel() == 0:
-            return g.z_logits.new_zeros((), dtype=torch.float32)
+        views = self._views(out, B)
+        if views is None:
+            return out.is_ir.new_zeros((), dtype=torch.float32)
+        g, x, rg, rx = views
         cfg = self.cfg
         if cfg.kl_form == "official":
             # view 1 = gray (the code's i_ms), view 2 = raw (v_ms): other view's observation -> this view's z
@@ -355,15 +380,16 @@ class VDLoss(nn.Module):
 
     def _vml(self, out: VDOutput, B: int) -> Tensor:
         """VML, Eq. (12): Jensen-Shannon between the shared branch's two views' P_z."""
-        g, x, rg, rx = self._views(out, B)
-        if rg.numel() == 0:
-            return g.z_logits.new_zeros((), dtype=torch.float32)
+        views = self._views(out, B)
+        if views is None:
+            return out.is_ir.new_zeros((), dtype=torch.float32)
+        g, x, rg, rx = views
         return js_divergence(x.z_logits[rx], g.z_logits[rg], T=self.cfg.temperature)
 
     def _ib(self, out: VDOutput) -> Tensor:
         """Conventional IB baseline: sum over branches of the JS estimate of I(v; z) (ablation, Table 3)."""
         assert self.ib is not None
-        pairs = {name: (b.v, b.z) for name, b in out.branches().items() if b.index.numel() >= 2}
+        pairs = {name: (b.v, b.z) for name, b in out.branches().items() if b.z is not None and b.index.numel() >= 2}
         return self.ib(pairs)
 
     # ---------------------------------------------------------------------------------------------- forward

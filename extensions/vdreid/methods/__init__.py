@@ -51,3 +51,6 @@ def method_of_model(model_name: str) -> Method | None:
 
 
 __all__ = ["Method", "all_methods", "get", "method_of_model", "names", "register"]
+
+# the built-in methods register themselves on import (one module each)
+from vdreid.methods import vd as _vd  # noqa: E402,F401

@@ -51,10 +51,10 @@ class Method(ABC):
 
     def check_config(self, cfg: CN) -> None:
         """Value checks of the method's keys; raise :class:`~vdreid.errors.ConfigError` naming the key."""
-        if self.model_names and cfg.model.name not in self.model_names:
+        if self.model_names and not cfg.model.backbone and cfg.model.name not in self.model_names:
             raise ConfigError(
                 f"config key 'model.name': {cfg.model.name!r} is not a model of method '{self.name}' "
-                f"(model.method); choose one of {list(self.model_names)}"
+                f"(model.method); choose one of {list(self.model_names)}, or set model.backbone to a timm CNN name"
             )
 
     def feature_mode(self, cfg: CN) -> str:

@@ -21,7 +21,8 @@ class BranchOutput:
         v_pre: the pooled feature before the BNNeck (N, Dv) (what BNNeck-style triplet losses use).
         v_logits: identity classifier on ``v`` (N, C); softmax gives ``P_v``.
         z: representation from the bottleneck (N, Dz); Gaussian form: a reparameterised sample in training.
-        z_logits: identity classifier on ``z`` (N, C); softmax gives ``P_z``.
+            None for a branch built without a bottleneck (paper Table 3 rows without ``B``).
+        z_logits: identity classifier on ``z`` (N, C); softmax gives ``P_z``; None without a bottleneck.
         index: LongTensor (N,) of the batch positions these rows belong to.
         mu, logvar: Gaussian bottleneck only, the posterior's mean and log-variance (N, Dz).
     """
@@ -29,8 +30,8 @@ class BranchOutput:
     v: Tensor
     v_pre: Tensor
     v_logits: Tensor
-    z: Tensor
-    z_logits: Tensor
+    z: Tensor | None
+    z_logits: Tensor | None
     index: Tensor
     mu: Tensor | None = None
     logvar: Tensor | None = None
@@ -43,18 +44,21 @@ class VDOutput:
     ``ir``/``vis``: the modality-specific branches (E_ir+B_ir, E_vis+B_vis). With ``routing='official'`` they see
     ``gray(x)`` and ``x`` of every image (``index`` = all positions); with ``routing='modality'`` they see the
     infrared and visible images only. ``shared_x``/``shared_gray``: the shared branch (E_S+B_S) on the two views of
-    every image. ``is_ir``: bool (B,) modality of each batch image.
+    every image. ``is_ir``: bool (B,) modality of each batch image. A branch the network does not build (Table 3
+    ablation rows) is None.
     """
 
-    ir: BranchOutput
-    vis: BranchOutput
-    shared_x: BranchOutput
-    shared_gray: BranchOutput
+    ir: BranchOutput | None
+    vis: BranchOutput | None
+    shared_x: BranchOutput | None
+    shared_gray: BranchOutput | None
     is_ir: Tensor
     routing: str
 
     def branches(self) -> dict[str, BranchOutput]:
-        return {"ir": self.ir, "vis": self.vis, "shared_x": self.shared_x, "shared_gray": self.shared_gray}
+        """The outputs that exist, keyed 'ir', 'vis', 'shared_x', 'shared_gray'."""
+        every = {"ir": self.ir, "vis": self.vis, "shared_x": self.shared_x, "shared_gray": self.shared_gray}
+        return {k: v for k, v in every.items() if v is not None}
 
 
 def gray_view(x: Tensor) -> Tensor:

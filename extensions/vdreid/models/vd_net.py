@@ -43,16 +43,41 @@ FEATURE_MODES = (
 )
 
 
-class Branch(nn.Module):
-    """One branch ``E`` + ``B``: ``forward(x, index)`` returns a :class:`BranchOutput` for the rows ``index``."""
+def mode_branches(mode: str) -> set[str]:
+    """Branches a feature mode reads (obs_concat / z_concat: every branch the network has)."""
+    if mode in ("obs_concat", "z_concat"):
+        return set(BRANCHES)
+    if mode.startswith("shared"):
+        return {"shared"}
+    if mode.endswith("_specific"):
+        return {"ir", "vis"}
+    if mode.endswith("_ir"):
+        return {"ir"}
+    if mode.endswith("_vis"):
+        return {"vis"}
+    raise ValueError(f"feature mode must be one of {FEATURE_MODES}, got {mode!r}")
 
-    def __init__(self, encoder: Encoder, bottleneck: InformationBottleneck) -> None:
+
+def mode_reads_z(mode: str) -> bool:
+    """Whether a feature mode reads the representation ``z`` (else the observation ``v``)."""
+    return mode.startswith("z_") or mode == "shared_z"
+
+
+class Branch(nn.Module):
+    """One branch ``E`` + ``B``: ``forward(x, index)`` returns a :class:`BranchOutput` for the rows ``index``.
+
+    ``bottleneck=None`` builds the encoder alone (the Table 3 rows without ``B``): its output has no ``z``.
+    """
+
+    def __init__(self, encoder: Encoder, bottleneck: InformationBottleneck | None) -> None:
         super().__init__()
         self.encoder = encoder
         self.bottleneck = bottleneck
 
     def forward(self, x: Tensor, index: Tensor) -> BranchOutput:
         v_pre, v, v_logits = self.encoder(x)
+        if self.bottleneck is None:
+            return BranchOutput(v=v, v_pre=v_pre, v_logits=v_logits, z=None, z_logits=None, index=index)
         z, z_logits, mu, logvar = self.bottleneck(v)
         return BranchOutput(
             v=v, v_pre=v_pre, v_logits=v_logits, z=z, z_logits=z_logits, index=index, mu=mu, logvar=logvar
@@ -60,10 +85,13 @@ class Branch(nn.Module):
 
 
 class VDNet(nn.Module):
-    """Three encoders and three information bottlenecks (``ir``, ``vis``, ``shared``) in ``self.branches``.
+    """Up to three encoders and information bottlenecks (``ir``, ``vis``, ``shared``) in ``self.branches``.
+
+    The full VD network has all three branches, each with its bottleneck; the Table 3 ablation rows build only the
+    encoders (and bottlenecks) they use, so a missing branch has no parameters at all.
 
     Args:
-        branches: ModuleDict with keys 'ir', 'vis', 'shared' of :class:`Branch`.
+        branches: ModuleDict of :class:`Branch` with keys among 'ir', 'vis', 'shared' (at least one).
         routing: 'official' or 'modality' (see module docstring).
         feature_mode: eval output, one of :data:`FEATURE_MODES`.
         config: the build arguments, kept for checkpoints and provenance.
@@ -77,16 +105,23 @@ class VDNet(nn.Module):
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if set(branches.keys()) != set(BRANCHES):
-            raise ValueError(f"VDNet needs branches {BRANCHES}, got {list(branches.keys())}")
+        names = list(branches.keys())
+        if not names or not set(names) <= set(BRANCHES):
+            raise ValueError(f"VDNet branches must be a non-empty subset of {BRANCHES}, got {names}")
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         self.branches = branches
         self.routing = routing
         self.feature_mode = feature_mode
         self.config = dict(config or {})
-        self.v_dim = branches["shared"].encoder.out_dim
-        self.z_dim = branches["shared"].bottleneck.z_dim
+        first = branches[next(b for b in BRANCHES if b in branches)]
+        self.v_dim = first.encoder.out_dim
+        bott = [branches[b].bottleneck for b in BRANCHES if b in branches and branches[b].bottleneck is not None]
+        self.z_dim = bott[0].z_dim if bott else 0
+
+    def has(self, branch: str, bottleneck: bool = False) -> bool:
+        """Whether ``branch`` is built (and, with ``bottleneck=True``, has its bottleneck)."""
+        return branch in self.branches and (not bottleneck or self.branches[branch].bottleneck is not None)
 
     # ----------------------------------------------------------------- feature modes
     @property
@@ -97,17 +132,47 @@ class VDNet(nn.Module):
     def feature_mode(self, mode: str) -> None:
         if mode not in FEATURE_MODES:
             raise ValueError(f"feature_mode must be one of {FEATURE_MODES}, got {mode!r}")
+        missing = self.missing_for(mode)
+        if missing:
+            raise ValueError(f"feature mode '{mode}' reads {missing}, which this network does not build")
         self._feature_mode = mode
+
+    @property
+    def feature_modes(self) -> tuple[str, ...]:
+        """The feature modes this network can compute (every mode whose branches and bottlenecks exist)."""
+        return tuple(m for m in FEATURE_MODES if not self.missing_for(m))
+
+    def missing_for(self, mode: str) -> list[str]:
+        """Branches ('ir', ...) or bottlenecks ('B_ir', ...) that feature ``mode`` needs and this net lacks."""
+        need, z = mode_branches(mode), mode_reads_z(mode)
+        if mode in ("obs_concat", "z_concat"):
+            need = {b for b in BRANCHES if b in self.branches}  # the concatenation of the branches that exist
+            if self.routing == "modality" and ("ir" in need) != ("vis" in need):
+                need = {"ir", "vis"}  # the 'specific' slot needs both modality-specific branches
+        miss = sorted(b for b in need if b not in self.branches)
+        if z:
+            miss += sorted(f"B_{b}" for b in need if b in self.branches and self.branches[b].bottleneck is None)
+        return miss
 
     def feature_dim(self, mode: str | None = None) -> int:
         """Width of the eval feature for ``mode`` (default: the current ``feature_mode``)."""
         mode = self.feature_mode if mode is None else mode
         if mode not in FEATURE_MODES:
             raise ValueError(f"feature mode must be one of {FEATURE_MODES}, got {mode!r}")
-        d = self.v_dim if mode.startswith("v_") or mode in ("obs_concat", "shared_v") else self.z_dim
+        d = self.z_dim if mode_reads_z(mode) else self.v_dim
         if mode in ("obs_concat", "z_concat"):
-            return d * (4 if self.routing == "official" else 3)
+            return d * len(self._concat_slots())
         return d
+
+    def _concat_slots(self) -> list[str]:
+        """Slots of obs_concat / z_concat in order. official: the released order (ir on gray, shared on gray, vis,
+        shared on x); modality: (the image's specific branch, shared on gray, shared on x). Absent branches are
+        left out."""
+        if self.routing == "official":
+            order = [("ir", "ir"), ("shared", "shared_gray"), ("vis", "vis"), ("shared", "shared_x")]
+        else:
+            order = [("ir", "specific"), ("shared", "shared_gray"), ("shared", "shared_x")]
+        return [slot for b, slot in order if b in self.branches]
 
     # ----------------------------------------------------------------- helpers
     def _check_input(self, x: Tensor) -> None:
@@ -152,27 +217,35 @@ class VDNet(nn.Module):
         if not self.training:
             return self._eval_features(x, gray, modality)
         b = x.shape[0]
-        is_ir = self._modality(modality, b, x.device, need=self.routing == "modality")
+        specific = self.has("ir") or self.has("vis")
+        is_ir = self._modality(modality, b, x.device, need=self.routing == "modality" and specific)
         every = torch.arange(b, device=x.device)
         br = self.branches
+        ir = vis = shared_x = shared_gray = None
         if self.routing == "official":  # order of the released ft_net.forward: vis, shared(gray), shared(x), ir
-            vis = br["vis"](x, every)
-            shared_gray = br["shared"](gray, every)
-            shared_x = br["shared"](x, every)
-            ir = br["ir"](gray, every)
+            if self.has("vis"):
+                vis = br["vis"](x, every)
+            if self.has("shared"):
+                shared_gray = br["shared"](gray, every)
+                shared_x = br["shared"](x, every)
+            if self.has("ir"):
+                ir = br["ir"](gray, every)
         else:
             ir_idx = torch.nonzero(is_ir).flatten()
             vis_idx = torch.nonzero(~is_ir).flatten()
-            for name, idx in (("infrared", ir_idx), ("visible", vis_idx)):
-                if idx.numel() < 2:
+            for branch, name, idx in (("ir", "infrared", ir_idx), ("vis", "visible", vis_idx)):
+                if self.has(branch) and idx.numel() < 2:
                     raise ValueError(
                         f"routing='modality' needs at least 2 {name} images per training batch (BatchNorm in the "
                         f"BNNeck/bottleneck), got {idx.numel()}; use the cross-modal identity sampler"
                     )
-            vis = br["vis"](x[vis_idx], vis_idx)
-            shared_gray = br["shared"](gray, every)
-            shared_x = br["shared"](x, every)
-            ir = br["ir"](x[ir_idx], ir_idx)
+            if self.has("vis"):
+                vis = br["vis"](x[vis_idx], vis_idx)
+            if self.has("shared"):
+                shared_gray = br["shared"](gray, every)
+                shared_x = br["shared"](x, every)
+            if self.has("ir"):
+                ir = br["ir"](x[ir_idx], ir_idx)
         return VDOutput(ir=ir, vis=vis, shared_x=shared_x, shared_gray=shared_gray, is_ir=is_ir, routing=self.routing)
 
     def _specific(self, x: Tensor, gray: Tensor, is_ir: Tensor, attr: str) -> Tensor:
@@ -181,6 +254,8 @@ class VDNet(nn.Module):
         ir_idx = torch.nonzero(is_ir).flatten()
         vis_idx = torch.nonzero(~is_ir).flatten()
         dim = self.v_dim if attr == "v" else self.z_dim
+        if not (self.has("ir") and self.has("vis")):
+            raise ValueError("the modality-specific feature needs both the 'ir' and the 'vis' branch")
         out = x.new_zeros(x.shape[0], dim)
         if ir_idx.numel():
             out[ir_idx] = getattr(self.branches["ir"](ir_in[ir_idx], ir_idx), attr)
@@ -192,7 +267,7 @@ class VDNet(nn.Module):
         mode = self.feature_mode
         br = self.branches
         every = torch.arange(x.shape[0], device=x.device)
-        attr = "v" if mode.startswith("v_") or mode in ("obs_concat", "shared_v") else "z"
+        attr = "z" if mode_reads_z(mode) else "v"
         ir_in = gray if self.routing == "official" else x
         if mode in ("shared_v", "shared_z"):
             return getattr(br["shared"](x, every), attr)
@@ -200,32 +275,38 @@ class VDNet(nn.Module):
             return getattr(br["ir"](ir_in, every), attr)
         if mode in ("v_vis", "z_vis"):
             return getattr(br["vis"](x, every), attr)
-        needs_modality = mode in ("v_specific", "z_specific") or self.routing == "modality"
+        needs_modality = mode in ("v_specific", "z_specific") or (
+            self.routing == "modality" and "specific" in self._concat_slots() and mode in ("obs_concat", "z_concat"))
         is_ir = self._modality(modality, x.shape[0], x.device, need=needs_modality)
         if mode in ("v_specific", "z_specific"):
             return self._specific(x, gray, is_ir, attr)
-        # obs_concat / z_concat
-        shared_gray = getattr(br["shared"](gray, every), attr)
-        shared_x = getattr(br["shared"](x, every), attr)
-        if self.routing == "official":  # released order: i_obs, i_ms_obs, v_obs, v_ms_obs
-            ir = getattr(br["ir"](gray, every), attr)
-            vis = getattr(br["vis"](x, every), attr)
-            return torch.cat([ir, shared_gray, vis, shared_x], dim=1)
-        return torch.cat([self._specific(x, gray, is_ir, attr), shared_gray, shared_x], dim=1)
+        # obs_concat / z_concat: the slots of _concat_slots, in order
+        parts = []
+        for slot in self._concat_slots():
+            if slot == "specific":
+                parts.append(self._specific(x, gray, is_ir, attr))
+            elif slot == "shared_gray":
+                parts.append(getattr(br["shared"](gray, every), attr))
+            elif slot == "shared_x":
+                parts.append(getattr(br["shared"](x, every), attr))
+            else:  # official routing: ir on gray(x) (released i_obs), vis on x (v_obs)
+                parts.append(getattr(br[slot](gray if slot == "ir" else x, every), attr))
+        return torch.cat(parts, dim=1)
 
     # ----------------------------------------------------------------- weights
     def load_backbone_weights(self, path: str) -> None:
         """Load one local ImageNet weights file (timm or torchvision format) into all three encoders' CNNs."""
         state = read_state_dict(path)
-        for name in BRANCHES:
+        for name in self.branches:
             self.branches[name].encoder.load_backbone_weights(path=path, state=state)
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts: per branch (encoder, bottleneck, total) and overall."""
         counts: dict[str, int] = {}
-        for name in BRANCHES:
+        for name in self.branches:
             enc = sum(p.numel() for p in self.branches[name].encoder.parameters())
-            ib = sum(p.numel() for p in self.branches[name].bottleneck.parameters())
+            bott = self.branches[name].bottleneck
+            ib = sum(p.numel() for p in bott.parameters()) if bott is not None else 0
             counts[f"{name}.encoder"], counts[f"{name}.bottleneck"], counts[name] = enc, ib, enc + ib
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
@@ -243,6 +324,8 @@ def build_vd_net(
     attention: bool = False,
     last_stride: int = 1,
     feature_mode: str = "obs_concat",
+    branches: Sequence[str] = BRANCHES,
+    bottleneck_branches: Sequence[str] | None = None,
     **timm_kwargs: Any,
 ) -> VDNet:
     """Build a :class:`VDNet` from any timm CNN.
@@ -260,6 +343,8 @@ def build_vd_net(
         attention: channel-attention blocks before layer2/3/4 (released code; timm ResNets only).
         last_stride: 1 (Re-ID) or 2.
         feature_mode: eval output, one of :data:`FEATURE_MODES`.
+        branches: the encoders to build (paper Table 3: ``E_I``/``E_V`` = 'ir'/'vis', ``E_S`` = 'shared').
+        bottleneck_branches: the branches that get an information bottleneck ``B`` (default: every built branch).
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -280,18 +365,27 @@ def build_vd_net(
             f"pretrained=False but pretrained_path={pretrained_path!r} was given: set pretrained=True to load it, "
             "or drop the path"
         )
-    branches = nn.ModuleDict()
-    for name in BRANCHES:
+    names = [b for b in BRANCHES if b in set(branches)]
+    unknown = sorted(set(branches) - set(BRANCHES))
+    if unknown or not names:
+        raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {list(branches)}")
+    with_b = set(names if bottleneck_branches is None else bottleneck_branches)
+    if not with_b <= set(names):
+        raise ValueError(f"bottleneck_branches {sorted(with_b)} name branches that are not built ({names})")
+    modules = nn.ModuleDict()
+    for name in names:
         enc = Encoder(backbone, num_classes, last_stride=last_stride, attention=attention, **timm_kwargs)
-        ib = InformationBottleneck(enc.out_dim, num_classes, bottleneck_dims, bottleneck, z_classifier_hidden)
-        branches[name] = Branch(enc, ib)
+        ib = None
+        if name in with_b:
+            ib = InformationBottleneck(enc.out_dim, num_classes, bottleneck_dims, bottleneck, z_classifier_hidden)
+        modules[name] = Branch(enc, ib)
     if pretrained:
         if pretrained_path:
             state, source = read_state_dict(pretrained_path), pretrained_path
         else:
-            state, source = branches["ir"].encoder.hub_state_dict(), f"timm hub weights of '{backbone}'"
-        for name in BRANCHES:
-            branches[name].encoder.load_backbone_weights(path=source, state=state)
+            state, source = modules[names[0]].encoder.hub_state_dict(), f"timm hub weights of '{backbone}'"
+        for name in names:
+            modules[name].encoder.load_backbone_weights(path=source, state=state)
     config = dict(
         backbone=backbone,
         num_classes=num_classes,
@@ -304,9 +398,11 @@ def build_vd_net(
         attention=bool(attention),
         last_stride=last_stride,
         feature_mode=feature_mode,
+        branches=tuple(names),
+        bottleneck_branches=tuple(b for b in names if b in with_b),
         **timm_kwargs,
     )
-    return VDNet(branches, routing=routing, feature_mode=feature_mode, config=config)
+    return VDNet(modules, routing=routing, feature_mode=feature_mode, config=config)
 
 
 # ----------------------------------------------------------------- torchreid registry presets
