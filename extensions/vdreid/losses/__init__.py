@@ -4,6 +4,7 @@ Shared contracts (DESIGN.md): :func:`kl_distill`, :func:`js_divergence`, :func:`
 :class:`VDLoss` / :class:`VDLossConfig` used by the engine.
 """
 
+from vdreid.losses.baseline import AGWCriterion, BNNeckCriterion
 from vdreid.losses.composite import BRANCH_ORDER, METRICS, RECIPES, TERM_NAMES, VDLoss, VDLossConfig
 from vdreid.losses.distillation import (
     KL_FORMS,
@@ -27,8 +28,12 @@ from vdreid.losses.reid import (
     triplet_loss,
 )
 from vdreid.losses.sinkhorn import sinkhorn_distance
+from vdreid.losses.wrt import weighted_regularized_triplet
 
 __all__ = [
+    "AGWCriterion",
+    "BNNeckCriterion",
+    "weighted_regularized_triplet",
     "BRANCH_ORDER",
     "KL_FORMS",
     "METRICS",

@@ -5,23 +5,46 @@
 network from any timm CNN.
 """
 
+from vdreid.models.agw import AGW_PRESETS, AGWNet, build_agw, make_agw_factory
 from vdreid.models.attention import ShallowCAM
 from vdreid.models.backbones import Encoder, set_last_stride_one
+from vdreid.models.baseline import BNNECK_PRESETS, BNNeckNet, build_bnneck, make_bnneck_factory
 from vdreid.models.bottleneck import BOTTLENECK_FORMS, InformationBottleneck, gaussian_kl
+from vdreid.models.neck import NeckOutput
+from vdreid.models.nonlocal_block import NonLocalBlock
+from vdreid.models.original import ORIGINAL_KINDS, detect_original, from_original, model_from_original
 from vdreid.models.outputs import BranchOutput, VDOutput, gray_view
+from vdreid.models.pooling import GeneralizedMeanPooling, gem_pool
 from vdreid.models.vd_net import BRANCHES, FEATURE_MODES, PRESETS, ROUTINGS, Branch, VDNet, build_vd_net, make_factory
 from vdreid.models.weights import PretrainedWeightsError, hub_reachable, load_backbone_file, read_state_dict
 
 
 def register_models() -> None:
-    """Register ``vd_resnet50``, ``vd_resnet50_official`` and ``vd_resnet18`` with torchreid (idempotent)."""
+    """Register ``vd_resnet50``, ``vd_resnet50_official``, ``vd_resnet18``, ``agw``, ``agw_resnet18``,
+    ``bnneck_resnet50`` and ``bnneck_resnet18`` with torchreid (idempotent)."""
     from vdreid import compat
 
     for name in PRESETS:
         compat.register_model(name, make_factory(name))
+    for name in AGW_PRESETS:
+        compat.register_model(name, make_agw_factory(name))
+    for name in BNNECK_PRESETS:
+        compat.register_model(name, make_bnneck_factory(name))
 
 
 __all__ = [
+    "AGWNet",
+    "BNNeckNet",
+    "GeneralizedMeanPooling",
+    "NeckOutput",
+    "NonLocalBlock",
+    "ORIGINAL_KINDS",
+    "build_agw",
+    "build_bnneck",
+    "detect_original",
+    "from_original",
+    "gem_pool",
+    "model_from_original",
     "BOTTLENECK_FORMS",
     "BRANCHES",
     "FEATURE_MODES",

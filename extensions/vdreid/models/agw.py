@@ -1,0 +1,332 @@
+"""AGW, the cross-modality baseline of Ye et al., "Deep Learning for Person Re-identification: A Survey and
+Outlook" (TPAMI'21), exactly as its authors' code computes it (mangye16/Cross-Modal-Re-ID-baseline ``model.py``,
+``resnet.py``; summarised in ``docs/baselines.md``).
+
+Network (``AGWNet``):
+
+* two modality-specific stems, each the ``conv1 -> bn1 -> relu -> maxpool`` of its own ResNet (``stem_vis`` for
+  visible, ``stem_ir`` for infrared images), then ``layer1 .. layer4`` of a third ResNet shared by both modalities
+  (``shared``), last stride 1;
+* non-local blocks (:class:`~vdreid.models.nonlocal_block.NonLocalBlock`) after the last ``non_local[i]``
+  bottlenecks of stage ``i`` (AGW: ``(0, 2, 3, 0)``, i.e. after blocks 2, 3 of layer2 and 3, 4, 5 of layer3 of a
+  ResNet-50). Stages with fewer blocks than requested (e.g. ResNet-18's two blocks per stage) get one block after
+  each of their bottlenecks: the count is clipped to the stage length;
+* GeM pooling with a fixed p = 3 and eps after the mean (:mod:`vdreid.models.pooling`) or average pooling;
+* a BNNeck (BatchNorm1d, bias frozen at 0, weight N(1, 0.01)) and an identity classifier ``Linear(D, C,
+  bias=False)`` with weights N(0, 0.001), both shared.
+
+``gem=False, non_local=(0, 0, 0, 0)`` is AGW's ``--method base``.
+
+Forward contract: ``forward(x, modality)`` with ``modality`` a bool tensor (B,), True = infrared, in any order.
+Each image goes through its modality's stem, then the shared part runs on the whole batch in the original order:
+BatchNorm statistics of the shared part cover all images and each stem's BatchNorm only its own modality, as in
+AGW's ``cat(stem_v(x1), stem_t(x2))`` (the order of a batch does not change BatchNorm statistics). Training returns
+:class:`~vdreid.models.neck.NeckOutput` ``(pool, bn, logits)``; eval returns the test feature (B, D), *not*
+L2-normalised: ``feature_mode`` 'bn' (the BNNeck feature, AGW's "FC", the default) or 'pool' (the GeM feature,
+AGW's "POOL").
+
+Pretrained weights: AGW loads torchvision's ImageNet ResNet-50 into all three ResNets; timm names that checkpoint
+``resnet50.tv_in1k`` (torchvision's ``IMAGENET1K_V1`` weights), so the hub path asks for ``<backbone>.tv_in1k``
+whenever timm has that tag.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from vdreid.models.backbones import _is_timm_resnet, create_timm_backbone, set_last_stride_one
+from vdreid.models.neck import NeckOutput, bnneck
+from vdreid.models.nonlocal_block import NonLocalBlock
+from vdreid.models.pooling import AveragePooling, GeneralizedMeanPooling
+from vdreid.models.weights import PretrainedWeightsError, hub_state_dict, load_backbone_state, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+FEATURE_MODES = ("bn", "pool")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+AGW_NON_LOCAL = (0, 2, 3, 0)
+_STEM_PARTS = ("conv1", "bn1", "act1", "maxpool")
+
+
+def imagenet_tag(backbone: str) -> str:
+    """The timm name whose ImageNet weights AGW uses: ``<backbone>.tv_in1k`` (torchvision's) when timm has it and
+    ``backbone`` carries no tag, else ``backbone`` unchanged."""
+    if "." not in backbone and timm.is_model(f"{backbone}.tv_in1k"):
+        return f"{backbone}.tv_in1k"
+    return backbone
+
+
+class Stem(nn.Module):
+    """``conv1 -> bn1 -> act1 -> maxpool`` taken from a timm ResNet (its modules, so its key names)."""
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        for part in _STEM_PARTS:
+            setattr(self, part, getattr(resnet, part))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+
+def _check_modality(modality: Any, batch: int, device: torch.device) -> Tensor:
+    if modality is None:
+        raise ValueError(
+            "AGWNet.forward(x, modality): the argument `modality` is missing. AGW routes each image through its "
+            f"modality's stem: pass a bool tensor of shape ({batch},) with True for infrared images. torchreid's "
+            "engines do not pass it; train with vdreid's trainer (`vdreid train`, model.method agw)."
+        )
+    m = torch.as_tensor(modality, device=device)
+    if m.dim() != 1 or m.shape[0] != batch:
+        raise ValueError(
+            f"AGWNet.forward: `modality` must be a bool tensor of shape ({batch},) (True = infrared), "
+            f"got shape {tuple(m.shape)}"
+        )
+    if m.dtype != torch.bool:
+        if m.is_floating_point() or not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError(f"AGWNet.forward: `modality` must be bool (or 0/1 integers), got dtype {m.dtype}")
+        m = m.bool()
+    return m
+
+
+class AGWNet(nn.Module):
+    """AGW's two-stream network (module docstring).
+
+    Args:
+        stem_vis, stem_ir: the modality-specific stems.
+        shared: a timm ResNet whose stem was removed; its ``layer1 .. layer4`` are the shared stages.
+        non_local: number of non-local blocks after the last bottlenecks of each of the four stages.
+        gem: GeM pooling (True) or average pooling (False).
+        num_classes: number of training identities.
+        feature_mode: eval output, 'bn' or 'pool'.
+        config: the build arguments, kept for checkpoints and provenance.
+    """
+
+    feature_modes = FEATURE_MODES
+
+    def __init__(
+        self,
+        stem_vis: Stem,
+        stem_ir: Stem,
+        shared: nn.Module,
+        num_classes: int,
+        non_local: Sequence[int] = AGW_NON_LOCAL,
+        gem: bool = True,
+        feature_mode: str = "bn",
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.stem_vis = stem_vis
+        self.stem_ir = stem_ir
+        self.shared = shared
+        self.out_dim = int(shared.num_features)
+        channels = {f["module"]: int(f["num_chs"]) for f in shared.feature_info}
+        self.non_local = nn.ModuleDict()
+        counts = []
+        for stage, n in zip(STAGES, non_local):
+            n = min(int(n), len(getattr(shared, stage)))
+            counts.append(n)
+            if n > 0:
+                self.non_local[stage] = nn.ModuleList(NonLocalBlock(channels[stage]) for _ in range(n))
+        self.non_local_counts = tuple(counts)
+        self.pool = GeneralizedMeanPooling(3.0, 1e-12) if gem else AveragePooling()
+        self.bnneck = bnneck(self.out_dim, weight_std=0.01)
+        self.classifier = nn.Linear(self.out_dim, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, 0.0, 0.001)
+        self.feature_mode = feature_mode
+        self.config = dict(config or {})
+
+    # ----------------------------------------------------------------- feature modes
+    @property
+    def feature_mode(self) -> str:
+        return self._feature_mode
+
+    @feature_mode.setter
+    def feature_mode(self, mode: str) -> None:
+        if mode not in FEATURE_MODES:
+            raise ValueError(f"AGWNet feature_mode must be one of {FEATURE_MODES}, got {mode!r}")
+        self._feature_mode = mode
+
+    def feature_dim(self, mode: str | None = None) -> int:
+        """Width of the eval feature (the same for 'bn' and 'pool')."""
+        mode = self.feature_mode if mode is None else mode
+        if mode not in FEATURE_MODES:
+            raise ValueError(f"AGWNet feature mode must be one of {FEATURE_MODES}, got {mode!r}")
+        return self.out_dim
+
+    # ----------------------------------------------------------------- forward
+    def stems(self, x: Tensor, is_ir: Tensor) -> Tensor:
+        """Each image through its modality's stem, rows in the input order."""
+        if not bool(is_ir.any()):
+            return self.stem_vis(x)
+        if bool(is_ir.all()):
+            return self.stem_ir(x)
+        vis_idx = torch.nonzero(~is_ir).flatten()
+        ir_idx = torch.nonzero(is_ir).flatten()
+        h = torch.cat([self.stem_vis(x[vis_idx]), self.stem_ir(x[ir_idx])], dim=0)
+        return h[torch.argsort(torch.cat([vis_idx, ir_idx]))]
+
+    def shared_stages(self, h: Tensor) -> Tensor:
+        """``layer1 .. layer4`` with the non-local blocks after the last bottlenecks of each stage."""
+        for stage in STAGES:
+            blocks = getattr(self.shared, stage)
+            nls = self.non_local[stage] if stage in self.non_local else ()
+            first = len(blocks) - len(nls)
+            for i, block in enumerate(blocks):
+                h = block(h)
+                if i >= first:
+                    h = nls[i - first](h)
+        return h
+
+    def forward(self, x: Tensor, modality: Tensor | None = None) -> NeckOutput | Tensor:
+        """Training: :class:`NeckOutput`. Eval: the (B, D) test feature of ``feature_mode``, not normalised."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"AGWNet expects images of shape (B, 3, H, W), got {shape}")
+        is_ir = _check_modality(modality, x.shape[0], x.device)
+        pool = self.pool(self.shared_stages(self.stems(x, is_ir)))
+        bn = self.bnneck(pool)
+        if self.training:
+            return NeckOutput(pool=pool, bn=bn, logits=self.classifier(bn))
+        return bn if self.feature_mode == "bn" else pool
+
+    # ----------------------------------------------------------------- weights
+    def load_imagenet_state(self, state: dict[str, Tensor], source: str = "state dict") -> None:
+        """Load one ImageNet ResNet state dict (timm or torchvision keys) into both stems and the shared stages,
+        as AGW loads the same ImageNet weights into its three ResNets."""
+        backbone = self.config.get("timm_name") or self.config.get("backbone", "resnet50")
+        full = create_timm_backbone(backbone, **self.config.get("timm_kwargs", {}))
+        load_backbone_state(full, state, source=source)  # converts and checks every key
+        full_state = full.state_dict()
+        stem_state = {k: v for k, v in full_state.items() if k.startswith(("conv1.", "bn1."))}
+        self.stem_vis.load_state_dict(stem_state, strict=True)
+        self.stem_ir.load_state_dict(stem_state, strict=True)
+        self.shared.load_state_dict({k: v for k, v in full_state.items() if k.startswith(STAGES)}, strict=True)
+
+    def load_backbone_weights(self, path: str) -> None:
+        """Load a local ImageNet weights file (timm or torchvision format) into the stems and shared stages."""
+        self.load_imagenet_state(read_state_dict(path), source=f'"{path}"')
+
+
+def _resnet(backbone: str, **timm_kwargs: Any) -> nn.Module:
+    model = create_timm_backbone(backbone, **timm_kwargs)
+    if not _is_timm_resnet(model):
+        raise ValueError(
+            f"AGW needs a timm ResNet-family backbone (conv1/bn1/act1/maxpool stem and layer1..layer4), "
+            f"got '{backbone}' ({type(model).__name__}) (argument backbone / config key model.backbone)"
+        )
+    return model
+
+
+def build_agw(
+    backbone: str = "resnet50",
+    num_classes: int = 395,
+    pretrained: bool | str = False,
+    pretrained_path: str | None = None,
+    non_local: Sequence[int] = AGW_NON_LOCAL,
+    gem: bool = True,
+    last_stride: int = 1,
+    feature_mode: str = "bn",
+    **timm_kwargs: Any,
+) -> AGWNet:
+    """Build :class:`AGWNet`.
+
+    Args:
+        backbone: timm ResNet name ('resnet50' is AGW's; 'resnet18' for CPU tests and demos).
+        num_classes: number of training identities (395 for SYSU-MM01, 206 for RegDB).
+        pretrained: load ImageNet weights into the two stems and the shared stages. A string is taken as
+            ``pretrained_path``.
+        pretrained_path: local weights file (timm or torchvision ResNet state dict). Without it, pretrained=True
+            takes ``<backbone>.tv_in1k`` (torchvision's ImageNet weights, as AGW) from the local hub cache or,
+            online only, from timm's hub.
+        non_local: non-local blocks after the last bottlenecks of each stage; AGW (0, 2, 3, 0), base (0, 0, 0, 0).
+        gem: GeM pooling (AGW) or average pooling (base).
+        last_stride: 1 (AGW) or 2.
+        feature_mode: eval output, 'bn' (default) or 'pool'.
+        timm_kwargs: passed to ``timm.create_model``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int (number of training identities), got {num_classes!r}")
+    non_local = tuple(int(n) for n in non_local)
+    if len(non_local) != 4 or any(n < 0 for n in non_local):
+        raise ValueError(f"non_local must give 4 non-negative block counts (one per stage), got {non_local!r}")
+    if last_stride not in (1, 2):
+        raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+    if feature_mode not in FEATURE_MODES:
+        raise ValueError(f"feature_mode must be one of {FEATURE_MODES}, got {feature_mode!r}")
+    if isinstance(pretrained, str):
+        if pretrained_path and pretrained_path != pretrained:
+            raise ValueError(f"pretrained={pretrained!r} and pretrained_path={pretrained_path!r} name different files")
+        pretrained_path, pretrained = pretrained, True
+    pretrained_path = str(pretrained_path) if pretrained_path else None
+    if pretrained_path and not pretrained:
+        raise ValueError(
+            f"pretrained=False but pretrained_path={pretrained_path!r} was given: set pretrained=True to load it, "
+            "or drop the path"
+        )
+    timm_name = imagenet_tag(backbone)
+    # Three ResNets as in AGW (independent random initialisation); only the stems of the first two are kept.
+    stem_vis = Stem(_resnet(timm_name, **timm_kwargs))
+    stem_ir = Stem(_resnet(timm_name, **timm_kwargs))
+    shared = _resnet(timm_name, **timm_kwargs)
+    if last_stride == 1:
+        set_last_stride_one(shared, backbone)
+    for part in _STEM_PARTS:
+        setattr(shared, part, nn.Identity())
+    config = dict(
+        backbone=backbone,
+        timm_name=timm_name,
+        num_classes=num_classes,
+        pretrained=bool(pretrained),
+        pretrained_path=pretrained_path,
+        non_local=non_local,
+        gem=bool(gem),
+        last_stride=last_stride,
+        feature_mode=feature_mode,
+        timm_kwargs=dict(timm_kwargs),
+    )
+    net = AGWNet(stem_vis, stem_ir, shared, num_classes, non_local, gem, feature_mode, config)
+    if net.non_local_counts != non_local:
+        logger.info("AGW non-local blocks clipped to the stage lengths of %s: %s -> %s", backbone, non_local,
+                    net.non_local_counts)
+    if pretrained:
+        if pretrained_path:
+            net.load_imagenet_state(read_state_dict(pretrained_path), source=f'"{pretrained_path}"')
+        else:
+            state = hub_state_dict(timm_name, shared, **timm_kwargs)  # shared keeps timm's pretrained_cfg
+            net.load_imagenet_state(state, source=f"timm hub weights of '{timm_name}'")
+    return net
+
+
+# ----------------------------------------------------------------- torchreid registry presets
+AGW_PRESETS: dict[str, dict[str, Any]] = {
+    "agw": dict(backbone="resnet50"),  # AGW's network
+    "agw_resnet18": dict(backbone="resnet18"),  # the same code on ResNet-18, for CPU tests and demos
+}
+
+
+def make_agw_factory(name: str):
+    """torchreid-style factory ``f(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs)``.
+
+    ``loss`` and ``use_gpu`` are accepted for torchreid's ``build_model`` and ignored: AGW needs each image's
+    modality, which torchreid's engines do not pass, so it trains with vdreid's trainer. ``pretrained`` may be a
+    local file path. ``kwargs`` override the preset and go to :func:`build_agw`.
+    """
+    preset = AGW_PRESETS[name]
+
+    def factory(
+        num_classes: int, loss: str = "softmax", pretrained: bool | str = True, use_gpu: bool = True, **kwargs: Any
+    ) -> AGWNet:
+        try:
+            return build_agw(num_classes=num_classes, pretrained=pretrained, **{**preset, **kwargs})
+        except PretrainedWeightsError as exc:
+            raise PretrainedWeightsError(f"{name}: {exc}") from exc
+
+    factory.__name__ = name
+    factory.__doc__ = f"torchreid factory for '{name}' (preset {preset})."
+    return factory

@@ -1,0 +1,176 @@
+"""The plain BNNeck baseline (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-Identification",
+CVPRW'19) for visible-infrared Re-ID: ONE timm CNN shared by both modalities, last stride 1, global average
+pooling, BNNeck and an identity classifier (the :class:`~vdreid.models.backbones.Encoder` of the VD network).
+It is the row every VI-ReID paper starts from; see ``docs/baselines.md``.
+
+Outputs depend on ``loss`` (torchreid's model contract, so torchreid's engines can train it):
+
+* ``'vdreid'`` (vdreid's trainer; :func:`build_bnneck`'s default): training returns
+  :class:`~vdreid.models.neck.NeckOutput` ``(pool, bn, logits)``;
+* ``'softmax'`` (torchreid's ``ImageSoftmaxEngine``): training returns the logits;
+* ``'triplet'`` (torchreid's ``ImageTripletEngine``): training returns ``(logits, pool)``.
+
+Eval mode always returns the test feature (B, D), not L2-normalised: ``feature_mode`` 'bn' (BNNeck feature, the
+default) or 'pool' (the pooled feature). ``modality`` is accepted and ignored (nothing is modality-specific).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from vdreid.models.agw import imagenet_tag
+from vdreid.models.backbones import Encoder
+from vdreid.models.neck import NeckOutput
+from vdreid.models.weights import PretrainedWeightsError, read_state_dict
+
+FEATURE_MODES = ("bn", "pool")
+OUTPUTS = ("vdreid", "softmax", "triplet")
+
+
+class BNNeckNet(nn.Module):
+    """One shared encoder (timm CNN -> GAP -> BNNeck -> classifier); module docstring for the outputs.
+
+    Args:
+        encoder: the :class:`Encoder`.
+        loss: 'vdreid', 'softmax' or 'triplet' (training output).
+        feature_mode: eval output, 'bn' or 'pool'.
+        config: the build arguments, kept for checkpoints and provenance.
+    """
+
+    feature_modes = FEATURE_MODES
+
+    def __init__(
+        self, encoder: Encoder, loss: str = "vdreid", feature_mode: str = "bn", config: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        if loss not in OUTPUTS:
+            raise ValueError(f"BNNeckNet: loss must be one of {OUTPUTS} (training output), got {loss!r}")
+        self.encoder = encoder
+        self.loss = loss
+        self.out_dim = encoder.out_dim
+        self.feature_mode = feature_mode
+        self.config = dict(config or {})
+
+    @property
+    def feature_mode(self) -> str:
+        return self._feature_mode
+
+    @feature_mode.setter
+    def feature_mode(self, mode: str) -> None:
+        if mode not in FEATURE_MODES:
+            raise ValueError(f"BNNeckNet feature_mode must be one of {FEATURE_MODES}, got {mode!r}")
+        self._feature_mode = mode
+
+    def feature_dim(self, mode: str | None = None) -> int:
+        mode = self.feature_mode if mode is None else mode
+        if mode not in FEATURE_MODES:
+            raise ValueError(f"BNNeckNet feature mode must be one of {FEATURE_MODES}, got {mode!r}")
+        return self.out_dim
+
+    def forward(self, x: Tensor, modality: Tensor | None = None) -> NeckOutput | Tensor | tuple[Tensor, Tensor]:
+        """Training: see the module docstring (by ``loss``). Eval: the (B, D) test feature. ``modality`` is
+        ignored."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"BNNeckNet expects images of shape (B, 3, H, W), got {shape}")
+        pool, bn, logits = self.encoder(x)
+        if not self.training:
+            return bn if self.feature_mode == "bn" else pool
+        if self.loss == "softmax":
+            return logits
+        if self.loss == "triplet":
+            return logits, pool
+        return NeckOutput(pool=pool, bn=bn, logits=logits)
+
+    def load_backbone_weights(self, path: str) -> None:
+        """Load a local ImageNet weights file (timm or torchvision format) into the CNN."""
+        self.encoder.load_backbone_weights(path=path, state=read_state_dict(path))
+
+
+def build_bnneck(
+    backbone: str = "resnet50",
+    num_classes: int = 395,
+    pretrained: bool | str = False,
+    pretrained_path: str | None = None,
+    last_stride: int = 1,
+    feature_mode: str = "bn",
+    loss: str = "vdreid",
+    **timm_kwargs: Any,
+) -> BNNeckNet:
+    """Build :class:`BNNeckNet`.
+
+    Args:
+        backbone: any timm CNN name ('resnet50'; 'resnet18' for CPU tests and demos). For ResNets without a tag,
+            the hub weights are torchvision's ImageNet ones (``<backbone>.tv_in1k``), the weights the strong
+            baseline and AGW start from.
+        num_classes: number of training identities.
+        pretrained / pretrained_path: as :func:`vdreid.models.build_agw`.
+        last_stride: 1 (Re-ID) or 2.
+        feature_mode: eval output, 'bn' (default) or 'pool'.
+        loss: training output: 'vdreid' (NeckOutput), 'softmax' (logits) or 'triplet' ((logits, pool)).
+        timm_kwargs: passed to ``timm.create_model``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int (number of training identities), got {num_classes!r}")
+    if feature_mode not in FEATURE_MODES:
+        raise ValueError(f"feature_mode must be one of {FEATURE_MODES}, got {feature_mode!r}")
+    if loss not in OUTPUTS:
+        raise ValueError(f"loss must be one of {OUTPUTS} (training output), got {loss!r}")
+    if isinstance(pretrained, str):
+        if pretrained_path and pretrained_path != pretrained:
+            raise ValueError(f"pretrained={pretrained!r} and pretrained_path={pretrained_path!r} name different files")
+        pretrained_path, pretrained = pretrained, True
+    pretrained_path = str(pretrained_path) if pretrained_path else None
+    if pretrained_path and not pretrained:
+        raise ValueError(
+            f"pretrained=False but pretrained_path={pretrained_path!r} was given: set pretrained=True to load it, "
+            "or drop the path"
+        )
+    timm_name = imagenet_tag(backbone)
+    encoder = Encoder(timm_name, num_classes, last_stride=last_stride, **timm_kwargs)
+    if pretrained:
+        if pretrained_path:
+            encoder.load_backbone_weights(path=pretrained_path, state=read_state_dict(pretrained_path))
+        else:
+            encoder.load_backbone_weights(path=f"timm hub weights of '{timm_name}'", state=encoder.hub_state_dict())
+    config = dict(
+        backbone=backbone,
+        timm_name=timm_name,
+        num_classes=num_classes,
+        pretrained=bool(pretrained),
+        pretrained_path=pretrained_path,
+        last_stride=last_stride,
+        feature_mode=feature_mode,
+        timm_kwargs=dict(timm_kwargs),
+    )
+    return BNNeckNet(encoder, loss=loss, feature_mode=feature_mode, config=config)
+
+
+BNNECK_PRESETS: dict[str, dict[str, Any]] = {
+    "bnneck_resnet50": dict(backbone="resnet50"),
+    "bnneck_resnet18": dict(backbone="resnet18"),  # for CPU tests and demos
+}
+
+
+def make_bnneck_factory(name: str):
+    """torchreid-style factory ``f(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs)``.
+
+    ``loss`` picks the training output: torchreid's 'softmax' / 'triplet' contracts, or 'vdreid' (vdreid's trainer).
+    ``use_gpu`` is ignored (the engine places the model). ``pretrained`` may be a local file path. ``kwargs``
+    override the preset and go to :func:`build_bnneck`.
+    """
+    preset = BNNECK_PRESETS[name]
+
+    def factory(
+        num_classes: int, loss: str = "softmax", pretrained: bool | str = True, use_gpu: bool = True, **kwargs: Any
+    ) -> BNNeckNet:
+        try:
+            return build_bnneck(num_classes=num_classes, pretrained=pretrained, loss=loss, **{**preset, **kwargs})
+        except PretrainedWeightsError as exc:
+            raise PretrainedWeightsError(f"{name}: {exc}") from exc
+
+    factory.__name__ = name
+    factory.__doc__ = f"torchreid factory for '{name}' (preset {preset})."
+    return factory
