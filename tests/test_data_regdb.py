@@ -143,3 +143,54 @@ def test_blank_trailing_lines_are_fine_and_crlf(regdb_copy):
         f.write(text)
     ds = RegDB(regdb_copy, verbose=False)
     assert len(ds.train) == len(parse(regdb_copy, "train", "visible", 1)) * 2
+
+
+# ------------------------------------------------------------------ containment and strict parsing
+
+
+@pytest.mark.parametrize("path", ["../outside/x.bmp", "Visible/../../outside/x.bmp", "ABS"])
+def test_idx_paths_must_stay_inside_the_dataset_folder(regdb_copy, tmp_path, path):
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    shutil.copy(parse(regdb_copy, "train", "visible", 1)[0][0], outside / "x.bmp")  # a real image: the rule refuses
+    path = path.replace("ABS", str(outside / "x.bmp"))  # every form names the existing image tmp_path/outside/x.bmp
+    _write_line(regdb_copy, "train_visible_1.txt", 3, f"{path} 0")
+    with pytest.raises(SplitFileError, match=r"train_visible_1\.txt:3: .*(leaves the dataset folder|absolute path)"):
+        RegDB(regdb_copy)
+
+
+def test_idx_symlinks(regdb_copy, tmp_path):
+    base = os.path.join(regdb_copy, "RegDB")
+    first = parse(regdb_copy, "test", "thermal", 1)[0][0]
+    rel = os.path.relpath(first, base)
+    # a link inside RegDB/ works
+    shutil.move(first, os.path.join(base, "moved.bmp"))
+    os.symlink(os.path.join(base, "moved.bmp"), first)
+    assert RegDB(regdb_copy, verbose=False).gallery[0][0] == os.path.normpath(first)
+    # a link to a file outside RegDB/ is refused, naming the idx file and line
+    os.remove(first)
+    shutil.move(os.path.join(base, "moved.bmp"), tmp_path / "outside.bmp")
+    os.symlink(tmp_path / "outside.bmp", first)
+    with pytest.raises(DatasetLayoutError, match=rf"test_thermal_1\.txt:1: path \"{rel}\" resolves to .*outside\.bmp"):
+        RegDB(regdb_copy)
+
+
+def test_idx_labels_parse_strictly_and_encoding_errors_name_the_line(regdb_copy, regdb_root):
+    path = os.path.join(regdb_copy, "RegDB", "idx", "train_visible_1.txt")
+    first = open(path).read().splitlines()[0].split(" ")[0]
+    _write_line(regdb_copy, "train_visible_1.txt", 1, f"{first} 1_4")  # int() reads 14
+    with pytest.raises(SplitFileError, match=r"train_visible_1\.txt:1: label '1_4' is not an integer"):
+        RegDB(regdb_copy)
+    good = open(os.path.join(regdb_root, "RegDB", "idx", "train_visible_1.txt"), "rb").read()
+    with open(path, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + good)  # a byte-order mark is dropped, not read as part of the first path
+    ds, ref = RegDB(regdb_copy, verbose=False), RegDB(regdb_root, verbose=False)
+    assert [(os.path.relpath(p, regdb_copy), *r) for p, *r in ds.train] == [
+        (os.path.relpath(p, regdb_root), *r) for p, *r in ref.train
+    ]
+    lines = good.split(b"\n")
+    lines[4] = lines[4].replace(b".bmp", b"\xe9.bmp")
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines))
+    with pytest.raises(SplitFileError, match=r"train_visible_1\.txt:5: byte 0xe9 .* not valid UTF-8"):
+        RegDB(regdb_copy)

@@ -119,7 +119,7 @@ def test_stray_folders_are_ignored(sysu_root, sysu_all):
 
 def test_protocol_fields(sysu_all):
     p = sysu_all.protocol
-    assert p.name == "sysu/all/single-shot/agw/10 trials"
+    assert p.name == "sysu/ir2vis/all/single-shot/agw/10 trials"
     assert p.exclude_cam_pairs == ((2, 1),) and p.cmc_mode == "dedup" and p.trial_seeds == tuple(range(10))
     # the gallery is the union of all trials, each image once
     union = sorted({i for g in p.gallery_trials for i in g.tolist()})
@@ -180,7 +180,7 @@ def test_agw_multishot_restatement(sysu_root):
                     files = sorted(d + "/" + i for i in os.listdir(d))
                     expected += rng.sample(files, min(10, len(files)))
         assert norm(gallery_paths(ds, t)) == norm(expected)
-    assert ds.protocol.name == "sysu/all/multi-shot/agw/10 trials"
+    assert ds.protocol.name == "sysu/ir2vis/all/multi-shot/agw/10 trials"
 
 
 def test_indoor_queries_without_a_match(sysu_root):
@@ -213,12 +213,12 @@ def test_three_constructions_identical(sysu_root):
 def test_registered_presets(sysu_root):
     reg = compat._image_dataset_registry()
     indoor = reg["sysu_mm01_indoor"](root=sysu_root, verbose=False)
-    assert indoor.protocol.name == "sysu/indoor/single-shot/agw/10 trials"
+    assert indoor.protocol.name == "sysu/ir2vis/indoor/single-shot/agw/10 trials"
     multi = reg["sysu_mm01_multishot"](root=sysu_root, verbose=False)
-    assert multi.protocol.name == "sysu/all/multi-shot/agw/10 trials"
+    assert multi.protocol.name == "sysu/ir2vis/all/multi-shot/agw/10 trials"
     # an explicit keyword overrides the preset default
     overridden = reg["sysu_mm01_indoor"](root=sysu_root, search_mode="all", verbose=False)
-    assert overridden.protocol.name.startswith("sysu/all/")
+    assert overridden.protocol.name.startswith("sysu/ir2vis/all/")
 
 
 def test_val_for_selection(sysu_root):
@@ -229,7 +229,7 @@ def test_val_for_selection(sysu_root):
     assert ds.num_train_pids == len(train_ids)
     assert {q[1] for q in ds.val_query} <= set(val_ids)
     assert {g[1] for g in ds.val_gallery} <= set(val_ids)
-    assert ds.val_protocol.name == "sysu-val/all/single-shot/agw/10 trials"
+    assert ds.val_protocol.name == "sysu-val/ir2vis/all/single-shot/agw/10 trials"
     for g in ds.val_protocol.gallery_trials:
         assert g.max() < len(ds.val_gallery)
     # the val draws follow the same AGW rule on the val ids
@@ -294,7 +294,7 @@ def test_official_sampler(sysu_many, tmp_path, shots):
                     expected += [os.path.join(d, files[int(k) - 1]) for k in mats[(cam, pid)][r, :shots]]
         assert norm(gallery_paths(ds, r)) == norm(expected)
     shot = "single-shot" if shots == 1 else "multi-shot"
-    assert ds.protocol.name == f"sysu/all/{shot}/official/10 trials"
+    assert ds.protocol.name == f"sysu/ir2vis/all/{shot}/official/10 trials"
     assert ds.protocol.trial_seeds == tuple(range(1, 11))
     sizes = {g.size for g in ds.protocol.gallery_trials}
     n_folders = sum(os.path.isdir(folder(base, f"cam{c}", p)) for p in read_ids(base, "test") for c in (1, 2, 4, 5))
@@ -395,3 +395,181 @@ def test_unreadable_image_names_its_path(sysu_copy):
         ds[0]
     item = ds[1]
     assert item["img"].mode == "RGB" and item["pid"] == ds.train[1][1] and item["impath"] == ds.train[1][0]
+
+
+# ------------------------------------------------------------------ strict split files and containment
+
+
+def _exp(root: str, split: str) -> str:
+    return os.path.join(root, "SYSU-MM01", "exp", f"{split}_id.txt")
+
+
+def test_split_ids_on_a_second_line_are_used(sysu_copy):
+    ids = read_ids(os.path.join(sysu_copy, "SYSU-MM01"), "test")
+    with open(_exp(sysu_copy, "test"), "w") as f:  # the same ids, wrapped over two lines
+        f.write(",".join(map(str, ids[:2])) + "\n" + ",".join(map(str, ids[2:])) + "\n")
+    assert SYSUMM01(sysu_copy, verbose=False).split_ids["test"] == sorted(ids)
+
+
+def test_split_file_bom_is_dropped_and_bad_bytes_and_underscores_are_errors(sysu_copy, sysu_root):
+    ids = read_ids(os.path.join(sysu_copy, "SYSU-MM01"), "test")
+    text = ",".join(map(str, ids)) + "\n"
+    with open(_exp(sysu_copy, "test"), "wb") as f:
+        f.write(b"\xef\xbb\xbf" + text.encode())
+    ds, ref = SYSUMM01(sysu_copy, verbose=False), SYSUMM01(sysu_root, verbose=False)
+    assert ds.split_ids == ref.split_ids
+    assert [(os.path.relpath(p, sysu_copy), *r) for p, *r in ds.query] == [
+        (os.path.relpath(p, sysu_root), *r) for p, *r in ref.query
+    ]
+    for data, pattern in (
+        (text.encode() + b"\xff\n", r"test_id\.txt:2: byte 0xff"),
+        (f"1_{ids[0]},{text}".encode(), rf"test_id\.txt:1: item 1 is '1_{ids[0]}'"),  # int() would read 1{id}
+    ):
+        with open(_exp(sysu_copy, "test"), "wb") as f:
+            f.write(data)
+        with pytest.raises(SplitFileError, match=pattern):
+            SYSUMM01(sysu_copy)
+
+
+def test_identity_folder_symlinks(sysu_copy, sysu_root, tmp_path):
+    base = os.path.join(sysu_copy, "SYSU-MM01")
+    pid = next(p for p in read_ids(base, "test") if os.path.isdir(folder(base, "cam1", p)))
+    cam1 = folder(base, "cam1", pid)
+    ref = SYSUMM01(sysu_root, verbose=False)
+    # a link inside the dataset folder works and the draws are unchanged
+    shutil.move(cam1, os.path.join(base, "store"))
+    os.symlink(os.path.join(base, "store"), cam1)
+    ds = SYSUMM01(sysu_copy, verbose=False)
+    assert [os.path.basename(p) for p, *_ in ds.gallery] == [os.path.basename(p) for p, *_ in ref.gallery]
+    # a link loop is an error naming the folder (it used to count as a missing folder and change the gallery)
+    os.remove(cam1)
+    os.symlink(cam1, cam1)
+    with pytest.raises(DatasetLayoutError, match=rf"{pid:04d}.*symbolic-link loop"):
+        SYSUMM01(sysu_copy)
+    # a link that leaves the dataset folder is refused
+    os.remove(cam1)
+    shutil.move(os.path.join(base, "store"), tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", cam1)
+    with pytest.raises(DatasetLayoutError, match="outside the dataset folder"):
+        SYSUMM01(sysu_copy)
+    # so is an image link inside a real folder that points outside
+    os.remove(cam1)
+    shutil.move(tmp_path / "elsewhere", cam1)
+    os.symlink(tmp_path / "secret.jpg", os.path.join(cam1, "zzzz.jpg"))
+    with pytest.raises(DatasetLayoutError, match=r"zzzz\.jpg.* outside the dataset folder"):
+        SYSUMM01(sysu_copy)
+
+
+# ------------------------------------------------------------------ RGB -> IR direction (same rules, other modality)
+
+
+def agw_style_lists(base: str, query_cams, gallery_cams, trial: int) -> tuple[list[str], list[str]]:
+    """AGW's process_query_sysu / process_gallery_sysu with the camera lists swapped: the query is every image of
+    ``query_cams``, the gallery one random.choice per existing (pid, camera) folder of ``gallery_cams``."""
+    ids = sorted("%04d" % x for x in read_ids(base, "test"))  # noqa: UP031  (AGW's own formatting)
+    query = []
+    for pid in ids:
+        for cam in query_cams:
+            d = os.path.join(base, cam, pid)
+            if os.path.isdir(d):
+                query.extend(sorted([d + "/" + i for i in os.listdir(d)]))
+    random.seed(trial)
+    gallery = []
+    for pid in ids:
+        for cam in gallery_cams:
+            d = os.path.join(base, cam, pid)
+            if os.path.isdir(d):
+                gallery.append(random.choice(sorted([d + "/" + i for i in os.listdir(d)])))
+    return query, gallery
+
+
+@pytest.mark.parametrize("mode, gallery_cams", [("all", ("cam3", "cam6")), ("indoor", ("cam3",))])
+def test_vis2ir_lists_match_restatement(sysu_root, mode, gallery_cams):
+    state = random.getstate()
+    try:
+        base = os.path.join(sysu_root, "SYSU-MM01")
+        ds = SYSUMM01(sysu_root, search_mode=mode, direction="vis2ir", verbose=False)
+        p = ds.protocol
+        assert p.name == f"sysu/vis2ir/{mode}/single-shot/agw/10 trials" and p.direction == "vis2ir"
+        assert p.exclude_cam_pairs == ((1, 2),)  # cam2 queries never see cam3 (the same room)
+        assert p.eval_kwargs() == {"cmc_mode": "dedup", "exclude_cam_pairs": ((1, 2),),
+                                   "remove_same_pid_same_cam": False, "physical_camera": None}
+        for t in range(10):
+            q, g = agw_style_lists(base, RGB, gallery_cams, t)
+            assert norm([it[0] for it in ds.query]) == norm(q)
+            assert norm(gallery_paths(ds, t)) == norm(g)
+        assert {it[2] for it in ds.query} <= {0, 1, 3, 4} and {it[2] for it in ds.gallery} <= {2, 5}
+        assert [it[1] for it in ds.query] == [int(x[-13:-9]) for x in norm(q)]
+        # the training set does not depend on the direction
+        assert ds.train == SYSUMM01(sysu_root, search_mode=mode, verbose=False).train
+    finally:
+        random.setstate(state)
+
+
+def test_vis2ir_official_sampler_and_multishot(sysu_many, tmp_path):
+    base = os.path.join(sysu_many, "SYSU-MM01")
+    perm = write_perm(base, str(tmp_path / "perm.mat"))
+    ds = SYSUMM01(sysu_many, gallery_sampler="official", rand_perm_path=str(tmp_path / "perm.mat"),
+                  direction="vis2ir", verbose=False)
+    assert ds.protocol.name == "sysu/vis2ir/all/single-shot/official/10 trials"
+    for t in (0, 9):
+        expected = []
+        for pid in read_ids(base, "test"):
+            for c in (3, 6):
+                d = folder(base, f"cam{c}", pid)
+                if os.path.isdir(d):
+                    files = sorted(os.listdir(d))
+                    expected.append(os.path.join(d, files[int(perm[(c, pid)][t, 0]) - 1]))
+        assert norm(gallery_paths(ds, t)) == norm(expected)
+    multi = SYSUMM01(sysu_many, shots=10, direction="vis2ir", verbose=False)
+    assert multi.protocol.name == "sysu/vis2ir/all/multi-shot/agw/10 trials"
+    assert {it[2] for it in multi.gallery} <= {2, 5}
+
+
+def test_direction_names_presets_and_config(sysu_root):
+    reg = compat._image_dataset_registry()
+    assert reg["sysu_mm01_vis2ir"](root=sysu_root, verbose=False).protocol.name.startswith("sysu/vis2ir/all/")
+    assert reg["sysu_mm01_indoor_vis2ir"](root=sysu_root, verbose=False).protocol.name.startswith(
+        "sysu/vis2ir/indoor/")
+    assert SYSUMM01(sysu_root, direction="rgb2ir", verbose=False).direction == "vis2ir"  # an accepted alias
+    with pytest.raises(ValueError, match="direction"):
+        SYSUMM01(sysu_root, direction="sideways")
+    node = SYSUMM01.config()
+    assert SYSUMM01.config_section == "sysu" and node.direction == "ir2vis"
+    kw = SYSUMM01.from_config(node)
+    assert kw == {"search_mode": "all", "shots": 1, "gallery_sampler": "agw", "rand_perm_path": None,
+                  "val_for_selection": False, "num_trials": 10, "direction": "ir2vis"}
+    node.direction, node.num_trials = "vis2ir", 3
+    ds = SYSUMM01(sysu_root, verbose=False, **SYSUMM01.from_config(node))
+    assert ds.protocol.name == "sysu/vis2ir/all/single-shot/agw/3 trials"
+
+
+def test_vis2ir_evaluation_uses_the_cam2_cam3_rule(sysu_root):
+    """run_protocol on the RGB -> IR protocol equals the spec's eval_sysu restated with the mirrored 1-based rule
+    (q_cam == 2) & (g_cam == 3)."""
+    from vdreid.evaluation import run_protocol
+
+    ds = SYSUMM01(sysu_root, direction="vis2ir", verbose=False)
+    rng = np.random.default_rng(4)
+    qp, gp = np.array([it[1] for it in ds.query]), np.array([it[1] for it in ds.gallery])
+    qc, gc = np.array([it[2] for it in ds.query]), np.array([it[2] for it in ds.gallery])
+    centers = rng.normal(size=(int(max(qp.max(), gp.max())) + 1, 8))
+    qf, gf = centers[qp] + rng.normal(size=(len(qp), 8)), centers[gp] + rng.normal(size=(len(gp), 8))
+    rep = run_protocol(ds.protocol, qf, gf, qp, gp, qc, gc)
+    for t, g in enumerate(ds.protocol.gallery_trials):
+        qn = qf / np.linalg.norm(qf, axis=1, keepdims=True)
+        gn = gf[g] / np.linalg.norm(gf[g], axis=1, keepdims=True)
+        dist = -(qn[:, None, :] * gn[None, :, :]).sum(-1)
+        q1, g1 = qc + 1, gc[g] + 1  # 1-based camera numbers
+        aps, hits = [], []
+        for i in range(len(qp)):
+            order = np.argsort(dist[i], kind="stable")
+            ranked = gp[g][order][~((q1[i] == 2) & (g1[order] == 3))]
+            hit = ranked == qp[i]
+            if hit.any():
+                pos = np.nonzero(hit)[0]
+                aps.append(np.mean((np.arange(len(pos)) + 1) / (pos + 1)))
+                hits.append(ranked[0] == qp[i])
+        assert rep.per_trial[t]["mAP"] == pytest.approx(100 * np.mean(aps), abs=1e-9)
+        assert rep.per_trial[t]["R1"] == pytest.approx(100 * np.mean(hits), abs=1e-9)
+        assert rep.per_trial[t]["num_valid_queries"] == len(aps)

@@ -1,16 +1,20 @@
-"""SYSU-MM01 as a torchreid ``ImageDataset`` with AGW-exact and official-kit gallery protocols.
+"""SYSU-MM01 as a torchreid ``ImageDataset`` with AGW-exact and official-kit gallery protocols, both directions.
 
-Layout, splits and protocol follow ``protocol-spec.md`` sections 1 and 2 (and the traps in section 7):
+Layout, splits and protocol as in ``docs/protocols.md`` ("SYSU-MM01"):
 
-* identities come from ``exp/{train,val,test}_id.txt`` only (one comma-separated line); stray single-modality folders
+* identities come from ``exp/{train,val,test}_id.txt`` only (comma-separated ids); stray single-modality folders
   on disk are ignored; the training set is train + val (395 ids on the real data) relabelled by ascending id;
 * RGB cameras 1, 2, 4, 5 and IR cameras 3, 6; torchreid camid = camera number - 1 (SYSU cam3 -> 2);
-* query = every cam3 and cam6 image of the test ids, in pid / camera / file order (both search modes);
-* gallery trial ``t`` (AGW, spec 2.2): ``rng = random.Random(t)``; for pid in the sorted 4-digit strings, for cam in
-  (1, 2, 4, 5) ('all') or (1, 2) ('indoor'): if the folder exists, one ``rng.choice`` of the sorted, unfiltered
-  listing. Official kit (spec 3.4): positions ``rand_perm_cam{cam}{pid}(t, 1:shots)`` (1-based) in the sorted listing.
-* ``protocol.exclude_cam_pairs = ((2, 1),)``: cam3 queries never see cam2 gallery images (same room); ``cmc_mode`` is
-  AGW's identity-deduplicated CMC.
+* ``direction='ir2vis'`` (the published protocol): query = every cam3 and cam6 image of the test ids, in pid /
+  camera / file order (both search modes); the gallery is drawn from the RGB cameras (1, 2, 4, 5) ('all') or (1, 2)
+  ('indoor'). ``direction='vis2ir'``: query = every RGB image (cams 1, 2, 4, 5, both modes); the gallery is drawn
+  from the IR cameras (3, 6) ('all') or (3,) ('indoor') by the same rules and seeds;
+* gallery trial ``t`` (AGW's ``process_gallery_sysu``): ``rng = random.Random(t)``; for pid in the sorted 4-digit
+  strings, for cam in the gallery cameras: if the folder exists, one ``rng.choice`` of the sorted, unfiltered
+  listing. Official kit: positions ``rand_perm_cam{cam}{pid}(t, 1:shots)`` (1-based) in the sorted listing;
+* cam2 and cam3 film the same room, so their pairs are excluded (the official kit's location rule):
+  ``exclude_cam_pairs = ((2, 1),)`` (cam3 queries never see cam2) for ``ir2vis`` and ``((1, 2),)`` (cam2 queries
+  never see cam3) for ``vis2ir``; ``cmc_mode`` is AGW's identity-deduplicated CMC.
 """
 
 from __future__ import annotations
@@ -26,12 +30,17 @@ from vdreid.data.base import Item, VIImageDataset, preset_class
 from vdreid.data.errors import DatasetLayoutError, SplitFileError, empty_folder_error, require_dir, require_file
 from vdreid.data.modality import SYSU_IR_CAMIDS, SYSU_IR_CAMS, SYSU_RGB_CAMS
 from vdreid.data.paths import list_inside
-from vdreid.data.protocol import Protocol
+from vdreid.data.protocol import Protocol, canonical_direction
 from vdreid.data.splitfiles import read_id_list
 
 SEARCH_CAMS: dict[str, tuple[int, ...]] = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 QUERY_CAMS: tuple[int, ...] = SYSU_IR_CAMS
 EXCLUDE_CAM_PAIRS: tuple[tuple[int, int], ...] = ((2, 1),)  # (cam3, cam2) as 0-based camids
+#: per direction: (query cameras, gallery cameras per search mode, excluded (query camid, gallery camid) pairs)
+DIRECTION_CAMS: dict[str, tuple[tuple[int, ...], dict[str, tuple[int, ...]], tuple[tuple[int, int], ...]]] = {
+    "ir2vis": (SYSU_IR_CAMS, SEARCH_CAMS, EXCLUDE_CAM_PAIRS),
+    "vis2ir": (SYSU_RGB_CAMS, {"all": SYSU_IR_CAMS, "indoor": (3,)}, ((1, 2),)),  # (cam2, cam3)
+}
 MULTI_SHOT = 10
 RAND_PERM_CANDIDATES = ("rand_perm_cam.mat", "exp/rand_perm_cam.mat", "evaluation/data_split/rand_perm_cam.mat")
 _HINT = (
@@ -78,7 +87,7 @@ class SYSUMM01(VIImageDataset):
     Args:
         root: folder that contains ``SYSU-MM01/``.
         search_mode: ``'all'`` (gallery cams 1, 2, 4, 5) or ``'indoor'`` (cams 1, 2). torchreid's own ``mode`` keyword
-            means train/query/gallery, hence the name.
+            means train/query/gallery, hence the name. With ``direction='vis2ir'``: IR gallery cams 3, 6 / 3.
         shots: 1 (single-shot) or 10 (multi-shot: 10 images per (id, camera) folder).
         gallery_sampler: ``'agw'`` (bit-exact AGW ``random.choice`` draws, seeds 0..num_trials-1; multi-shot, which AGW
             lacks, uses ``rng.sample(files, 10)`` on the same stream) or ``'official'`` (``rand_perm_cam.mat``).
@@ -88,11 +97,43 @@ class SYSUMM01(VIImageDataset):
         val_for_selection: train on the train ids only and expose the val ids as ``val_query``, ``val_gallery`` and
             ``val_protocol`` (same rules) for model selection without the test set.
         num_trials: gallery re-samplings (10 in every published protocol).
+        direction: ``'ir2vis'`` (IR queries, RGB gallery: the published protocol) or ``'vis2ir'`` (RGB queries, IR
+            gallery drawn by the same rules and seeds).
         **kwargs: torchreid's (``transform``, ``mode``, ``combineall``, ``verbose``, ...).
     """
 
     dataset_dir = "SYSU-MM01"
     ir_camids = SYSU_IR_CAMIDS
+    #: the config section this class owns: ``data.sysu``
+    config_section = "sysu"
+
+    @classmethod
+    def config(cls) -> Any:
+        """Defaults of the ``data.sysu`` config section (a yacs ``CfgNode``)."""
+        from yacs.config import CfgNode as CN
+
+        node = CN()
+        node.search_mode = "all"  # all | indoor
+        node.shots = 1  # 1 (single-shot) | 10 (multi-shot)
+        node.gallery_sampler = "agw"  # agw (random.seed(0..9) draws) | official (rand_perm_cam.mat)
+        node.rand_perm_path = ""  # official sampler: path of rand_perm_cam.mat ("" = look under SYSU-MM01/)
+        node.val_for_selection = False  # train on the train ids only, select on the val ids
+        node.num_trials = 10
+        node.direction = "ir2vis"  # ir2vis (IR queries, the published protocol) | vis2ir
+        return node
+
+    @classmethod
+    def from_config(cls, node: Any) -> dict[str, Any]:
+        """Constructor keyword arguments from a ``data.sysu`` section."""
+        return {
+            "search_mode": node.search_mode,
+            "shots": int(node.shots),
+            "gallery_sampler": node.gallery_sampler,
+            "rand_perm_path": node.rand_perm_path or None,
+            "val_for_selection": bool(node.val_for_selection),
+            "num_trials": int(node.num_trials),
+            "direction": node.direction,
+        }
 
     def __init__(
         self,
@@ -103,8 +144,10 @@ class SYSUMM01(VIImageDataset):
         rand_perm_path: str | None = None,
         val_for_selection: bool = False,
         num_trials: int = 10,
+        direction: str = "ir2vis",
         **kwargs: Any,
     ) -> None:
+        self.direction = canonical_direction(direction, "SYSUMM01")
         if search_mode not in SEARCH_CAMS:
             raise ValueError(f"SYSUMM01: unknown search_mode={search_mode!r}; expected 'all' or 'indoor'")
         if isinstance(shots, bool) or shots not in (1, MULTI_SHOT):
@@ -185,8 +228,8 @@ class SYSUMM01(VIImageDataset):
         )
 
     def _train_items(self, ids: list[int]) -> list[Item]:
-        """AGW's training lists (spec 1.4): all RGB images (pid-major, cams 1, 2, 4, 5), then all IR (cams 3, 6);
-        label = rank of the pid among the training ids in ascending order."""
+        """AGW's training lists (``pre_process_sysu.py``): all RGB images (pid-major, cams 1, 2, 4, 5), then all IR
+        (cams 3, 6); label = rank of the pid among the training ids in ascending order."""
         label = {pid: i for i, pid in enumerate(ids)}
         items: list[Item] = []
         for cams in (SYSU_RGB_CAMS, SYSU_IR_CAMS):
@@ -195,12 +238,13 @@ class SYSUMM01(VIImageDataset):
                     items += [(p, label[pid], c - 1, 0) for p in self._files(c, pid) or ()]
         return items
 
-    def _query_items(self, ids: list[int]) -> list[Item]:
-        """Every cam3 and cam6 image of ``ids`` (spec 2.1), pid-major, then camera, then file name."""
-        return [(p, pid, c - 1, 0) for pid in sorted(ids) for c in QUERY_CAMS for p in self._files(c, pid) or ()]
+    def _query_items(self, ids: list[int], cams: tuple[int, ...]) -> list[Item]:
+        """Every image of ``ids`` in the query cameras ``cams`` (AGW's ``process_query_sysu``: cam3, cam6),
+        pid-major, then camera, then file name."""
+        return [(p, pid, c - 1, 0) for pid in sorted(ids) for c in cams for p in self._files(c, pid) or ()]
 
     def _draw_agw(self, ids: list[int], cams: tuple[int, ...], trial: int) -> list[tuple[str, int, int]]:
-        """AGW's ``process_gallery_sysu`` (spec 2.2): seed = trial, pids as sorted 4-digit strings, cameras inside."""
+        """AGW's ``process_gallery_sysu``: seed = trial, pids as sorted 4-digit strings, cameras inside."""
         rng = random.Random(trial)
         out = []
         for pid_s in sorted(f"{i:04d}" for i in ids):
@@ -218,7 +262,7 @@ class SYSUMM01(VIImageDataset):
     def _draw_official(
         self, ids: list[int], cams: tuple[int, ...], row: int, perm: list[list[np.ndarray]]
     ) -> list[tuple[str, int, int]]:
-        """The official kit (spec 3.4): positions ``rand_perm_cam{cam}{pid}(row, 1:shots)`` into the sorted list."""
+        """The official kit: positions ``rand_perm_cam{cam}{pid}(row, 1:shots)`` into the sorted list."""
         out = []
         for pid in sorted(ids):
             for c in cams:
@@ -247,9 +291,10 @@ class SYSUMM01(VIImageDataset):
         return out
 
     def _build(
-        self, ids: list[int], perm: list[list[np.ndarray]] | None, cams: tuple[int, ...], name: str
+        self, ids: list[int], perm: list[list[np.ndarray]] | None, cams: tuple[int, ...], name: str, mode: str
     ) -> tuple[list[Item], list[Item], Protocol]:
-        query = self._query_items(ids)
+        query_cams, _, pairs = DIRECTION_CAMS[self.direction]
+        query = self._query_items(ids, query_cams)
         trials, seeds = [], []
         for t in range(self.num_trials):
             trials.append(self._draw_agw(ids, cams, t) if perm is None else self._draw_official(ids, cams, t, perm))
@@ -258,20 +303,23 @@ class SYSUMM01(VIImageDataset):
         index = {d[0]: i for i, d in enumerate(union)}
         gallery = [(p, pid, c - 1, 0) for p, pid, c in union]
         if not query or not gallery:
-            what = "query (cam3/cam6)" if not query else f"gallery (cams {cams})"
+            what = f"query (cams {query_cams})" if not query else f"gallery (cams {cams})"
             raise DatasetLayoutError(f"{name}: the {what} is empty for ids {ids[:10]}...; check the camera folders")
         shot = "single-shot" if self.shots == 1 else "multi-shot"
         sampler = "agw" if perm is None else "official"
         protocol = Protocol(
-            name=f"{name}/{cams_name(cams)}/{shot}/{sampler}/{self.num_trials} trials",
+            name=f"{name}/{self.direction}/{mode}/{shot}/{sampler}/{self.num_trials} trials",
             query=np.arange(len(query)),
             gallery_trials=[np.array([index[d[0]] for d in tr], dtype=np.int64) for tr in trials],
-            exclude_cam_pairs=EXCLUDE_CAM_PAIRS,
+            exclude_cam_pairs=pairs,
             cmc_mode="dedup",
             trial_seeds=tuple(seeds),
             info={
                 "dataset": "sysu_mm01",
-                "search_mode": cams_name(cams),
+                "direction": self.direction,
+                "query_cams": list(query_cams),
+                "gallery_cams": list(cams),
+                "search_mode": mode,
                 "shots": self.shots,
                 "gallery_sampler": sampler,
                 "rand_perm_path": self.rand_perm_path,
@@ -284,24 +332,27 @@ class SYSUMM01(VIImageDataset):
     def _test_protocol(
         self, ids: list[int], perm: list[list[np.ndarray]] | None, name: str, search_mode: str
     ) -> tuple[list[Item], list[Item], Protocol]:
-        return self._build(ids, perm, SEARCH_CAMS[search_mode], name)
+        return self._build(ids, perm, DIRECTION_CAMS[self.direction][1][search_mode], name, search_mode)
 
     def _val_protocol(self, perm: list[list[np.ndarray]] | None) -> tuple[list[Item], list[Item], Protocol]:
         ids = self.split_ids["val"]
-        cams = SEARCH_CAMS[self.search_mode]
+        mode = self.search_mode
+        cams = DIRECTION_CAMS[self.direction][1][mode]
         if not any(self._files(c, pid) for pid in ids for c in cams):
             # the real val ids (334..433) never appear in cam1/cam2, so an indoor val gallery would be empty
             warnings.warn(
-                "SYSUMM01: the val ids have no images in the indoor gallery cameras (cam1, cam2); the validation "
+                f"SYSUMM01: the val ids have no images in the indoor gallery cameras {cams}; the validation "
                 "protocol uses all-search instead",
                 stacklevel=3,
             )
-            cams = SEARCH_CAMS["all"]
-        return self._build(ids, perm, cams, "sysu-val")
+            mode = "all"
+            cams = DIRECTION_CAMS[self.direction][1][mode]
+        return self._build(ids, perm, cams, "sysu-val", mode)
 
 
 def cams_name(cams: tuple[int, ...]) -> str:
-    return next(k for k, v in SEARCH_CAMS.items() if v == cams)
+    """The search mode of a gallery camera tuple (either direction)."""
+    return next(k for d in DIRECTION_CAMS.values() for k, v in d[1].items() if v == cams)
 
 
 SYSUMM01Indoor = preset_class(SYSUMM01, "SYSUMM01Indoor", "SYSU-MM01, indoor search.", search_mode="indoor")
@@ -319,6 +370,13 @@ SYSUMM01IndoorOfficial = preset_class(
     search_mode="indoor",
     gallery_sampler="official",
 )
+SYSUMM01VisToIR = preset_class(
+    SYSUMM01, "SYSUMM01VisToIR", "SYSU-MM01, all search, RGB queries against IR galleries.", direction="vis2ir"
+)
+SYSUMM01IndoorVisToIR = preset_class(
+    SYSUMM01, "SYSUMM01IndoorVisToIR", "SYSU-MM01, indoor search, RGB queries against cam3 galleries.",
+    search_mode="indoor", direction="vis2ir",
+)
 SYSUMM01Val = preset_class(
     SYSUMM01, "SYSUMM01Val", "SYSU-MM01, all search, train ids only; val ids as val_protocol.", val_for_selection=True
 )
@@ -332,4 +390,6 @@ SYSU_REGISTRY: dict[str, type[SYSUMM01]] = {
     "sysu_mm01_official": SYSUMM01Official,
     "sysu_mm01_indoor_official": SYSUMM01IndoorOfficial,
     "sysu_mm01_val": SYSUMM01Val,
+    "sysu_mm01_vis2ir": SYSUMM01VisToIR,
+    "sysu_mm01_indoor_vis2ir": SYSUMM01IndoorVisToIR,
 }
