@@ -32,7 +32,7 @@ def test_train_writes_checkpoint_results_log_and_pictures(trained):
     for name in ("latest.pth", "config.yaml", "train_log.jsonl", "results_sysu_mm01.json", "cmc_sysu_mm01.png"):
         assert osp.isfile(osp.join(trained, name)), name
     res = json.load(open(osp.join(trained, "results_sysu_mm01.json")))
-    assert res["protocol"] == "sysu/all/single-shot/agw/10 trials" and res["num_trials"] == 10
+    assert res["protocol"] == "sysu/ir2vis/all/single-shot/agw/10 trials" and res["num_trials"] == 10
     assert res["synthetic"] is True and res["model"] == "vd_resnet18" and len(res["config_hash"]) == 12
     assert res["feature_mode"] == "obs_concat" and res["selection"] == "final"
     log = [json.loads(x) for x in open(osp.join(trained, "train_log.jsonl"))]
@@ -48,7 +48,7 @@ def test_test_from_checkpoint_reproduces_training_eval(trained, tmp_path, sysu_r
     assert rc == 0
     res = json.load(open(tmp_path / "results_sysu_mm01.json"))
     first = json.load(open(osp.join(trained, "results_sysu_mm01.json")))
-    assert res["num_trials"] == 3 and res["protocol"] == "sysu/all/single-shot/agw/3 trials"
+    assert res["num_trials"] == 3 and res["protocol"] == "sysu/ir2vis/all/single-shot/agw/3 trials"
     # the same weights on the same first 3 galleries give the same per-trial numbers
     for a, b in zip(res["per_trial"], first["per_trial"][:3]):
         assert a["R1"] == pytest.approx(b["R1"], abs=1e-6) and a["mAP"] == pytest.approx(b["mAP"], abs=1e-4)
@@ -70,7 +70,8 @@ def test_leaderboard_command(trained, tmp_path):
                        capture_output=True, text=True, env=env, cwd=REPO)
     assert p.returncode == 0, p.stderr
     text = out.read_text()
-    assert "## synthetic data: sysu/all/single-shot/agw/10 trials" in text and "ours: vd_resnet18 paper" in text
+    assert "## synthetic data: sysu/ir2vis/all/single-shot/agw/10 trials" in text
+    assert "ours: vd_resnet18 paper" in text
     assert osp.isfile(tmp_path / "LB.csv")
 
 

@@ -253,7 +253,8 @@ def test_every_distinct_data_setting_builds(path, data_root):
     target = cfg.data.targets[0]
     proto = dm.protocols[target].name
     if target.startswith("sysu"):
-        assert proto.startswith(f"sysu/{cfg.data.sysu.search_mode}/single-shot/{cfg.data.sysu.gallery_sampler}/")
+        sysu = cfg.data.sysu
+        assert proto.startswith(f"sysu/{sysu.direction}/{sysu.search_mode}/single-shot/{sysu.gallery_sampler}/")
     else:
         assert proto == f"regdb/{cfg.data.regdb.direction}/trial-{cfg.data.regdb.trial}"
     assert dm.num_train_pids > 0

@@ -27,7 +27,7 @@ def test_registration_is_idempotent():
 def test_plain_torchreid_datamanager_with_defaults(sysu_root):
     dm = compat.ImageDataManager(root=sysu_root, sources="sysu_mm01")
     ds = dm.train_loader.dataset
-    assert isinstance(ds, SYSUMM01) and ds.protocol.name == "sysu/all/single-shot/agw/10 trials"
+    assert isinstance(ds, SYSUMM01) and ds.protocol.name == "sysu/ir2vis/all/single-shot/agw/10 trials"
     item = ds[0]
     assert item["img"].shape == (3, 256, 128)
 
@@ -71,7 +71,7 @@ def test_test_loaders_and_protocols(sysu_root, regdb_root):
 
 def test_dataset_kwargs_flat_and_per_name(sysu_root):
     dm = make(sysu_root, sources="sysu_mm01", dataset_kwargs={"search_mode": "indoor", "shots": 10})
-    assert dm.protocols["sysu_mm01"].name == "sysu/indoor/multi-shot/agw/10 trials"
+    assert dm.protocols["sysu_mm01"].name == "sysu/ir2vis/indoor/multi-shot/agw/10 trials"
     dm = make(sysu_root, sources="sysu_mm01", targets=["sysu_mm01", "sysu_mm01_indoor"],
               dataset_kwargs={"sysu_mm01_indoor": {"num_trials": 2}})
     assert dm.protocols["sysu_mm01"].num_trials == 10 and dm.protocols["sysu_mm01_indoor"].num_trials == 2

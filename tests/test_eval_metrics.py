@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from agw_reference import agw_reference, assert_same
+from llcm_reference import eval_llcm_reference
 from vdreid.evaluation import core, evaluate
 
 
@@ -137,35 +138,6 @@ def test_bad_input_names_the_argument(kwargs, match):
 
 
 # ------------------------------------------------------------------ LLCM: same identity and same camera removed
-
-
-def eval_llcm_reference(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20):
-    """DEEN's eval_llcm restated loop by loop (the spec's eval_sysu with another removal rule): stable argsort;
-    drop gallery items with the query's pid AND the query's camera; de-duplicated CMC row on the kept list (first
-    occurrence of each identity in rank order); queries without a kept match skipped; AP / INP on the kept,
-    non-de-duplicated list; CMC padded with its last value past the end. Returns (cmc, mAP, mINP, nvalid)."""
-    rows, aps, inps = [], [], []
-    for i in range(dist.shape[0]):
-        order = np.argsort(dist[i], kind="stable")
-        remove = (g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i])
-        ranked = g_pids[order][~remove]
-        seen, dedup = set(), []
-        for p in ranked.tolist():
-            if p not in seen:
-                seen.add(p)
-                dedup.append(p)
-        row = list(np.cumsum(np.array(dedup, dtype=np.int64) == q_pids[i])[:max_rank])
-        row += [row[-1] if row else 0] * (max_rank - len(row))
-        hit = ranked == q_pids[i]
-        if not hit.any():
-            continue
-        rows.append(row)
-        pos = np.nonzero(hit)[0]
-        aps.append(sum((j + 1) / (p + 1) for j, p in enumerate(pos)) / len(pos))
-        inps.append(len(pos) / (pos[-1] + 1))
-    if not rows:
-        return None
-    return np.sum(rows, axis=0) / len(rows), float(np.mean(aps)), float(np.mean(inps)), len(rows)
 
 
 def test_llcm_removal_hand_computed():
