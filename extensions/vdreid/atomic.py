@@ -121,8 +121,9 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) ->
         full = _no_space(exc) or (rec.error if rec is not None and rec.error is not None
                                   and rec.error.errno in _NO_SPACE else None)
         if full is not None:
+            reason = "no space left on the device" if full.errno == errno.ENOSPC else "no space left in the disk quota"
             raise DiskFullError(
-                f'no space left on the device while writing "{path}" ({os.strerror(full.errno)}); '
+                f'cannot write "{path}": {reason}; '
                 f"{'the previous file is intact' if osp.exists(path) else 'nothing was written'}. "
                 f'Free space on the disk that holds "{folder}" or choose another output folder (data.save_dir).'
             ) from exc
