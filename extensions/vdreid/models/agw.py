@@ -57,8 +57,9 @@ _STEM_PARTS = ("conv1", "bn1", "act1", "maxpool")
 def imagenet_tag(backbone: str) -> str:
     """The timm name whose ImageNet weights AGW uses: ``<backbone>.tv_in1k`` (torchvision's) when timm has it and
     ``backbone`` carries no tag, else ``backbone`` unchanged."""
-    if "." not in backbone and timm.is_model(f"{backbone}.tv_in1k"):
-        return f"{backbone}.tv_in1k"
+    tagged = f"{backbone}.tv_in1k"
+    if "." not in backbone and tagged in timm.list_pretrained(tagged):  # is_model() accepts any tag
+        return tagged
     return backbone
 
 
