@@ -108,6 +108,9 @@ def _main() -> None:
     ap.add_argument("--report-dir", required=True, help="where the worker writes worker_rank<r>.json (test-only)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")  # vdreid logs, as the CLI shows
 
     from vdreid.engine import VDEngine, init_distributed
 

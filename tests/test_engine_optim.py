@@ -89,7 +89,7 @@ def _lr_engine(offbyone: bool, milestones) -> _LREngine:
     model = torch.nn.Linear(1, 1)
     opt = build_optimizer(model.parameters())
     eng = _LREngine(dm, model, opt, torch.nn.Identity(), scheduler=build_scheduler(opt, milestones=milestones),
-                    official_scheduler_offbyone=offbyone, progress=False)
+                    scheduler_step="start" if offbyone else "end", progress=False)
     eng.seen_lr = []
     return eng
 

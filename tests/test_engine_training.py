@@ -68,7 +68,7 @@ def _chance_rank1(dm, name: str) -> float:
 
 def test_training_lowers_loss_and_beats_chance(sysu40_root, tmp_path):
     save = str(tmp_path / "run")
-    eng = build_engine(sysu40_root, lr=3e-3, warmup_epochs=0)
+    eng = build_engine(sysu40_root, lr=3e-3, warmup_epochs=0, checkpoint_every=1)
     rank1 = eng.run(save_dir=save, max_epoch=6)
     log = _lines(osp.join(save, "train_log.jsonl"))
     assert [r["epoch"] for r in log] == list(range(1, 7))
@@ -212,9 +212,9 @@ def test_selection_on_val_never_touches_test(sysu_root, tmp_path):
     tested = []
     orig = eng.evaluate
 
-    def spy(split="test", rerank=False):
+    def spy(split="test", rerank=False, **kw):
         tested.append((eng.epoch + 1, split))
-        return orig(split=split, rerank=rerank)
+        return orig(split=split, rerank=rerank, **kw)
 
     eng.evaluate = spy
     eng.run(save_dir=save, max_epoch=2)

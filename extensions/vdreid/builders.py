@@ -189,14 +189,19 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | 
         grad_clip=cfg.train.grad_clip,
         selection=cfg.train.selection,
         eval_freq=cfg.train.eval_freq,
-        official_scheduler_offbyone=cfg.train.scheduler_step == "start",
+        eval_start=cfg.train.eval_start,
+        scheduler_step=cfg.train.scheduler_step,
         metric=cfg.test.dist_metric,
         backend=cfg.test.backend,
+        max_rank=cfg.test.max_rank,
+        flip=cfg.test.flip,
         feature_mode=m.feature_mode(cfg),
-        provenance=provenance(cfg),
+        provenance={**provenance(cfg), "resume_keys": list(m.resume_keys)},
         sync_bn=cfg.train.sync_bn,
         find_unused_parameters=m.find_unused_parameters(cfg),
+        checkpoint_every=cfg.train.checkpoint_every,
         progress=progress,
+        print_freq=cfg.train.print_freq,
     )
 
 

@@ -1,4 +1,5 @@
-"""vdreid.engine: VDEngine (a torchreid Engine), optimiser/schedule builders, checkpoints, torch.distributed."""
+"""vdreid.engine: the trainer (a torchreid ``Engine``: a small loop plus hooks), optimiser/schedule builders,
+checkpoints, mixed precision and torch.distributed helpers."""
 
 from vdreid.engine.checkpoint import (
     CheckpointMismatchError,
@@ -10,14 +11,18 @@ from vdreid.engine.checkpoint import (
     unwrap_model,
 )
 from vdreid.engine.distributed import DistInfo, init_distributed
+from vdreid.engine.hooks import HookBase
 from vdreid.engine.optim import WarmupMultiStepLR, build_optimizer, build_scheduler, warmup_multistep_factor
-from vdreid.engine.vd_engine import NonFiniteLossError, VDEngine
+from vdreid.engine.trainer import VDEngine, VIEngine
+from vdreid.errors import NonFiniteLossError
 
 __all__ = [
     "CheckpointMismatchError",
     "DistInfo",
+    "HookBase",
     "NonFiniteLossError",
     "VDEngine",
+    "VIEngine",
     "WarmupMultiStepLR",
     "build_optimizer",
     "build_scheduler",

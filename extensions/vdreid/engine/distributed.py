@@ -123,3 +123,45 @@ def wrap_model(
     if device.type == "cuda":
         kwargs.update(device_ids=[device.index], output_device=device.index)
     return torch.nn.parallel.DistributedDataParallel(model, **kwargs)
+
+
+def extract_features_sharded(net: torch.nn.Module, loader, device: torch.device, ir_camids, info: DistInfo,
+                             amp_dtype: torch.dtype | None = None, desc: str = "", **extract_kwargs):
+    """Features, pids and camids of the whole ``loader.dataset`` in dataset order, through the one extraction
+    routine (:func:`vdreid.evaluation.extract_features`). Single process: one pass. DDP: each rank extracts every
+    ``world_size``-th image (a strided ``Subset``), the shards are gathered on every rank (``all_gather_object``)
+    and put back in dataset order."""
+    import numpy as np
+    from torch.utils.data import DataLoader, Subset
+
+    from vdreid.evaluation.extract import extract_features
+
+    if not info.is_distributed:
+        f, p, c, _ = extract_features(net, loader, device, ir_camids, amp_dtype, desc=desc, **extract_kwargs)
+        return f.numpy(), p, c
+    n = len(loader.dataset)
+    idx = list(range(info.rank, n, info.world_size))
+    part = None
+    if idx:
+        shard = DataLoader(Subset(loader.dataset, idx), batch_size=loader.batch_size, shuffle=False,
+                           num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+        f, p, c, _ = extract_features(net, shard, device, ir_camids, amp_dtype, desc=desc, **extract_kwargs)
+        part = (idx, f.numpy(), p, c)
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, part)
+    parts = [q for q in parts if q is not None]
+    dim = parts[0][1].shape[1]
+    feats = np.zeros((n, dim), dtype=np.float32)
+    pids = np.zeros(n, dtype=np.int64)
+    camids = np.zeros(n, dtype=np.int64)
+    for ids, f, p, c in parts:
+        feats[ids], pids[ids], camids[ids] = f, p, c
+    return feats, pids, camids
+
+
+def broadcast_buffers(net: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics: each rank updated its own in its last training
+    forward), so that every shard of a gathered evaluation sees the model rank 0 checkpoints."""
+    if info.is_distributed:
+        for b in net.buffers():
+            dist.broadcast(b.data, src=0)

@@ -1,0 +1,353 @@
+"""Hooks around the training loop of :class:`~vdreid.engine.trainer.VIEngine` (fast-reid's ``HookBase`` pattern).
+
+The loop only does forward, loss, backward and step. Everything else a run does between steps and epochs is a hook,
+called in list order:
+
+* :class:`SamplerEpochHook` gives the sampler its epoch (a DDP requirement, and exact resume);
+* :class:`LRSchedulerHook` steps the per-epoch schedule at the start or the end of each epoch;
+* :class:`ProgressHook` shows a progress bar and the losses every ``print_freq`` iterations;
+* :class:`EvalHook` evaluates every ``eval_freq`` epochs and keeps the best model for ``selection``;
+* :class:`TensorboardHook`, :class:`JSONLogHook`, :class:`EpochSummaryHook` write what happened;
+* :class:`CheckpointHook` writes ``latest.pth`` atomically (and ``epoch_NNN.pth`` every N epochs when asked).
+
+A hook sees the trainer as ``self.trainer`` (set by ``VIEngine.register_hooks``) and its public state: ``epoch``
+(0-based, the running epoch), ``max_epoch``, ``batch_idx``, ``step_summary`` (the last step's loss terms),
+``epoch_stats`` (filled during ``after_epoch``), ``save_dir``, ``writer``, ``dist``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import os.path as osp
+import sys
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from vdreid.engine import distributed as vdist
+from vdreid.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vdreid.engine.trainer import VIEngine
+
+logger = logging.getLogger(__name__)
+
+LATEST = "latest.pth"
+TRAIN_LOG = "train_log.jsonl"
+SELECTIONS = ("final", "val", "test")
+
+
+class HookBase:
+    """Does nothing at every point; subclasses override what they need."""
+
+    trainer: VIEngine
+
+    def before_train(self) -> None:
+        """Once, before the first epoch (after a resume has restored the state)."""
+
+    def before_epoch(self) -> None:
+        """Before the first step of every epoch."""
+
+    def after_step(self) -> None:
+        """After every optimisation step (``trainer.step_summary`` holds its loss terms)."""
+
+    def after_epoch(self) -> None:
+        """After the last step of every epoch (``trainer.epoch_stats`` holds its summary)."""
+
+    def after_train(self) -> None:
+        """Once, after the last epoch."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep of this hook (for an exact resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+
+
+class SamplerEpochHook(HookBase):
+    """``set_epoch`` on the train sampler: batches are a function of (seed, epoch), as ``DistributedSampler``."""
+
+    def before_epoch(self) -> None:
+        loader = self.trainer.train_loader
+        for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(self.trainer.epoch)
+                return
+
+
+class LRSchedulerHook(HookBase):
+    """Steps a per-epoch scheduler. ``step_at='end'`` is torchreid's order (epoch ``e`` trains with step ``e``);
+    ``'start'`` steps before each epoch, as the released VD code does (its constructor already took one step, so
+    epoch ``e`` trains with step ``e + 1``: see ``docs/vd-recipes.md``), which also expresses AGW's per-epoch rule."""
+
+    def __init__(self, scheduler, step_at: str = "end") -> None:
+        if step_at not in ("end", "start"):
+            raise ValueError(f"scheduler step_at must be 'end' or 'start', got {step_at!r}")
+        self.scheduler, self.step_at = scheduler, step_at
+
+    def before_epoch(self) -> None:
+        if self.step_at == "start":
+            with warnings.catch_warnings():  # stepping before optimizer.step() is the intended order here
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step")
+                self.scheduler.step()
+        self.trainer.lr = self.trainer.get_current_lr()
+
+    def after_epoch(self) -> None:
+        if self.step_at == "end":
+            self.scheduler.step()
+
+
+class ProgressHook(HookBase):
+    """A tqdm bar per epoch (rank 0) with every loss term and images/s; without a bar, a log line every
+    ``print_freq`` iterations."""
+
+    def __init__(self, enabled: bool = True, print_freq: int = 20) -> None:
+        self.enabled, self.print_freq = enabled, int(print_freq)
+        self.bar: tqdm | None = None
+
+    def before_epoch(self) -> None:
+        t = self.trainer
+        self.t0, self.n_img = time.time(), 0
+        self.bar = tqdm(total=len(t.train_loader), desc=f"epoch {t.epoch + 1}/{t.max_epoch}",
+                        disable=not (self.enabled and t.dist.is_main), leave=False, dynamic_ncols=True,
+                        file=sys.stderr)
+
+    def after_step(self) -> None:
+        t = self.trainer
+        self.n_img += t.batch_images
+        assert self.bar is not None
+        self.bar.update(1)
+        due = self.print_freq > 0 and (t.batch_idx + 1) % self.print_freq == 0
+        if due or t.batch_idx == 0:
+            ips = self.n_img * t.dist.world_size / max(time.time() - self.t0, 1e-9)
+            self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in t.step_summary.items()}, "img/s": f"{ips:.1f}"},
+                                 refresh=False)
+            if due and not self.enabled and t.dist.is_main:
+                logger.info("epoch [%d/%d][%d/%d] %s", t.epoch + 1, t.max_epoch, t.batch_idx + 1,
+                            len(t.train_loader), "  ".join(f"{k} {v:.4f}" for k, v in t.step_summary.items()))
+
+    def after_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class EvalHook(HookBase):
+    """Periodic evaluation and model selection.
+
+    Every ``eval_freq`` epochs from ``eval_start`` on (and at the last epoch unless ``selection='final'``) it
+    evaluates the validation protocol, or the test protocol when ``selection='test'`` (the habit of the original
+    repositories: optimistic, recorded as selected-on-test). The best first-target rank-1 is kept in
+    ``best_<split>.pth``; after training the selected weights are loaded for the final test.
+    """
+
+    def __init__(self, selection: str = "final", eval_freq: int = 0, eval_start: int = 0, rerank: bool = False) -> None:
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if eval_freq < 0 or eval_start < 0:
+            raise ValueError(f"eval_freq and eval_start must be >= 0, got {eval_freq}, {eval_start}")
+        self.selection, self.rerank = selection, rerank
+        self.eval_freq, self.eval_start = int(eval_freq), int(eval_start)
+        self.best: dict[str, Any] = {"epoch": None, "rank1": None, "split": None}
+        self.selection_info: dict[str, Any] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = dict(state.get("best") or self.best)
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        done = t.epoch + 1
+        last = done == t.max_epoch
+        periodic = self.eval_freq > 0 and done >= self.eval_start and done % self.eval_freq == 0
+        if not (periodic or (last and self.selection != "final")):
+            return
+        split = "test" if self.selection == "test" else "val"
+        if split == "val" and not getattr(t.datamanager, "val_protocols", None):
+            if t.dist.is_main:
+                logger.info("periodic evaluation skipped: no validation protocol (the test set is not used for "
+                            "selection unless train.selection is 'test')")
+            return
+        reports = t.evaluate(split=split, rerank=self.rerank)
+        metrics: dict[str, float] = {}
+        first = None
+        for name, rep in reports.items():
+            first = rep.rank1 if first is None else first
+            for key in ("rank1", "mAP", "mINP"):
+                value = rep.rank1 if key == "rank1" else rep.mean.get(key)
+                if value is not None:
+                    metrics[f"{split}/{name}/{key}"] = float(value)
+        obj = vdist.broadcast_object({"metrics": metrics, "first": first})
+        metrics, first = obj["metrics"], obj["first"]
+        t.epoch_stats.update(metrics)
+        improved = first is not None and (self.best["rank1"] is None or first > self.best["rank1"])
+        if self.selection != "final" and improved:
+            self.best = {"epoch": done, "rank1": float(first), "split": split}
+            if t.dist.is_main and t.save_dir:
+                save_checkpoint_atomic(
+                    {"state_dict": t.net.state_dict(), "epoch": done, "rank1": float(first), "split": split,
+                     "config": t.provenance},
+                    osp.join(t.save_dir, f"best_{split}.pth"),
+                )
+            vdist.barrier()
+
+    def after_train(self) -> None:
+        """Load the selected weights (best-on-val / best-on-test) and describe the choice for the results JSON."""
+        t = self.trainer
+        if self.selection == "final" or self.best.get("epoch") is None:
+            self.selection_info = {"selection": "final", "selected_epoch": t.max_epoch}
+            return
+        split = self.best["split"]
+        path = osp.join(t.save_dir, f"best_{split}.pth")
+        ckpt = load_checkpoint(path, map_location=t.device)
+        load_model_weights(t.net, ckpt["state_dict"], source=path)
+        label = "best-on-val" if split == "val" else "test-selected (optimistic: chosen on the test set)"
+        if t.dist.is_main:
+            logger.info("selected epoch %s (%s, rank-1 %.2f)", self.best["epoch"], label, self.best["rank1"])
+        self.selection_info = {"selection": label, "selected_epoch": self.best["epoch"],
+                               f"selection_{split}_rank1": self.best["rank1"],
+                               "selected_on_test": split == "test",
+                               "selection_rule": f"best {split} rank-1 every {self.eval_freq} epochs from epoch "
+                                                 f"{max(self.eval_start, self.eval_freq)}"}
+
+
+class TensorboardHook(HookBase):
+    """Tensorboard scalars: every loss term and the lr every ``print_freq`` iterations, epoch means, metrics."""
+
+    def __init__(self, print_freq: int = 20) -> None:
+        self.print_freq = max(1, int(print_freq))
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if t.writer is None and t.dist.is_main and t.save_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            t.writer = SummaryWriter(log_dir=t.save_dir)
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.writer is None or (t.batch_idx + 1) % self.print_freq:
+            return
+        n_iter = t.epoch * len(t.train_loader) + t.batch_idx
+        for name, value in t.step_summary.items():
+            t.writer.add_scalar("Train/" + name, value, n_iter)
+        t.writer.add_scalar("Train/lr", t.lr, n_iter)
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        if t.writer is None:
+            return
+        for k, v in t.epoch_stats.items():
+            if k != "epoch" and isinstance(v, (int, float)):
+                t.writer.add_scalar(k if "/" in k else "Epoch/" + k, v, t.epoch + 1)
+
+    def after_train(self) -> None:
+        t = self.trainer
+        if t.writer is not None:
+            t.writer.flush()
+
+
+class JSONLogHook(HookBase):
+    """``train_log.jsonl``: one JSON line per epoch (``epoch`` = epochs completed, 1-based; ``lr``; the mean of every
+    loss term; ``images_per_s``; ``time_s``; evaluation metrics when evaluated). On resume, lines of epochs the run
+    will redo are dropped, and a damaged last line (a crash mid-write) is dropped with a warning."""
+
+    def before_train(self) -> None:
+        t = self.trainer
+        path = osp.join(t.save_dir, TRAIN_LOG)
+        if not (t.dist.is_main and t.save_dir and osp.isfile(path)):
+            return
+        rows = read_train_log(path)
+        kept = [r for r in rows if r.get("epoch", 0) <= t.start_epoch]
+        if len(kept) != len(rows) or len(rows) != _count_lines(path):
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        if not (t.dist.is_main and t.save_dir):
+            return
+        with open(osp.join(t.save_dir, TRAIN_LOG), "a", encoding="utf-8") as f:
+            f.write(json.dumps(json.loads(json.dumps(t.epoch_stats, default=str))) + "\n")
+
+
+def read_train_log(path: str) -> list[dict[str, Any]]:
+    """The rows of ``train_log.jsonl``. A damaged last line (a crash mid-write) is dropped with a warning naming the
+    file; a damaged line elsewhere is a :class:`~vdreid.errors.RunDirError` naming ``file:line``."""
+    from vdreid.errors import RunDirError
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(i, ln) for i, ln in enumerate(f, 1) if ln.strip()]
+    rows = []
+    for k, (lineno, ln) in enumerate(lines):
+        try:
+            row = json.loads(ln)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if k == len(lines) - 1:
+                logger.warning("%s:%d: damaged last line dropped (a run stopped while writing it): %s", path, lineno,
+                               exc)
+                break
+            raise RunDirError(f"{path}:{lineno}: not a JSON line of a vdreid train log ({exc}); fix or remove the "
+                              "line, or start a new run folder") from None
+        rows.append(row)
+    return rows
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for ln in f if ln.strip())
+
+
+class EpochSummaryHook(HookBase):
+    """One compact log line per epoch: lr, every loss term, speed, time, and metrics when evaluated."""
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        if not t.dist.is_main:
+            return
+        s = t.epoch_stats
+        terms = "  ".join(f"{k} {v:.4f}" for k, v in s.items()
+                          if k not in ("epoch", "lr", "images_per_s", "time_s") and "/" not in k)
+        evals = "  ".join(f"{k} {v:.2f}" for k, v in s.items() if "/" in k)
+        logger.info("epoch %d/%d  lr %.3g  %s  %.1f img/s  %.1fs%s", s["epoch"], t.max_epoch, s["lr"], terms,
+                    s["images_per_s"], s["time_s"], f"  | {evals}" if evals else "")
+
+
+class CheckpointHook(HookBase):
+    """``latest.pth`` after every epoch (atomic; everything an exact resume needs), and ``epoch_NNN.pth`` every
+    ``every`` epochs only when asked, so a run's disk use is bounded by default: latest + the selected best."""
+
+    def __init__(self, every: int = 0) -> None:
+        if every < 0:
+            raise ValueError(f"checkpoint every must be >= 0 (0 = only latest and best), got {every}")
+        self.every = int(every)
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if t.dist.is_main and t.save_dir and osp.isdir(t.save_dir):
+            for f in os.listdir(t.save_dir):  # temporary files of a save interrupted by a kill (never loaded)
+                if f.endswith(".tmp") and ".pth." in f:
+                    os.remove(osp.join(t.save_dir, f))
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        done = t.epoch + 1
+        state = t.checkpoint_state(done)  # collective under DDP: every rank takes part
+        if t.dist.is_main and t.save_dir:
+            save_checkpoint_atomic(state, osp.join(t.save_dir, LATEST))
+            if self.every > 0 and done % self.every == 0:
+                save_checkpoint_atomic(state, osp.join(t.save_dir, f"epoch_{done:03d}.pth"))
+        vdist.barrier()
+
+    def files_per_run(self, max_epoch: int, selection: str) -> int:
+        """How many checkpoint files a run of ``max_epoch`` epochs leaves (latest, best, periodic)."""
+        periodic = max_epoch // self.every if self.every > 0 else 0
+        return 1 + (selection != "final") + periodic
