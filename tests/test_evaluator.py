@@ -236,3 +236,108 @@ def test_plot_cmc(tmp_path):
         plot_cmc({"a": np.array([0.1, np.nan])}, str(tmp_path / "bad.png"))
     with pytest.raises(ValueError, match="at least one curve"):
         plot_cmc({}, str(tmp_path / "bad.png"))
+
+
+# ------------------------------------------------------------------ flip test-time augmentation, protocol eval_kwargs
+
+
+class _AsymNet(torch.nn.Module):
+    """A linear map of the whole image: its features change when the image is mirrored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(3 * 4 * 2, 5)
+
+    def forward(self, x, modality=None):
+        f = self.lin(x.flatten(1))
+        return f if modality is None else f + 3.0 * modality.float()[:, None]
+
+
+def test_extract_features_flip_sums_the_normalised_views():
+    imgs, cams, loader = _batches(10)
+    net = _AsymNet()
+    f, *_ = extract_features(net, loader, ir_camids={2, 5}, flip=True)
+    x = imgs.numpy()
+    w, b = net.lin.weight.detach().numpy().astype(np.float64), net.lin.bias.detach().numpy().astype(np.float64)
+    ir = np.isin(cams.numpy(), [2, 5])[:, None] * 3.0
+    f1 = x.reshape(10, -1) @ w.T + b + ir
+    f2 = x[:, :, :, ::-1].reshape(10, -1) @ w.T + b + ir  # mirrored along the width
+    expected = f1 / np.linalg.norm(f1, axis=1, keepdims=True) + f2 / np.linalg.norm(f2, axis=1, keepdims=True)
+    np.testing.assert_allclose(f.numpy(), expected, rtol=1e-5, atol=1e-6)
+    plain, *_ = extract_features(net, loader, ir_camids={2, 5})
+    np.testing.assert_allclose(plain.numpy(), f1, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_flip_sum_and_mean_rank_identically(metric):
+    """Sum and mean of the normalised views differ by a factor 1/2 for every image: the same rankings; under the
+    cosine metric CAJ's re-normalised mean is the same computation too."""
+    from vdreid.evaluation import evaluate_features
+
+    rng = np.random.default_rng(2)
+    qp, gp = rng.integers(0, 6, 30), rng.integers(0, 6, 40)
+
+    def tta(n):
+        a, b = rng.normal(size=(n, 12)), rng.normal(size=(n, 12))
+        return a / np.linalg.norm(a, axis=1, keepdims=True) + b / np.linalg.norm(b, axis=1, keepdims=True)
+
+    qs, gs = tta(30), tta(40)
+    kw = dict(metric=metric, backend="torch")
+    res_sum = evaluate_features(qs, gs, qp, gp, np.zeros(30, int), np.ones(40, int), **kw)
+    res_mean = evaluate_features(qs / 2, gs / 2, qp, gp, np.zeros(30, int), np.ones(40, int), **kw)
+    np.testing.assert_array_equal(res_sum["cmc"], res_mean["cmc"])
+    assert res_sum["mAP"] == pytest.approx(res_mean["mAP"], abs=1e-12)
+    if metric == "cosine":
+        caj_q = qs / np.linalg.norm(qs, axis=1, keepdims=True)
+        caj_g = gs / np.linalg.norm(gs, axis=1, keepdims=True)
+        res_caj = evaluate_features(caj_q, caj_g, qp, gp, np.zeros(30, int), np.ones(40, int), **kw)
+        np.testing.assert_array_equal(res_sum["cmc"], res_caj["cmc"])
+        assert res_sum["mAP"] == pytest.approx(res_caj["mAP"], abs=1e-12)
+
+
+def test_flip_is_recorded_in_report_table_and_json(tmp_path):
+    _, _, qloader = _batches(12, seed=1)
+    _, _, gloader = _batches(9, seed=2)
+    for b in qloader:
+        b["pid"] = b["pid"] % 9
+    proto = Protocol("toy/ir2vis", np.arange(12), [np.arange(9)], (), "dedup")
+    net = _AsymNet()
+    rep = evaluate_model(net, qloader, gloader, proto, flip=True)
+    assert rep.flip and "flip=True" in rep.table()
+    d = json.load(open(rep.to_json(str(tmp_path / "r.json"))))
+    assert d["flip"] is True
+    qf, qp, qc, _ = extract_features(net, qloader, flip=True)
+    gf, gp, gc, _ = extract_features(net, gloader, flip=True)
+    assert run_protocol(proto, qf, gf, qp, gp, qc, gc, flip=True).per_trial == rep.per_trial
+    plain = evaluate_model(net, qloader, gloader, proto)
+    assert plain.flip is False and plain.to_dict()["flip"] is False
+
+
+def test_run_protocol_takes_the_protocol_eval_kwargs_and_per_trial_queries():
+    """The runner passes protocol.eval_kwargs() (here the LLCM rule with a camera map) and the per-trial queries."""
+    from llcm_reference import eval_llcm_reference
+
+    rng = np.random.default_rng(8)
+    nq, ng = 40, 30
+    qf, gf = rng.normal(size=(nq, 6)), rng.normal(size=(ng, 6))
+    qp, gp = rng.integers(0, 5, nq), rng.integers(0, 5, ng)
+    qc, gc = rng.integers(0, 3, nq) + 9, rng.integers(0, 3, ng)  # queries on camids 9..11 = cameras 0..2
+    qtrials = [np.sort(rng.choice(nq, 15, replace=False)) for _ in range(3)]
+    proto = Protocol("toy/vis2ir-swapped", np.unique(np.concatenate(qtrials)), [np.arange(ng)] * 3, (), "dedup",
+                     remove_same_pid_same_cam=True, physical_camera={9: 0, 10: 1, 11: 2}, query_trials=qtrials)
+    assert proto.eval_kwargs() == {"cmc_mode": "dedup", "exclude_cam_pairs": (), "remove_same_pid_same_cam": True,
+                                   "physical_camera": {9: 0, 10: 1, 11: 2}}
+    rep = run_protocol(proto, qf, gf, qp, gp, qc, gc)
+    assert rep.protocol_info["remove_same_pid_same_cam"] and rep.protocol_info["query_sizes"] == [15, 15, 15]
+    for t, q in enumerate(qtrials):
+        dist = neg_cosine(qf[q], gf)
+        cmc, mAP, mINP, nvalid = eval_llcm_reference(dist, qp[q], gp, qc[q] - 9, gc, 20)
+        assert rep.per_trial[t]["R1"] == pytest.approx(100 * cmc[0], abs=1e-9)
+        assert rep.per_trial[t]["mAP"] == pytest.approx(100 * mAP, abs=1e-9)
+        assert rep.per_trial[t]["mINP"] == pytest.approx(100 * mINP, abs=1e-9)
+        assert rep.per_trial[t]["num_valid_queries"] == nvalid
+    with pytest.raises(ValueError, match="query trials"):
+        Protocol("x", np.arange(3), [np.arange(3)], query_trials=[np.arange(2), np.arange(1)])
+    with pytest.raises(ValueError, match="every index of query_trials"):
+        Protocol("x", np.arange(3), [np.arange(3)], query_trials=[np.arange(5)])

@@ -1,9 +1,10 @@
 """Protocol runner: features of every query/gallery image once, metrics per trial, mean/std, provenance JSON.
 
-A :class:`vdreid.data.Protocol` names the query indices, one gallery index array per trial, the excluded
-camera pairs and the CMC variant (DESIGN principle 2). Per trial the metrics are computed exactly
-(:func:`vdreid.evaluation.evaluate_features`); the report gives per-trial values and the arithmetic mean
-(AGW averages the 10 SYSU trials / RegDB splits the same way, spec section 2.3) and the population std.
+A :class:`vdreid.data.Protocol` names the query indices, one gallery index array per trial, and through
+:meth:`~vdreid.data.Protocol.eval_kwargs` everything the metrics need (CMC variant, excluded camera pairs, the
+same-identity same-camera rule); the runner never looks at a dataset's name. Per trial the metrics are computed
+exactly (:func:`vdreid.evaluation.evaluate_features`); the report gives per-trial values, the arithmetic mean (AGW
+and DEEN average the 10 trials / RegDB splits the same way, ``docs/protocols.md``) and the population std.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def _trial_metrics(res: dict) -> dict[str, Any]:
 @dataclass
 class EvalReport:
     """Metrics of one protocol run, in percent. ``per_trial``: list of dicts (R1, R5, R10, R20, mAP, mINP,
-    num_valid_queries); ``mean`` / ``std``: over trials (population std, ``ddof=0``); ``cmc_curves``: per trial."""
+    num_valid_queries); ``mean`` / ``std``: over trials (population std, ``ddof=0``); ``cmc_curves``: per trial;
+    ``flip``: the features were flip test-time augmented (``extract_features(flip=True)``), recorded so such
+    numbers are never compared with plain ones unflagged."""
 
     protocol_name: str
     protocol_info: dict[str, Any]
@@ -77,6 +80,7 @@ class EvalReport:
     rerank: bool = False
     backend: str = "auto"
     wall_time_s: float = 0.0
+    flip: bool = False
     mean: dict[str, float] = field(init=False)
     std: dict[str, float] = field(init=False)
 
@@ -103,7 +107,8 @@ class EvalReport:
     def table(self) -> str:
         """Console table: one row per trial (when more than one), then mean and std; two decimals."""
         head = f"{'':>8}" + "".join(f"{k:>9}" for k in METRIC_KEYS) + f"{'valid q':>9}"
-        lines = [f"protocol: {self.protocol_name} | metric={self.metric} rerank={self.rerank}", head]
+        lines = [f"protocol: {self.protocol_name} | metric={self.metric} rerank={self.rerank} flip={self.flip}",
+                 head]
         if self.num_trials > 1:
             for i, t in enumerate(self.per_trial):
                 lines.append(
@@ -131,6 +136,7 @@ class EvalReport:
             "cmc_mean": [float(x) for x in self.cmc_mean],
             "metric": self.metric,
             "rerank": self.rerank,
+            "flip": self.flip,
             "backend": self.backend,
             "wall_time_s": self.wall_time_s,
         }
@@ -171,9 +177,12 @@ def run_protocol(
     rerank: bool = False,
     max_rank: int = 20,
     block_size: int | None = None,
+    flip: bool = False,
 ) -> EvalReport:
     """Evaluate every trial of ``protocol``. ``qf``/``gf`` (and ids) cover ALL of ``dataset.query`` /
-    ``dataset.gallery``; ``protocol.query`` and ``protocol.gallery_trials`` index into them."""
+    ``dataset.gallery``; ``protocol.query_of(t)`` and ``protocol.gallery_trials[t]`` index into them. The metric
+    definitions come from ``protocol.eval_kwargs()``. ``flip`` only records that the features were flip
+    test-time augmented (it changes no computation here)."""
     t0 = time.perf_counter()
     qf = qf.detach().cpu().numpy() if isinstance(qf, torch.Tensor) else np.asarray(qf)
     gf = gf.detach().cpu().numpy() if isinstance(gf, torch.Tensor) else np.asarray(gf)
@@ -184,6 +193,7 @@ def run_protocol(
         if arr.shape != (n,):
             raise ValueError(f"run_protocol: {name} has shape {arr.shape}, expected ({n},) like its features")
     q = protocol.query
+    kwargs = protocol.eval_kwargs()
     if q.size and (q.min() < 0 or q.max() >= len(qf)):
         raise ValueError(
             f"protocol {protocol.name!r}: query indices outside 0..{len(qf) - 1} (pass all of dataset.query)"
@@ -195,17 +205,17 @@ def run_protocol(
                 f"protocol {protocol.name!r}: gallery trial {t} indexes outside 0..{len(gf) - 1} "
                 "(pass the features of the whole dataset.gallery)"
             )
+        qt = protocol.query_of(t)
         res = evaluate_features(
-            qf[q], gf[g], q_pids[q], g_pids[g], q_camids[q], g_camids[g], metric=metric, backend=backend,
-            block_size=block_size, max_rank=max_rank, cmc_mode=protocol.cmc_mode,
-            exclude_cam_pairs=protocol.exclude_cam_pairs, rerank=rerank,
+            qf[qt], gf[g], q_pids[qt], g_pids[g], q_camids[qt], g_camids[g], metric=metric, backend=backend,
+            block_size=block_size, max_rank=max_rank, rerank=rerank, **kwargs,
         )
         per_trial.append(_trial_metrics(res))
         curves.append(res["cmc"])
     be, dev = resolve_backend(backend)
     return EvalReport(
         protocol.name, protocol.describe(), per_trial, curves, metric=metric, rerank=rerank,
-        backend=f"{be}:{dev.type}" if be == "torch" else be, wall_time_s=time.perf_counter() - t0,
+        backend=f"{be}:{dev.type}" if be == "torch" else be, wall_time_s=time.perf_counter() - t0, flip=bool(flip),
     )
 
 
@@ -220,13 +230,17 @@ def evaluate_model(
     backend: str = "auto",
     rerank: bool = False,
     amp_dtype: torch.dtype | None = None,
+    flip: bool = False,
 ) -> EvalReport:
-    """Extract the query and gallery features once, then :func:`run_protocol` (wall time includes extraction)."""
+    """Extract the query and gallery features once (flip test-time augmented when ``flip``), then
+    :func:`run_protocol` (wall time includes extraction)."""
     from vdreid.evaluation.extract import extract_features
 
     t0 = time.perf_counter()
-    qf, qp, qc, _ = extract_features(model, query_loader, device, ir_camids, amp_dtype, desc="query features")
-    gf, gp, gc, _ = extract_features(model, gallery_loader, device, ir_camids, amp_dtype, desc="gallery features")
-    rep = run_protocol(protocol, qf, gf, qp, gp, qc, gc, metric=metric, backend=backend, rerank=rerank)
+    qf, qp, qc, _ = extract_features(model, query_loader, device, ir_camids, amp_dtype, desc="query features",
+                                     flip=flip)
+    gf, gp, gc, _ = extract_features(model, gallery_loader, device, ir_camids, amp_dtype, desc="gallery features",
+                                     flip=flip)
+    rep = run_protocol(protocol, qf, gf, qp, gp, qc, gc, metric=metric, backend=backend, rerank=rerank, flip=flip)
     rep.wall_time_s = time.perf_counter() - t0
     return rep
