@@ -17,13 +17,15 @@ Both computed in float64 with numpy's pairwise summation. Ties are broken by gal
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from vdreid.errors import EvaluationInputError
 from vdreid.evaluation.core import DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics, single_thread
-from vdreid.evaluation.metrics import camera_groups, check_common, evaluate, same_camera_removal
+from vdreid.evaluation.metrics import camera_groups, check_common, same_camera_removal
 
 METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "faiss", "torch")
@@ -37,7 +39,6 @@ FLOAT64_MIN_DIM = 1024
 FLOAT64_ON_CPU = False
 FLOAT64_MAX_BYTES = 1 << 30
 CACHE64_MAX_BYTES = 512 << 20  # float64 copies of the query / gallery features kept for exact() up to this size
-RERANK_MAX_ITEMS = 30000  # torchreid's re_ranking builds (Q+G)^2 float32 matrices
 
 
 def _features(x, name: str) -> np.ndarray:
@@ -75,37 +76,57 @@ def _normalized64(x: np.ndarray, out_dtype=np.float64, chunk: int = 64) -> np.nd
 
 
 class _Features:
-    """Query/gallery features prepared for one metric: float32 copies for the blocks, float64 exact pairs."""
+    """Query/gallery features prepared for one metric: float32 copies for the blocks, float64 exact pairs.
+
+    The gallery side is prepared once; :meth:`with_queries` pairs it with another query set (a gallery index
+    searched many times)."""
 
     def __init__(self, qf: np.ndarray, gf: np.ndarray, metric: str, chunk: int = 1 << 16) -> None:
-        self.metric, self.qsrc, self.gsrc = metric, qf, gf
-        self.dim = qf.shape[1]
-        self.q64 = None  # cached float64 (normalised for cosine) queries when small enough
+        self.metric = metric
+        self.dim = gf.shape[1]
+        self._prepare_gallery(gf, chunk)
+        self._prepare_queries(qf)
+
+    def _prepare_gallery(self, gf: np.ndarray, chunk: int) -> None:
+        self.gsrc = gf
         # cached float64 gallery when small enough: exact() then never re-normalises gallery rows (at 10k x 10k,
         # D=2048 the per-call re-normalisation was 2.2 s of 13.6 s)
         self.g64 = None
         cache_g = gf.size * 8 <= CACHE64_MAX_BYTES
-        if metric == "cosine":
-            q64 = _normalized64(qf)
-            self.q32 = q64.astype(np.float32)
+        if self.metric == "cosine":
             if cache_g:
                 self.g64 = _normalized64(gf)
                 self.g32 = self.g64.astype(np.float32)
             else:
                 self.g32 = _normalized64(gf, np.float32)  # chunked: never a full float64 copy of a big gallery
-            self.q2 = self.g2 = None
+            self.g2 = None
+        else:
+            self.g32 = np.ascontiguousarray(gf, dtype=np.float32)
+            self.g2 = np.concatenate(
+                [np.sum(gf[i : i + chunk].astype(np.float64) ** 2, axis=1) for i in range(0, gf.shape[0], chunk)]
+            ) if gf.shape[0] else np.zeros(0)
+            if cache_g:
+                self.g64 = gf.astype(np.float64)
+
+    def _prepare_queries(self, qf: np.ndarray) -> None:
+        self.qsrc = qf
+        self.q64 = None  # cached float64 (normalised for cosine) queries when small enough
+        if self.metric == "cosine":
+            q64 = _normalized64(qf)
+            self.q32 = q64.astype(np.float32)
+            self.q2 = None
         else:
             q64 = qf.astype(np.float64)
             self.q32 = np.ascontiguousarray(qf, dtype=np.float32)
-            self.g32 = np.ascontiguousarray(gf, dtype=np.float32)
             self.q2 = np.sum(q64**2, axis=1)
-            self.g2 = np.concatenate(
-                [np.sum(gf[i : i + chunk].astype(np.float64) ** 2, axis=1) for i in range(0, gf.shape[0], chunk)]
-            )
         if q64.nbytes <= CACHE64_MAX_BYTES:
             self.q64 = q64
-        if cache_g and metric != "cosine":
-            self.g64 = gf.astype(np.float64)
+
+    def with_queries(self, qf: np.ndarray) -> _Features:
+        """The same prepared gallery paired with the queries ``qf``."""
+        new = copy.copy(self)
+        new._prepare_queries(qf)
+        return new
 
     def prepare64(self) -> None:
         """Float64 gallery for float64 blocks (normalised for cosine; the same per-row bits as ``exact``)."""
@@ -171,76 +192,41 @@ def _full_fp32():
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
 
-def resolve_backend(backend: str) -> tuple[str, torch.device]:
-    """'auto' -> torch on CUDA if available, else faiss on GPU if faiss sees one, else torch on CPU."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    cuda = torch.cuda.is_available()
-    if backend == "torch" or (backend == "auto" and cuda):
-        return "torch", torch.device("cuda" if cuda else "cpu")
-    try:
-        import faiss  # noqa: F401
-    except ImportError as exc:
-        if backend == "faiss":
-            raise ValueError("backend='faiss' needs the faiss package: pip install faiss-cpu (or faiss-gpu)") from exc
-        return "torch", torch.device("cpu")
-    if backend == "auto" and faiss.get_num_gpus() == 0:
-        return "torch", torch.device("cpu")
-    return "faiss", torch.device("cpu")
+def resolve_backend(backend: str, path: str = "rank") -> tuple[str, torch.device]:
+    """The engine and device of one path ('rank': the exact counting and its top-L; 'search': top-k lists) for
+    ``backend`` ('auto' | 'faiss' | 'torch'); the choices are explained in :mod:`vdreid.evaluation.backend`."""
+    from vdreid.evaluation.backend import resolve
+
+    be = resolve(backend, path)
+    return be.name, be.torch_device
 
 
-def _block_fn(feats: _Features, backend: str, device: torch.device, cols: np.ndarray, use64: bool = False):
-    """Block distance function over the allowed gallery ``cols`` for one backend (float64 blocks: torch only)."""
+def _block_fn(feats: _Features, device: torch.device, cols: np.ndarray, use64: bool = False):
+    """Distance blocks over the allowed gallery ``cols``: torch GEMMs on ``device`` (float64 blocks when
+    ``use64``). Every backend counts on these blocks; faiss supplies top-k lists (see :mod:`.backend`)."""
     full = cols.size == feats.g32.shape[0]
-    g32 = feats.g32 if full else feats.g32[cols]
     fdt = np.float64 if use64 else np.float32
     g2 = None if feats.g2 is None else (feats.g2 if full else feats.g2[cols]).astype(fdt)
     q2 = None if feats.q2 is None else feats.q2.astype(fdt)
-    if backend == "torch":
-        if use64:
-            g64 = feats.g64 if full else feats.g64[cols]
-            gt = torch.from_numpy(g64).to(device)
-            qt = torch.from_numpy(feats.q64).to(device)
-        else:
-            gt = torch.from_numpy(g32).to(device)
-            qt = torch.from_numpy(feats.q32).to(device)
-        g2t = None if g2 is None else torch.from_numpy(g2).to(device)
-        q2t = None if q2 is None else torch.from_numpy(q2).to(device)
+    if use64:
+        g64 = feats.g64 if full else feats.g64[cols]
+        gt = torch.from_numpy(g64).to(device)
+        qt = torch.from_numpy(feats.q64).to(device)
+    else:
+        gt = torch.from_numpy(feats.g32 if full else feats.g32[cols]).to(device)
+        qt = torch.from_numpy(feats.q32).to(device)
+    g2t = None if g2 is None else torch.from_numpy(g2).to(device)
+    q2t = None if q2 is None else torch.from_numpy(q2).to(device)
 
-        def fn(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
-            rt = torch.as_tensor(r, device=device)
-            ip = qt.index_select(0, rt) @ gt[c0:c1].T
-            with single_thread(device):
-                if feats.metric == "cosine":
-                    return ip.neg_()
-                return (q2t.index_select(0, rt)[:, None] + g2t[None, c0:c1]).sub_(ip, alpha=2.0).clamp_min_(0.0)
+    def fn(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
+        rt = torch.as_tensor(r, device=device)
+        ip = qt.index_select(0, rt) @ gt[c0:c1].T
+        with single_thread(device):
+            if feats.metric == "cosine":
+                return ip.neg_()
+            return (q2t.index_select(0, rt)[:, None] + g2t[None, c0:c1]).sub_(ip, alpha=2.0).clamp_min_(0.0)
 
-        return fn
-    import faiss
-
-    gpu_res = faiss.StandardGpuResources() if faiss.get_num_gpus() > 0 else None
-    mt = faiss.METRIC_INNER_PRODUCT if feats.metric == "cosine" else faiss.METRIC_L2
-
-    def fn_faiss(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
-        xq = np.ascontiguousarray(feats.q32[r])
-        xb = g32[c0:c1]
-        if gpu_res is not None:
-            d = faiss.pairwise_distance_gpu(gpu_res, xq, xb, metric=mt)
-        elif xq.shape[0] * xb.shape[0] < (1 << 20):
-            # small blocks: faiss's OpenMP start-up costs ~ms per call (24 ms on a loaded 2-core box); 1 thread
-            nthr = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)
-            try:
-                d = faiss.pairwise_distances(xq, xb, mt)
-            finally:
-                faiss.omp_set_num_threads(nthr)
-        else:
-            d = faiss.pairwise_distances(xq, xb, mt)
-        t = torch.from_numpy(d)
-        with single_thread(torch.device("cpu")):
-            return t.neg_() if feats.metric == "cosine" else t
-
-    return fn_faiss
+    return fn
 
 
 def _dense_distances(feats: _Features, device: torch.device, use64: bool) -> torch.Tensor:
@@ -274,28 +260,6 @@ def _dense_block_fn(dense: torch.Tensor, cols: np.ndarray):
     return fn
 
 
-def _rerank_distmat(qf: np.ndarray, gf: np.ndarray, metric: str) -> np.ndarray:
-    """k-reciprocal re-ranking (Zhong et al. 2017) through torchreid's ``re_ranking`` on the torchreid-style
-    distances (cosine: 1 - cos; euclidean: squared)."""
-    from vdreid import compat
-
-    n = qf.shape[0] + gf.shape[0]
-    if n > RERANK_MAX_ITEMS:
-        raise ValueError(
-            f"rerank=True needs (Q+G)^2 memory; Q+G = {n} > {RERANK_MAX_ITEMS}. Use rerank=False for large sets."
-        )
-
-    def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if metric == "cosine":
-            a, b = _normalized64(a), _normalized64(b)
-            return (1.0 - a @ b.T).astype(np.float32)
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        d = (a64**2).sum(1)[:, None] + (b64**2).sum(1)[None, :] - 2 * a64 @ b64.T
-        return np.maximum(d, 0).astype(np.float32)
-
-    return compat.re_ranking(dist(qf, gf), dist(qf, qf), dist(gf, gf))
-
-
 def evaluate_features(
     qf,
     gf,
@@ -312,18 +276,33 @@ def evaluate_features(
     rerank: bool = False,
     remove_same_pid_same_cam: bool = False,
     physical_camera: Mapping[int, int] | None = None,
+    approximate: str | None = None,
+    approximate_k: int = 100,
+    rerank_k1: int = 20,
+    rerank_k2: int = 6,
+    rerank_lambda: float = 0.3,
 ) -> dict:
     """Exact CMC / mAP / mINP from query features ``qf`` (Q, D) and gallery features ``gf`` (G, D).
 
     Same definitions and return value as :func:`vdreid.evaluation.evaluate` (fractions), computed blockwise
     with at most ``block_size`` distance entries per block (default ``2**23``); a problem that fits in one
-    block is the dense path. ``backend``: ``'torch'`` (CUDA when available), ``'faiss'`` (GPU when faiss sees
-    one) or ``'auto'``. Every backend and block size gives the same result. ``rerank=True`` applies
-    torchreid's k-reciprocal re-ranking on a dense matrix (small sets only) and evaluates that.
+    block is the dense path. ``backend``: ``'torch'`` (CUDA when available), ``'faiss'`` (the de-duplicated
+    CMC's top-L from a faiss index, GPU when faiss sees one) or ``'auto'`` (see :mod:`vdreid.evaluation.backend`).
+    Every backend and block size gives the same result, bit for bit. ``rerank=True`` evaluates the k-reciprocal
+    re-ranked distances (``rerank_k1``, ``rerank_k2``, ``rerank_lambda``: torchreid's ``k1``, ``k2``,
+    ``lambda_value``) computed on a kNN graph (:mod:`vdreid.evaluation.rerank`), at any size.
+
+    ``approximate='hnsw'|'ivf'`` (faiss) computes the metrics from each query's ``approximate_k`` first items of an
+    approximate index instead (million-image galleries): positives outside that list are placed at the end of the
+    query's list (a worst case), so mAP/mINP are approximate and the result says ``approximate: True``.
+
+    Besides the metrics the result holds ``backend`` (what ran: ``'torch:cpu'``, ``'faiss:cuda'``, or
+    ``'<top-L engine>+<counting engine>'`` when they differ) and ``approximate``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    backend_name, device = resolve_backend(backend)
+    _, device = resolve_backend("torch")  # the counting blocks: torch GEMMs, on CUDA when available
+    topl_name, topl_dev = resolve_backend(backend, "rank")
     q = _features(qf, "qf")
     g = _features(gf, "gf")
     if q.shape[0] and g.shape[0] and q.shape[1] != g.shape[1]:
@@ -334,13 +313,32 @@ def evaluate_features(
     if block_size is not None and (not isinstance(block_size, (int, np.integer)) or block_size < 1):
         raise ValueError(f"block_size must be a positive integer (distance entries per block), got {block_size!r}")
     removal = same_camera_removal(qc, gc, remove_same_pid_same_cam, physical_camera)  # the LLCM rule
+    if approximate is not None:
+        if rerank:
+            raise EvaluationInputError("approximate search and rerank=True cannot be combined")
+        out = _approximate_metrics(q, g, qp, gp, qc, gc, pairs, removal, metric, backend, max_rank, cmc_mode,
+                                   approximate, approximate_k)
+        return out
+    use_faiss_topl = topl_name == "faiss" and cmc_mode == "dedup" and not rerank
     if rerank:
-        dm = _rerank_distmat(q, g, metric)
-        return evaluate(dm, qp, gp, qc, gc, max_rank, cmc_mode, pairs, block_size,
-                        remove_same_pid_same_cam=remove_same_pid_same_cam, physical_camera=physical_camera)
+        from vdreid.evaluation.rerank import rerank_distances
+
+        rr = rerank_distances(q, g, metric, rerank_k1, rerank_k2, rerank_lambda, backend)
+        band = rr.band()
+        stats = []
+        with torch.no_grad():
+            for rows, cols in camera_groups(qc, gc, pairs):
+                stats.append(rank_statistics(
+                    rows, cols, qp, gp, rr.block_fn(cols, device), rr.exact, band[rows], torch.float64, device,
+                    max_rank, cmc_mode == "dedup", block_size or DEFAULT_BLOCK_SIZE, progress="ranking (re-ranked)",
+                    removal=removal,
+                ))
+        out = aggregate(stats, q.shape[0], max_rank, cmc_mode)
+        out.update(backend=_backend_label(rr.backend, f"torch:{device.type}"), approximate=False)
+        return out
     feats = _Features(q, g, metric)
     use64 = (
-        backend_name == "torch" and (device.type == "cuda" or FLOAT64_ON_CPU)
+        (device.type == "cuda" or FLOAT64_ON_CPU)
         and q.shape[1] >= FLOAT64_MIN_DIM and feats.q64 is not None
         and (q.shape[0] + g.shape[0]) * q.shape[1] * 8 <= FLOAT64_MAX_BYTES
     )
@@ -350,16 +348,112 @@ def evaluate_features(
     stats: list[RankStats] = []
     block = block_size or DEFAULT_BLOCK_SIZE
     with _full_fp32(), torch.no_grad():
-        # dense path: the whole Q x G matrix fits one block (torch backend; faiss keeps its own blocks)
-        dense = _dense_distances(feats, device, use64) if backend_name == "torch" and q.size and (
-            q.shape[0] * g.shape[0] <= block) else None
+        # dense path: the whole Q x G matrix fits one block: one GEMM, the camera groups slice it
+        dense = _dense_distances(feats, device, use64) if q.size and q.shape[0] * g.shape[0] <= block else None
         for rows, cols in camera_groups(qc, gc, pairs):
-            fn = _block_fn(feats, backend_name, device, cols, use64) if dense is None else _dense_block_fn(dense, cols)
-            stats.append(
-                rank_statistics(
-                    rows, cols, qp, gp, fn, feats.exact, band[rows], torch.float64 if use64 else torch.float32,
-                    device, max_rank,
-                    cmc_mode == "dedup", block, progress=f"ranking ({backend_name})", removal=removal,
-                )
+            fn = _block_fn(feats, device, cols, use64) if dense is None else _dense_block_fn(dense, cols)
+            st = rank_statistics(
+                rows, cols, qp, gp, fn, feats.exact, band[rows], torch.float64 if use64 else torch.float32,
+                device, max_rank,
+                cmc_mode == "dedup" and not use_faiss_topl, block, progress=f"ranking ({device.type})",
+                removal=removal,
             )
-    return aggregate(stats, q.shape[0], max_rank, cmc_mode)
+            if use_faiss_topl:
+                st.dedup_rank = _dedup_ranks_by_search(q, g, st.rows, cols, qp, gp, max_rank, metric, backend,
+                                                       _removed_lists(st.rows, cols, qp, gp, removal))
+            stats.append(st)
+    out = aggregate(stats, q.shape[0], max_rank, cmc_mode)
+    counting = f"torch:{device.type}"
+    out.update(backend=_backend_label(f"{topl_name}:{topl_dev.type}" if use_faiss_topl
+                                      else counting, counting), approximate=False)
+    return out
+
+
+def _backend_label(topl: str, counting: str) -> str:
+    """'torch:cpu' when one engine did everything, else '<top-L engine>+<counting engine>'."""
+    return topl if topl == counting else f"{topl}+{counting}"
+
+
+def _removed_lists(rows: np.ndarray, cols: np.ndarray, qp: np.ndarray, gp: np.ndarray,
+                   removal: tuple[np.ndarray, np.ndarray] | None) -> list[np.ndarray] | None:
+    """Per query row, positions in ``cols`` of the items the same-identity same-camera rule removes."""
+    if removal is None:
+        return None
+    q_cam, g_cam = removal
+    out = []
+    for r in rows:
+        out.append(np.nonzero((gp[cols] == qp[r]) & (g_cam[cols] == q_cam[r]))[0])
+    return out
+
+
+def _dedup_ranks_by_search(
+    q: np.ndarray, g: np.ndarray, rows: np.ndarray, cols: np.ndarray, qp: np.ndarray, gp: np.ndarray,
+    max_rank: int, metric: str, backend: str, removed: list[np.ndarray] | None,
+) -> np.ndarray:
+    """De-duplicated CMC rank (capped at ``max_rank``) of each query in ``rows`` from exact top-L lists of a
+    gallery index over ``cols``: the number of distinct identities before the first (kept) positive. Rows whose
+    list ends before deciding it are searched again with a 4x longer list."""
+    from vdreid.evaluation.core import _INT_SENTINEL
+    from vdreid.evaluation.knn import GalleryIndex
+
+    out = np.full(rows.size, -1, np.int64)
+    if rows.size == 0:
+        return out
+    index = GalleryIndex(g[cols], metric, backend)
+    L = min(cols.size, max(4 * max_rank, 32))
+    todo = np.arange(rows.size)
+    while todo.size:
+        ex = None if removed is None else [removed[i] for i in todo]
+        res = index.search(q[rows[todo]], L, exclude=ex)
+        ids = np.where(res.indices >= 0, gp[cols[np.maximum(res.indices, 0)]], _INT_SENTINEL)
+        hit = ids == qp[rows[todo]][:, None]
+        found = hit.any(1)
+        p = np.where(found, hit.argmax(1), L)
+        before = np.arange(L)[None, :] < p[:, None]
+        pids = np.where(before, ids, _INT_SENTINEL)
+        pids.sort(axis=1)
+        distinct = (pids[:, :1] != _INT_SENTINEL).sum(1) + (
+            (pids[:, 1:] != pids[:, :-1]) & (pids[:, 1:] != _INT_SENTINEL)).sum(1)
+        decided = found | (distinct >= max_rank) | (L >= cols.size)
+        out[todo[decided]] = np.minimum(distinct[decided], max_rank)
+        todo = todo[~decided]
+        L = min(cols.size, 4 * L)
+    return out
+
+
+def _approximate_metrics(q, g, qp, gp, qc, gc, pairs, removal, metric: str, backend: str, max_rank: int,
+                         cmc_mode: str, approximate: str, k: int) -> dict:
+    """Metrics from approximate top-k lists: ranks of the positives found in the list; the others are put at the
+    end of the query's kept list, in index order (a worst case); the de-duplicated / standard CMC from the list."""
+    from vdreid.evaluation.knn import search
+
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < max_rank:
+        raise EvaluationInputError(f"approximate_k must be an integer >= max_rank ({max_rank}), got {k!r}")
+    stats = []
+    name = None
+    for rows, cols in camera_groups(qc, gc, pairs):
+        removed = _removed_lists(rows, cols, qp, gp, removal)
+        kk = min(int(k), cols.size)
+        res = search(q[rows], g[cols], kk, metric, backend, exclude=removed, approximate=approximate)
+        name = res.backend
+        ids = np.where(res.indices >= 0, gp[cols[np.maximum(res.indices, 0)]], -1)
+        n_pos_all = np.array([np.count_nonzero(gp[cols] == qp[r]) for r in rows])
+        n_rem = np.zeros(rows.size, np.int64) if removed is None else np.array([len(x) for x in removed])
+        npos = n_pos_all - n_rem
+        n_kept = cols.size - n_rem
+        valid = npos > 0
+        hit = ids == qp[rows][:, None]
+        kmax = max(int(npos[valid].max()) if valid.any() else 1, 1)
+        pos_rank = np.full((rows.size, kmax), -1, np.int64)
+        dedup_rank = np.full(rows.size, max_rank, np.int64)
+        for i in np.nonzero(valid)[0]:
+            found = np.nonzero(hit[i])[0]
+            miss = npos[i] - found.size
+            tail = n_kept[i] - miss + np.arange(miss)  # missing positives last
+            pos_rank[i, : npos[i]] = np.concatenate([found, tail])
+            p = found[0] if found.size else ids.shape[1]
+            dedup_rank[i] = min(np.unique(ids[i, :p][ids[i, :p] >= 0]).size, max_rank)
+        stats.append(RankStats(rows[valid], pos_rank[valid], npos[valid], dedup_rank[valid]))
+    out = aggregate(stats, q.shape[0], max_rank, cmc_mode)
+    out.update(backend=name or backend, approximate=True)
+    return out

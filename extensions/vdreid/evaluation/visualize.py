@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from vdreid import compat
+from vdreid.errors import EvaluationInputError
 
 
 def _safe(s: str) -> str:
@@ -35,25 +36,22 @@ def save_ranked_lists(
     width: int = 128,
     height: int = 256,
 ) -> list[str]:
-    """Draw each query's top-``topk`` gallery images with torchreid's ``visualize_ranked_results``.
+    """Ranked lists from a distance matrix you computed yourself; for a protocol's features use
+    :func:`save_ranked_lists_for_protocol` (faiss top-k, no Q x G matrix).
 
     ``query_items`` / ``gallery_items``: torchreid tuples ``(img_path, pid, camid, ...)`` aligned with the rows /
-    columns of ``distmat`` (Q, G). The order drawn is ours (ascending distance, ties by gallery index); gallery
-    items excluded for a query (``exclude_cam_pairs``) are pushed past the end. torchreid names each picture by
-    the query file's basename, which repeats in SYSU-MM01 (``cam3/0001/0001.jpg`` and ``cam6/0001/0001.jpg``), so
-    queries are passed through uniquely named links (``q<index>_p<pid>_c<camid>_<file>``) and every query gets its
-    own file. Returns the written paths.
+    columns of ``distmat`` (Q, G). Order: ascending distance, ties by gallery index; gallery items excluded for a
+    query (``exclude_cam_pairs``) are left out. Drawn by :func:`_draw` (torchreid's ``visualize_ranked_results``).
     """
     dm = np.asarray(distmat, dtype=np.float64)
     if dm.ndim != 2 or dm.shape != (len(query_items), len(gallery_items)):
-        raise ValueError(
+        raise EvaluationInputError(
             f"distmat has shape {dm.shape}, expected ({len(query_items)}, {len(gallery_items)}) = (#query_items, "
             "#gallery_items)"
         )
     if not np.all(np.isfinite(dm)):
-        raise ValueError("distmat contains NaN/inf entries")
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
+        raise EvaluationInputError("distmat contains NaN/inf entries")
+    _check_topk(topk)
     n = dm.shape[0] if max_queries is None else min(dm.shape[0], int(max_queries))
     dm = dm[:n]
     # our order: stable ranks as distances, so torchreid's (unstable) argsort reproduces it exactly
@@ -64,11 +62,27 @@ def save_ranked_lists(
     g_cam = np.array([int(it[2]) for it in gallery_items])
     for qc, gc in exclude_cam_pairs:
         ranks[np.ix_(q_cam == qc, g_cam == gc)] = np.inf
+    return _draw(ranks, query_items[:n], gallery_items, save_dir, topk, width, height)
+
+
+def _check_topk(topk) -> None:
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise EvaluationInputError(f"topk must be a positive integer, got {topk!r}")
+
+
+def _draw(ranks: np.ndarray, query_items: Sequence[tuple], gallery_items: Sequence[tuple], save_dir: str,
+          topk: int, width: int, height: int) -> list[str]:
+    """The one drawing path: torchreid's ``visualize_ranked_results`` on ``ranks`` (Q, G): the 0-based place of
+    each gallery item in a query's list, inf for items not in it (torchreid's argsort puts them last).
+
+    torchreid names each picture by the query file's basename, which repeats in SYSU-MM01 (``cam3/0001/0001.jpg``
+    and ``cam6/0001/0001.jpg``), so queries are passed through uniquely named links
+    (``q<index>_p<pid>_c<camid>_<file>``) and every query gets its own file. Returns the written paths."""
     os.makedirs(save_dir, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory(prefix="vdreid_ranked_") as tmp:
         queries = []
-        for i, it in enumerate(query_items[:n]):
+        for i, it in enumerate(query_items):
             path, pid, cam = it[0], int(it[1]), int(it[2])
             name = f"q{i:05d}_p{pid}_c{cam}_{_safe(osp.basename(path))}"
             _link_or_copy(path, osp.join(tmp, name))
@@ -95,31 +109,58 @@ def save_ranked_lists_for_protocol(
     metric: str = "cosine",
     trial: int = 0,
     max_queries: int | None = None,
+    backend: str = "auto",
+    width: int = 128,
+    height: int = 256,
 ) -> list[str]:
-    """Ranked lists of one trial (default: trial 0) of ``protocol``. ``qf`` / ``gf`` and ``query_items`` /
-    ``gallery_items`` cover all of ``dataset.query`` / ``dataset.gallery`` (as for ``run_protocol``); the trial's
-    distances are computed densely in float64 (the evaluator's definitions), so use ``max_queries`` for huge sets."""
+    """Ranked-list pictures of one trial (default: trial 0) of ``protocol`` from already extracted features.
+
+    ``qf`` / ``gf`` and ``query_items`` / ``gallery_items`` cover all of ``dataset.query`` / ``dataset.gallery``
+    (as for ``run_protocol``). Each query's exact top-``topk`` comes from :func:`vdreid.evaluation.search` (faiss
+    when installed; the evaluation's distance definitions, ties by gallery index) with the protocol's rules
+    applied: excluded camera pairs and the same-identity same-camera removal (``protocol.eval_kwargs()``) never
+    appear. torchreid's drawer skips gallery items with the query's pid and camid, so those are left out of the
+    search too. ``max_queries`` limits the number of pictures (the first queries of the trial)."""
     import torch
 
+    from vdreid.evaluation.knn import search
+    from vdreid.evaluation.metrics import same_camera_removal
+
     if not 0 <= trial < protocol.num_trials:
-        raise ValueError(f"trial must be in 0..{protocol.num_trials - 1}, got {trial}")
+        raise EvaluationInputError(f"trial must be in 0..{protocol.num_trials - 1}, got {trial}")
     if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+        raise EvaluationInputError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    _check_topk(topk)
     qf = qf.detach().cpu().numpy() if isinstance(qf, torch.Tensor) else np.asarray(qf)
     gf = gf.detach().cpu().numpy() if isinstance(gf, torch.Tensor) else np.asarray(gf)
-    q_idx = protocol.query if max_queries is None else protocol.query[: int(max_queries)]
+    q_all = protocol.query_of(trial) if hasattr(protocol, "query_of") else protocol.query
+    q_idx = q_all if max_queries is None else q_all[: int(max_queries)]
     g_idx = protocol.gallery_trials[trial]
-    q, g = qf[q_idx].astype(np.float64), gf[g_idx].astype(np.float64)
-    if metric == "cosine":
-        q = q / np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
-        g = g / np.maximum(np.linalg.norm(g, axis=1), 1e-12)[:, None]
-        dist = -(q @ g.T)
-    else:
-        dist = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * (q @ g.T)
-    return save_ranked_lists(
-        dist, [query_items[i] for i in q_idx], [gallery_items[i] for i in g_idx], save_dir, topk=topk,
-        exclude_cam_pairs=protocol.exclude_cam_pairs,
-    )
+    q_items = [query_items[i] for i in q_idx]
+    g_items = [gallery_items[i] for i in g_idx]
+    qp = np.array([int(it[1]) for it in q_items], np.int64)
+    qc = np.array([int(it[2]) for it in q_items], np.int64)
+    gp = np.array([int(it[1]) for it in g_items], np.int64)
+    gc = np.array([int(it[2]) for it in g_items], np.int64)
+    kw = protocol.eval_kwargs() if hasattr(protocol, "eval_kwargs") else {
+        "exclude_cam_pairs": protocol.exclude_cam_pairs}
+    removal = same_camera_removal(qc, gc, bool(kw.get("remove_same_pid_same_cam", False)),
+                                  kw.get("physical_camera"))
+    exclude = []
+    for i in range(qp.size):
+        drop = (gp == qp[i]) & (gc == qc[i])  # torchreid's drawer skips these
+        if removal is not None:
+            drop |= (gp == qp[i]) & (removal[1] == removal[0][i])
+        exclude.append(np.nonzero(drop)[0])
+    res = search(qf[q_idx], gf[g_idx], min(int(topk), g_idx.size), metric=metric, backend=backend, q_camids=qc,
+                 g_camids=gc, exclude_cam_pairs=kw.get("exclude_cam_pairs", ()), exclude=exclude)
+    ranks = np.full((qp.size, g_idx.size), np.inf)
+    r, c = np.nonzero(res.indices >= 0)
+    ranks[r, res.indices[r, c]] = c
+    shown = int((res.indices >= 0).sum(1).min()) if qp.size else 0
+    if shown == 0:
+        raise EvaluationInputError(f"protocol {protocol.name!r} trial {trial}: a query has no gallery item to show")
+    return _draw(ranks, q_items, g_items, save_dir, min(int(topk), shown), width, height)
 
 
 def plot_cmc(curves: Mapping[str, np.ndarray], path: str, title: str = "CMC") -> str:
