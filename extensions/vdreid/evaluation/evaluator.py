@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vdreid.atomic import atomic_write
-from vdreid.evaluation.ranking import evaluate_features, resolve_backend
+from vdreid.evaluation.ranking import evaluate_features
 
 METRIC_KEYS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 
@@ -80,6 +80,7 @@ class EvalReport:
     rerank: bool = False
     backend: str = "auto"
     wall_time_s: float = 0.0
+    approximate: bool = False
     flip: bool = False
     mean: dict[str, float] = field(init=False)
     std: dict[str, float] = field(init=False)
@@ -138,6 +139,7 @@ class EvalReport:
             "rerank": self.rerank,
             "flip": self.flip,
             "backend": self.backend,
+            "approximate": self.approximate,
             "wall_time_s": self.wall_time_s,
         }
         prov = provenance_defaults()
@@ -178,6 +180,7 @@ def run_protocol(
     max_rank: int = 20,
     block_size: int | None = None,
     flip: bool = False,
+    approximate: str | None = None,
 ) -> EvalReport:
     """Evaluate every trial of ``protocol``. ``qf``/``gf`` (and ids) cover ALL of ``dataset.query`` /
     ``dataset.gallery``; ``protocol.query_of(t)`` and ``protocol.gallery_trials[t]`` index into them. The metric
@@ -198,7 +201,7 @@ def run_protocol(
         raise ValueError(
             f"protocol {protocol.name!r}: query indices outside 0..{len(qf) - 1} (pass all of dataset.query)"
         )
-    per_trial, curves = [], []
+    per_trial, curves, ran = [], [], []
     for t, g in enumerate(protocol.gallery_trials):
         if g.min() < 0 or g.max() >= len(gf):
             raise ValueError(
@@ -208,14 +211,16 @@ def run_protocol(
         qt = protocol.query_of(t)
         res = evaluate_features(
             qf[qt], gf[g], q_pids[qt], g_pids[g], q_camids[qt], g_camids[g], metric=metric, backend=backend,
-            block_size=block_size, max_rank=max_rank, rerank=rerank, **kwargs,
+            block_size=block_size, max_rank=max_rank, rerank=rerank, approximate=approximate, **kwargs,
         )
+        ran.append((res.get("backend", backend), bool(res.get("approximate", False))))
         per_trial.append(_trial_metrics(res))
         curves.append(res["cmc"])
-    be, dev = resolve_backend(backend)
+    # what actually ran (e.g. 'torch:cpu', 'faiss:cuda+torch:cuda'), and whether any list was approximate
+    engines = "/".join(sorted({b for b, _ in ran}))
     return EvalReport(
         protocol.name, protocol.describe(), per_trial, curves, metric=metric, rerank=rerank,
-        backend=f"{be}:{dev.type}" if be == "torch" else be, wall_time_s=time.perf_counter() - t0, flip=bool(flip),
+        backend=engines, approximate=any(a for _, a in ran), wall_time_s=time.perf_counter() - t0, flip=bool(flip),
     )
 
 
