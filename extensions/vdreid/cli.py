@@ -27,6 +27,7 @@ from typing import Any
 from yacs.config import CfgNode as CN
 
 from vdreid.config import ConfigError, get_default_config, load_config, merge_dict
+from vdreid.recipes import published_path, resolve_config
 
 REPO_HINT = "run from the repository root or pass paths explicitly"
 
@@ -35,7 +36,7 @@ REPO_HINT = "run from the repository root or pass paths explicitly"
 def _cfg_from_args(args: argparse.Namespace, extra: list[str] | None = None, ckpt_config: dict | None = None) -> CN:
     opts = list(args.opts or []) + list(extra or [])
     if getattr(args, "config_file", None):
-        return load_config(args.config_file, opts)
+        return load_config(resolve_config(args.config_file), opts)  # a path, or a shipped recipe name
     if ckpt_config is not None:
         cfg = get_default_config()
         merge_dict(cfg, ckpt_config, "the checkpoint's stored config")
@@ -237,7 +238,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from vdreid.tools.leaderboard import build_leaderboard
 
     out_csv = args.csv or osp.splitext(args.out)[0] + ".csv"
-    rows = build_leaderboard(args.runs, None if args.no_published else args.published, args.out, out_csv)
+    published = None if args.no_published else (args.published or published_path())
+    rows = build_leaderboard(args.runs, published, args.out, out_csv)
     ours = sum(r.kind == "ours" for r in rows)
     print(f"leaderboard: {ours} runs of ours + {len(rows) - ours} published rows -> {args.out}, {out_csv}")
     return 0
@@ -326,8 +328,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"=> using the synthetic SYSU-MM01 tree under {root}")
     res = _train_one(cfg, None, progress=not args.no_progress)
     save_dir, engine, dm = res["save_dir"], res["engine"], res["datamanager"]
-    here = osp.dirname(osp.abspath(__file__))
-    published = args.published or osp.join(osp.dirname(osp.dirname(here)), "benchmarks", "published.yaml")
+    published = args.published or published_path()
     board = osp.join(save_dir, "LEADERBOARD.md")
     build_leaderboard([save_dir], published if osp.isfile(published) else None, board,
                       osp.join(save_dir, "LEADERBOARD.csv"))
@@ -393,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="results JSON files + published numbers -> Markdown and CSV")
     p.add_argument("--runs", nargs="+", default=["log"], help="results JSON files or folders (recursive)")
-    p.add_argument("--published", default=osp.join("benchmarks", "published.yaml"))
+    p.add_argument("--published", default="", help="published numbers YAML (default: the shipped one)")
     p.add_argument("--no-published", action="store_true")
     p.add_argument("--out", default=osp.join("benchmarks", "LEADERBOARD.md"))
     p.add_argument("--csv", default="")
