@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import vdreid  # noqa: F401  (registers the torchreid factories)
-from original_reference import ce_reference, embed_net, randomize_, wrt_reference
+from original_reference import batch_hard_triplet_reference, ce_reference, embed_net, randomize_, wrt_reference
 from vdreid import compat
 from vdreid.errors import PretrainedWeightsError
 from vdreid.losses import AGWCriterion, weighted_regularized_triplet
@@ -110,9 +110,13 @@ def test_loss_equals_restated_wrt_plus_ce(pair):
     # parameters that get gradients: everything trainable (stems, shared stages, NL, BNNeck weight, classifier)
     assert _n(p for p in net.parameters() if p.grad is not None) == AGW_TRAINED_PARAMS
     net.zero_grad(set_to_none=True)
-    weighted = AGWCriterion(ce=0.5, wrt=2.0)(out, torch.cat([labels_vis, labels_ir]))[1]
+    weighted = AGWCriterion(ce=0.5, metric_weight=2.0)(out, torch.cat([labels_vis, labels_ir]))[1]
     assert weighted["ce"].item() == pytest.approx(0.5 * expect_ce, rel=1e-9)
     assert weighted["wrt"].item() == pytest.approx(2.0 * expect_wrt, rel=1e-9)
+    # AGW --method base: batch-hard triplet (OriTripletLoss, margin 0.3) instead of WRT
+    base = AGWCriterion(metric="triplet")(out, torch.cat([labels_vis, labels_ir]))[1]
+    expect_tri = batch_hard_triplet_reference(pool_ref, torch.cat([labels_vis, labels_ir]), margin=0.3)
+    assert set(base) == {"ce", "triplet"} and base["triplet"].item() == pytest.approx(expect_tri, rel=1e-9)
 
 
 def test_parameter_counts_match_agw():
@@ -244,7 +248,9 @@ def test_wrt_single_identity_and_input_errors():
     with pytest.raises(TypeError, match="NeckOutput"):
         AGWCriterion()((torch.randn(3, 4),), labels)
     with pytest.raises(ValueError, match="weight"):
-        AGWCriterion(ce=0, wrt=0)
+        AGWCriterion(ce=0, metric_weight=0)
+    with pytest.raises(ValueError, match="metric"):
+        AGWCriterion(metric="ranked_list")
 
 
 # ------------------------------------------------------------------------------------------------ factories, weights

@@ -2,7 +2,7 @@
 
 * :class:`AGWCriterion`: AGW's objective (``train.py`` of the authors' code): cross-entropy **without** label
   smoothing on the logits of every image + the weighted regularized triplet loss on the pre-BNNeck pooled feature,
-  weights 1 and 1.
+  weights 1 and 1 (``--method base``: batch-hard triplet, margin 0.3, instead of WRT).
 * :class:`BNNeckCriterion`: the plain BNNeck baseline (Luo et al., CVPRW'19): label-smoothed cross-entropy
   (eps 0.1) on the BNNeck-feature logits + torchreid's batch-hard triplet loss (margin 0.3) on the pre-BNNeck
   feature, weights 1 and 1.
@@ -42,16 +42,29 @@ def _check_weights(who: str, **weights: float) -> None:
         raise ValueError(f"{who}: every loss weight is 0 ({weights}); nothing would be trained")
 
 
-class AGWCriterion(nn.Module):
-    """``ce * CE(logits, pids) + wrt * WRT(pool, pids)`` (AGW ``train.py``: ``loss_id + loss_tri``).
+AGW_METRICS = ("wrt", "triplet")
 
-    Terms: ``'ce'`` and ``'wrt'`` (weighted; a term with weight 0 is left out).
+
+class AGWCriterion(nn.Module):
+    """``ce * CE(logits, pids) + metric_weight * M(pool, pids)`` (AGW ``train.py``: ``loss_id + loss_tri``).
+
+    ``metric``: 'wrt' (AGW's ``--method agw``: :func:`~vdreid.losses.weighted_regularized_triplet`) or 'triplet'
+    (``--method base``: AGW's ``OriTripletLoss``, batch-hard mining with margin ``triplet_margin`` on raw Euclidean
+    distances, the same function as torchreid's ``TripletLoss``). The cross-entropy has no label smoothing.
+    Terms: ``'ce'`` and the metric's name (weighted; a term with weight 0 is left out).
     """
 
-    def __init__(self, ce: float = 1.0, wrt: float = 1.0) -> None:
+    def __init__(
+        self, ce: float = 1.0, metric_weight: float = 1.0, metric: str = "wrt", triplet_margin: float = 0.3
+    ) -> None:
         super().__init__()
-        _check_weights("AGWCriterion", ce=ce, wrt=wrt)
-        self.ce, self.wrt = float(ce), float(wrt)
+        _check_weights("AGWCriterion", ce=ce, metric_weight=metric_weight)
+        if metric not in AGW_METRICS:
+            raise ValueError(f"AGWCriterion: metric must be one of {AGW_METRICS}, got {metric!r}")
+        if triplet_margin < 0:
+            raise ValueError(f"AGWCriterion: triplet_margin must be >= 0, got {triplet_margin!r}")
+        self.ce, self.metric_weight = float(ce), float(metric_weight)
+        self.metric, self.triplet_margin = metric, float(triplet_margin)
 
     def forward(self, outputs, pids: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         _check_outputs(outputs, pids, "AGWCriterion")
@@ -59,12 +72,16 @@ class AGWCriterion(nn.Module):
         if self.ce:
             logits = outputs.logits
             terms["ce"] = self.ce * F.cross_entropy(logits.to(compute_dtype(logits)), pids.long())
-        if self.wrt:
-            terms["wrt"] = self.wrt * weighted_regularized_triplet(outputs.pool, pids)
+        if self.metric_weight:
+            if self.metric == "wrt":
+                m = weighted_regularized_triplet(outputs.pool, pids)
+            else:
+                m = triplet_loss(outputs.pool, pids, margin=self.triplet_margin)
+            terms[self.metric] = self.metric_weight * m
         return sum(terms.values()), terms  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
-        return f"ce={self.ce}, wrt={self.wrt}"
+        return f"ce={self.ce}, metric={self.metric}, metric_weight={self.metric_weight}"
 
 
 class BNNeckCriterion(nn.Module):
