@@ -256,7 +256,8 @@ def test_every_distinct_data_setting_builds(path, data_root):
         sysu = cfg.data.sysu
         assert proto.startswith(f"sysu/{sysu.direction}/{sysu.search_mode}/single-shot/{sysu.gallery_sampler}/")
     else:
-        assert proto == f"regdb/{cfg.data.regdb.direction}/trial-{cfg.data.regdb.trial}"
+        direction = {"v2t": "vis2ir", "t2v": "ir2vis"}.get(cfg.data.regdb.direction, cfg.data.regdb.direction)
+        assert proto == f"regdb/{direction}/trial-{cfg.data.regdb.trial}"
     assert dm.num_train_pids > 0
 
 

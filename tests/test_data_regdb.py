@@ -59,7 +59,7 @@ def test_directions_swap_roles(regdb_root):
     t2v = RegDB(regdb_root, trial=2, direction="t2v", verbose=False)
     assert v2t.query == t2v.gallery and v2t.gallery == t2v.query and v2t.train == t2v.train
     assert {c for _, _, c, _ in v2t.query} == {0} and {c for _, _, c, _ in v2t.gallery} == {1}
-    for ds, d in ((v2t, "v2t"), (t2v, "t2v")):
+    for ds, d in ((v2t, "vis2ir"), (t2v, "ir2vis")):  # the direction names shared with SYSU-MM01 and LLCM
         p = ds.protocol
         assert p.name == f"regdb/{d}/trial-2" and p.cmc_mode == "standard" and p.exclude_cam_pairs == ()
         assert p.num_trials == 1 and p.trial_seeds == (2,)
@@ -194,3 +194,20 @@ def test_idx_labels_parse_strictly_and_encoding_errors_name_the_line(regdb_copy,
         f.write(b"\n".join(lines))
     with pytest.raises(SplitFileError, match=r"train_visible_1\.txt:5: byte 0xe9 .* not valid UTF-8"):
         RegDB(regdb_copy)
+
+
+def test_direction_names_and_config_section(regdb_root):
+    """vis2ir / ir2vis are the names shared with the other datasets; v2t / t2v stay accepted; data.regdb."""
+    a = RegDB(regdb_root, trial=2, direction="vis2ir", verbose=False)
+    b = RegDB(regdb_root, trial=2, direction="v2t", verbose=False)
+    assert a.direction == b.direction == "vis2ir" and a.protocol.name == b.protocol.name == "regdb/vis2ir/trial-2"
+    assert RegDB(regdb_root, trial=2, direction="ir2vis", verbose=False).query == b.gallery
+    assert compat._image_dataset_registry()["regdb_ir2vis"](root=regdb_root, verbose=False).direction == "ir2vis"
+    assert a.protocol.eval_kwargs() == {"cmc_mode": "standard", "exclude_cam_pairs": (),
+                                        "remove_same_pid_same_cam": False, "physical_camera": None}
+    with pytest.raises(ValueError, match="direction"):
+        RegDB(regdb_root, direction="up")
+    node = RegDB.config()
+    assert RegDB.config_section == "regdb" and RegDB.from_config(node) == {"trial": 1, "direction": "vis2ir"}
+    node.direction, node.trial = "t2v", 4
+    assert RegDB.from_config(node) == {"trial": 4, "direction": "ir2vis"}

@@ -96,7 +96,8 @@ def test_regdb_and_multi_source(sysu_root, regdb_root, tmp_path):
     os.symlink(os.path.join(sysu_root, "SYSU-MM01"), tmp_path / "SYSU-MM01")
     os.symlink(os.path.join(regdb_root, "RegDB"), tmp_path / "RegDB")
     dm = make(str(tmp_path), sources="regdb", targets=["regdb", "regdb_t2v"], dataset_kwargs={"regdb": {"trial": 3}})
-    assert dm.protocols["regdb"].name == "regdb/v2t/trial-3" and dm.protocols["regdb_t2v"].name == "regdb/t2v/trial-1"
+    assert dm.protocols["regdb"].name == "regdb/vis2ir/trial-3"
+    assert dm.protocols["regdb_t2v"].name == "regdb/ir2vis/trial-1"
     assert dm.train_ir_camids == frozenset({1})
     assert dm.num_train_pids == RegDB(str(tmp_path), trial=3, verbose=False).num_train_pids
     # two sources: torchreid offsets RegDB's camids by SYSU's 6 cameras, so thermal RegDB images get camid 7

@@ -1,12 +1,14 @@
-"""RegDB (Nguyen et al., Sensors 2017) as a torchreid ``ImageDataset`` (spec section 4).
+"""RegDB (Nguyen et al., Sensors 2017) as a torchreid ``ImageDataset`` (``docs/protocols.md``, "RegDB").
 
 Layout: ``<root>/RegDB/{Visible,Thermal}/<id>/*.bmp`` and ``idx/{train,test}_{visible,thermal}_{t}.txt`` for trials
 t = 1..10, each line ``<path relative to RegDB/> <int label>`` separated by one space. camid 0 = visible, 1 = thermal.
 
 Training labels are relabelled 0..N-1 in ascending label order. Test labels restart at 0 and name *different* people
-than training labels (trap 8), so test pids are offset by the number of training identities (206 on the real data,
-the offset [VD] uses) to keep the two namespaces apart. Protocol: one gallery of all test images of the other
-modality, no exclusions, the standard CMC.
+than training labels, so test pids are offset by the number of training identities (206 on the real data, the offset
+the released VD code uses) to keep the two namespaces apart. Protocol: one gallery of all test images of the other
+modality, no exclusions, the standard CMC. Directions are named as for the other datasets: ``vis2ir`` (visible
+queries, AGW's default) and ``ir2vis`` (thermal queries, AGW's ``--tvsearch``); RegDB's usual ``v2t`` / ``t2v`` are
+accepted as aliases.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from vdreid.data.base import VIImageDataset, preset_class
 from vdreid.data.errors import require_dir, require_file
 from vdreid.data.modality import REGDB_IR_CAMIDS
-from vdreid.data.protocol import Protocol
+from vdreid.data.protocol import Protocol, canonical_direction
 from vdreid.data.splitfiles import read_idx_file as read_idx
 
 VISIBLE, THERMAL = 0, 1
@@ -46,19 +48,37 @@ class RegDB(VIImageDataset):
 
     Args:
         root: folder that contains ``RegDB/``.
-        trial: split index 1..10 (each split needs its own trained model; spec 3.3).
-        direction: ``'v2t'`` (query visible, gallery thermal) or ``'t2v'`` (roles swapped).
+        trial: split index 1..10 (each split needs its own trained model).
+        direction: ``'vis2ir'`` (alias ``'v2t'``: query visible, gallery thermal) or ``'ir2vis'`` (alias ``'t2v'``:
+            roles swapped); ``self.direction`` and the protocol string use the first names.
         **kwargs: torchreid's (``transform``, ``mode``, ``combineall``, ``verbose``, ...).
     """
 
     dataset_dir = "RegDB"
     ir_camids = REGDB_IR_CAMIDS
+    #: the config section this class owns: ``data.regdb``
+    config_section = "regdb"
 
-    def __init__(self, root: str = "", trial: int = 1, direction: str = "v2t", **kwargs: Any) -> None:
+    @classmethod
+    def config(cls) -> Any:
+        """Defaults of the ``data.regdb`` config section (a yacs ``CfgNode``)."""
+        from yacs.config import CfgNode as CN
+
+        node = CN()
+        node.trial = 1  # split 1..10 (each split needs its own training)
+        # vis2ir (= v2t, visible queries) | ir2vis (= t2v); the default keeps the name the config checks accept today
+        node.direction = "v2t"
+        return node
+
+    @classmethod
+    def from_config(cls, node: Any) -> dict[str, Any]:
+        """Constructor keyword arguments from a ``data.regdb`` section."""
+        return {"trial": int(node.trial), "direction": canonical_direction(node.direction, "data.regdb.direction")}
+
+    def __init__(self, root: str = "", trial: int = 1, direction: str = "vis2ir", **kwargs: Any) -> None:
         if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or int(trial) not in TRIALS:
             raise ValueError(f"RegDB: unknown trial={trial!r}; expected an int in 1..10")
-        if direction not in ("v2t", "t2v"):
-            raise ValueError(f"RegDB: unknown direction={direction!r}; expected 'v2t' or 't2v'")
+        direction = canonical_direction(direction, "RegDB")
         self.trial, self.direction = int(trial), direction
         self.root = osp.abspath(osp.expanduser(root))
         self.dataset_dir = osp.join(self.root, self.dataset_dir)
@@ -79,7 +99,7 @@ class RegDB(VIImageDataset):
         offset = len(labels)  # test label k -> pid k + #train ids: a different person than train label k
         vis = [(p, lb + offset, VISIBLE, 0) for p, lb in te_v]
         thr = [(p, lb + offset, THERMAL, 0) for p, lb in te_t]
-        query, gallery = (vis, thr) if direction == "v2t" else (thr, vis)
+        query, gallery = (vis, thr) if direction == "vis2ir" else (thr, vis)
         self.test_pid_offset = offset
         self.protocol = Protocol(
             name=f"regdb/{direction}/trial-{self.trial}",
@@ -94,7 +114,7 @@ class RegDB(VIImageDataset):
         super().__init__(train, query, gallery, **kwargs)
 
 
-RegDBT2V = preset_class(RegDB, "RegDBT2V", "RegDB trial 1, thermal -> visible.", direction="t2v")
+RegDBT2V = preset_class(RegDB, "RegDBT2V", "RegDB trial 1, thermal -> visible.", direction="ir2vis")
 
-#: registered torchreid names -> classes
-REGDB_REGISTRY: dict[str, type[RegDB]] = {"regdb": RegDB, "regdb_t2v": RegDBT2V}
+#: registered torchreid names -> classes (``regdb_ir2vis`` is ``regdb_t2v`` under the direction name used elsewhere)
+REGDB_REGISTRY: dict[str, type[RegDB]] = {"regdb": RegDB, "regdb_t2v": RegDBT2V, "regdb_ir2vis": RegDBT2V}

@@ -132,7 +132,7 @@ class SYSUMM01(VIImageDataset):
             "rand_perm_path": node.rand_perm_path or None,
             "val_for_selection": bool(node.val_for_selection),
             "num_trials": int(node.num_trials),
-            "direction": node.direction,
+            "direction": canonical_direction(node.direction, "data.sysu.direction"),
         }
 
     def __init__(
