@@ -18,6 +18,7 @@ scripts do (``vdreid train --config-file configs/sysu_all.yaml train.max_epoch 1
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import os.path as osp
 import sys
@@ -30,11 +31,13 @@ from vdreid.config import ConfigError, get_default_config, load_config, merge_di
 from vdreid.recipes import published_path, resolve_config
 
 REPO_HINT = "run from the repository root or pass paths explicitly"
+logger = logging.getLogger("vdreid.cli")
 
 
 # ------------------------------------------------------------------------------------------------ config
-def _cfg_from_args(args: argparse.Namespace, extra: list[str] | None = None, ckpt_config: dict | None = None) -> CN:
-    opts = list(args.opts or []) + list(extra or [])
+def _cfg_from_args(args: argparse.Namespace, extra: list[str] | None = None, ckpt_config: dict | None = None,
+                   first: list[str] | None = None) -> CN:
+    opts = list(first or []) + list(args.opts or []) + list(extra or [])
     if getattr(args, "config_file", None):
         return load_config(resolve_config(args.config_file), opts)  # a path, or a shipped recipe name
     if ckpt_config is not None:
@@ -50,15 +53,26 @@ def _cfg_from_args(args: argparse.Namespace, extra: list[str] | None = None, ckp
                       "config)")
 
 
-def _checkpoint_config(path: str | None) -> tuple[dict | None, dict | None]:
-    """(checkpoint dict, its stored vdreid config) for ``path``."""
+def _read_checkpoint(path: str | None):
+    """The checkpoint (``vdreid.engine.checkpoint.ModelCheckpoint``) named by ``--checkpoint``, or None."""
     if not path:
-        return None, None
-    from vdreid.engine import load_checkpoint
+        return None
+    from vdreid.engine.checkpoint import read_model_checkpoint
 
-    ckpt = load_checkpoint(path)
-    prov = ckpt.get("config") if isinstance(ckpt, dict) else None
-    return ckpt, (prov or {}).get("config") if isinstance(prov, dict) else None
+    return read_model_checkpoint(path)
+
+
+def _original_overrides(ckpt) -> list[str]:
+    """Config overrides that describe a checkpoint written by the authors' own code (AGW, released VD)."""
+    from vdreid.models.original import original_model_kwargs
+
+    kw = original_model_kwargs(ckpt.kind, ckpt.state_dict)
+    if ckpt.kind == "agw":
+        return ["model.method", "agw", "model.name", "agw", "model.backbone", kw["backbone"],
+                "agw.non_local", str(list(kw["non_local"])), "agw.gem", str(kw["gem"])]
+    return ["model.method", "vd", "model.name", "vd_resnet50_official", "model.backbone", kw["backbone"],
+            "vd.recipe", "official", "vd.routing", "official", "vd.bottleneck_dims", str(list(kw["bottleneck_dims"])),
+            "vd.z_classifier_hidden", str(kw["z_classifier_hidden"]), "vd.attention", str(kw["attention"]).lower()]
 
 
 def _dump_config(cfg: CN, save_dir: str) -> None:
@@ -70,7 +84,7 @@ def _dump_config(cfg: CN, save_dir: str) -> None:
 # ------------------------------------------------------------------------------------------------ train
 def _train_one(cfg: CN, resume: str | None, progress: bool = True) -> dict[str, Any]:
     from vdreid import builders
-    from vdreid.engine import init_distributed, load_checkpoint, load_model_weights
+    from vdreid.engine import init_distributed
     from vdreid.engine.distributed import cleanup
 
     info = init_distributed(use_gpu=builders.use_gpu(cfg))
@@ -78,8 +92,9 @@ def _train_one(cfg: CN, resume: str | None, progress: bool = True) -> dict[str, 
     dm = builders.build_datamanager(cfg, rank=info.rank, world_size=info.world_size)
     model = builders.build_model(cfg, dm.num_train_pids)
     if cfg.model.load_weights:
-        ckpt = load_checkpoint(cfg.model.load_weights)
-        load_model_weights(model, ckpt.get("state_dict", ckpt), source=cfg.model.load_weights)
+        _load_weights(model, cfg.model.load_weights)
+    if cfg.test.evaluate:  # evaluate only: no optimiser, no training
+        return _evaluate_only(cfg, dm, model, cfg.model.load_weights or cfg.model.resume or resume)
     criterion = builders.build_criterion(cfg, dm.num_train_pids, model)
     optimizer, scheduler = builders.build_optim(cfg, model, criterion)
     engine = builders.build_engine(cfg, dm, model, criterion, optimizer, scheduler, progress=progress)
@@ -105,6 +120,34 @@ def _train_one(cfg: CN, resume: str | None, progress: bool = True) -> dict[str, 
     return out
 
 
+def _load_weights(model, path: str) -> None:
+    """``model.load_weights``: initialise from a vdreid, torchreid or original-code checkpoint (strict)."""
+    from vdreid.engine import load_model_weights
+    from vdreid.engine.checkpoint import read_model_checkpoint
+    from vdreid.models.original import from_original
+
+    ckpt = read_model_checkpoint(path)
+    state = from_original(ckpt.kind, ckpt.state_dict, model) if ckpt.kind in ("agw", "vd_official") else ckpt.state_dict
+    load_model_weights(model, state, source=path)
+
+
+def _evaluate_only(cfg: CN, dm, model, checkpoint: str | None) -> dict[str, Any]:
+    """``test.evaluate true``: test the model as built (from ``model.load_weights``) with no optimiser."""
+    from vdreid import builders
+
+    if not checkpoint:
+        raise ConfigError("test.evaluate true evaluates a trained model: name its checkpoint with model.load_weights "
+                          "(or use `vdreid test --checkpoint FILE`)")
+    engine = builders.build_engine(cfg, dm, model)
+    engine.provenance.update(num_classes=dm.num_train_pids, checkpoint=osp.abspath(checkpoint))
+    save_dir = cfg.data.save_dir
+    os.makedirs(save_dir, exist_ok=True)
+    rank1 = engine.run(save_dir=save_dir, test_only=True, rerank=cfg.test.rerank)
+    _after_test(cfg, engine, dm, save_dir)
+    return {"rank1": rank1, "save_dir": save_dir, "engine": engine, "datamanager": dm, "model": engine.net,
+            "wall_s": 0.0, "rank": 0}
+
+
 def _trial_cfg(cfg: CN, trial: int, subdir: bool) -> CN:
     c = cfg.clone()
     c.defrost()
@@ -127,10 +170,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                               f"{list(cfg.data.sources)}")
         results = {}
         for t in range(1, 11):
-            print(f"\n========== RegDB split {t}/10 ==========")
+            logger.info("========== RegDB split %d/10 ==========", t)
             results[t] = _train_one(_trial_cfg(cfg, t, subdir=True), None)["rank1"]
-        print("\nRegDB rank-1 per split: " + ", ".join(f"{t}: {r:.2f}" for t, r in results.items() if r is not None))
-        print(f"average the splits with: vdreid leaderboard --runs {cfg.data.save_dir}")
+        logger.info("RegDB rank-1 per split: %s",
+                    ", ".join(f"{t}: {r:.2f}" for t, r in results.items() if r is not None))
+        logger.info("average the splits with: vdreid leaderboard --runs %s", cfg.data.save_dir)
         return 0
     _train_one(cfg, args.resume)
     return 0
@@ -138,61 +182,57 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ test
 def _after_test(cfg: CN, engine, dm, save_dir: str) -> dict[str, str]:
-    """CMC curve per target, ranked-list pictures when ``test.visrank``; returns the written paths."""
+    """CMC curve per target and, with ``test.visrank``, ranked-list pictures from the features the evaluation just
+    extracted (nothing is extracted twice); returns the written paths."""
     from vdreid.tools.plots import plot_cmc_runs
 
     paths: dict[str, str] = {}
+    label_of = engine.provenance.get("recipe") or engine.provenance.get("method", "")
     for name, rep in (engine.last_reports or {}).items():
-        label = f"{cfg.model.backbone or cfg.model.name} {cfg.vd.recipe} ({rep.protocol_name})"
+        label = f"{cfg.model.backbone or cfg.model.name} {label_of} ({rep.protocol_name})"
         paths[f"cmc_{name}"] = plot_cmc_runs({label: list(rep.cmc_mean)}, osp.join(save_dir, f"cmc_{name}.png"),
                                              title=f"CMC: {name}")
         if cfg.test.visrank:
-            paths[f"ranked_{name}"] = _ranked_lists(cfg, engine, dm, name, rep, save_dir)
+            paths[f"ranked_{name}"] = engine.write_ranked_lists(name, save_dir, topk=cfg.test.visrank_topk)
     return paths
 
 
-def _ranked_lists(cfg: CN, engine, dm, name: str, rep, save_dir: str, max_queries: int = 24) -> str:
-    """Ranked-list pictures of the first ``max_queries`` queries against the first trial's gallery."""
-    import numpy as np
-
-    from vdreid.evaluation import extract_features, save_ranked_lists
-
-    proto = dm.protocols[name]
-    ir = dm.ir_camids_of(name)
-    q_loader, g_loader = dm.test_loader[name]["query"], dm.test_loader[name]["gallery"]
-    qf = extract_features(engine.net, q_loader, engine.device, ir, desc="ranked-list query features")[0]
-    gf = extract_features(engine.net, g_loader, engine.device, ir, desc="ranked-list gallery features")[0]
-    qi = proto.query[:max_queries]
-    gi = proto.gallery_trials[0]
-    qf, gf = np.asarray(qf, dtype=np.float64)[qi], np.asarray(gf, dtype=np.float64)[gi]
-    if cfg.test.dist_metric == "cosine":
-        qf /= np.maximum(np.linalg.norm(qf, axis=1, keepdims=True), 1e-12)
-        gf /= np.maximum(np.linalg.norm(gf, axis=1, keepdims=True), 1e-12)
-        dist = 1.0 - qf @ gf.T
-    else:
-        dist = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)
-    q_items = [q_loader.dataset.data[i] for i in qi]
-    g_items = [g_loader.dataset.data[i] for i in gi]
-    out_dir = osp.join(save_dir, f"ranked_{name}")
-    save_ranked_lists(dist, q_items, g_items, out_dir, topk=cfg.test.visrank_topk,
-                      exclude_cam_pairs=proto.exclude_cam_pairs, width=cfg.data.width, height=cfg.data.height)
-    return out_dir
-
-
 def _build_for_checkpoint(args: argparse.Namespace, extra: list[str]):
+    """(config, data manager, model with the checkpoint's weights, checkpoint) for ``--checkpoint``.
+
+    A vdreid checkpoint rebuilds the configuration it stores (``--config-file`` and overrides still win); a
+    checkpoint of the AGW code or the released VD code is mapped to vdreid's model (:func:`vdreid.models.
+    from_original`) and needs ``--config-file`` for the data; a plain torchreid state dict needs ``--config-file``.
+    """
     from vdreid import builders
     from vdreid.engine import load_model_weights
+    from vdreid.models.original import from_original
 
-    ckpt, stored = _checkpoint_config(args.checkpoint)
-    cfg = _cfg_from_args(args, extra, stored)
+    ckpt = _read_checkpoint(args.checkpoint)
+    original = ckpt is not None and ckpt.kind in ("agw", "vd_official")
+    if ckpt is not None and ckpt.kind == "torchreid" and not getattr(args, "config_file", None):
+        raise ConfigError(f'"{args.checkpoint}" stores no vdreid config (a torchreid state dict): pass --config-file '
+                          "with the model and data it was trained with")
+    if original and not getattr(args, "config_file", None):
+        raise ConfigError(f'"{args.checkpoint}" was written by the {ckpt.kind} code: pass --config-file for the data '
+                          "(e.g. configs/methods/agw_sysu.yaml or configs/official/sysu_all.yaml); the model is read "
+                          "from the checkpoint")
+    first = _original_overrides(ckpt) if original else None
+    cfg = _cfg_from_args(args, extra, ckpt.config if ckpt is not None else None, first=first)
     dm = builders.build_datamanager(cfg)
     c = cfg.clone()
     c.defrost()
     c.model.pretrained = False  # the checkpoint holds every weight
-    model = builders.build_model(c, dm.num_train_pids)
+    num_classes = dm.num_train_pids
+    if original:  # the authors' classifier size, whatever the data manager's training set
+        from vdreid.models.original import original_model_kwargs
+
+        num_classes = original_model_kwargs(ckpt.kind, ckpt.state_dict)["num_classes"]
+    model = builders.build_model(c, num_classes)
     if ckpt is not None:
-        load_model_weights(model, ckpt.get("state_dict", ckpt), source=args.checkpoint)
-    return cfg, dm, model
+        state = from_original(ckpt.kind, ckpt.state_dict, model) if original else ckpt.state_dict
+        load_model_weights(model, state, source=args.checkpoint)
+    return cfg, dm, model, ckpt
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -209,18 +249,19 @@ def cmd_test(args: argparse.Namespace) -> int:
         extra += ["test.visrank", "true"]
     if args.save_dir:
         extra += ["data.save_dir", args.save_dir]
-    cfg, dm, model = _build_for_checkpoint(args, extra)
-    criterion = builders.build_criterion(cfg, dm.num_train_pids, model)
-    optimizer, scheduler = builders.build_optim(cfg, model, criterion)
-    engine = builders.build_engine(cfg, dm, model, criterion, optimizer, scheduler)
+    cfg, dm, model, ckpt = _build_for_checkpoint(args, extra)
+    engine = builders.build_engine(cfg, dm, model)  # evaluation only: no criterion, no optimiser
     save_dir = cfg.data.save_dir
     os.makedirs(save_dir, exist_ok=True)
-    engine.provenance["checkpoint"] = osp.abspath(args.checkpoint)
+    engine.provenance.update(checkpoint=osp.abspath(args.checkpoint), checkpoint_format=ckpt.kind,
+                             num_classes=dm.num_train_pids)
+    if ckpt.epoch is not None:
+        engine.epoch = ckpt.epoch - 1  # the results record the checkpoint's epoch as the selected one
     engine.run(save_dir=save_dir, test_only=True, rerank=cfg.test.rerank)
     paths = _after_test(cfg, engine, dm, save_dir)
-    print(f"results JSON: {save_dir}/results_<target>.json")
+    logger.info("results JSON: %s/results_<target>.json", save_dir)
     for k, v in paths.items():
-        print(f"{k}: {v}")
+        logger.info("%s: %s", k, v)
     return 0
 
 
@@ -230,7 +271,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
     fn = synthetic.make_sysu if args.layout == "sysu" else synthetic.make_regdb
     path = fn(args.out, seed=args.seed, preset=args.preset)
-    print(f"wrote synthetic {args.layout} tree ({args.preset}, seed {args.seed}) to {path}")
+    logger.info("wrote synthetic %s tree (%s, seed %s) to %s", args.layout, args.preset, args.seed, path)
     return 0
 
 
@@ -241,49 +282,56 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     published = None if args.no_published else (args.published or published_path())
     rows = build_leaderboard(args.runs, published, args.out, out_csv)
     ours = sum(r.kind == "ours" for r in rows)
-    print(f"leaderboard: {ours} runs of ours + {len(rows) - ours} published rows -> {args.out}, {out_csv}")
+    logger.info("leaderboard: %d runs of ours + %d published rows -> %s, %s", ours, len(rows) - ours, args.out, out_csv)
     return 0
 
 
 def cmd_tsne(args: argparse.Namespace) -> int:
+    from vdreid import builders
     from vdreid.tools.tsne import tsne_from_datamanager
 
     extra = ["data.workers", "0"]
-    cfg, dm, model = _build_for_checkpoint(args, extra)
+    cfg, dm, model, _ = _build_for_checkpoint(args, extra)
     target = args.target or list(cfg.data.targets)[0]
-    modes = [m for m in args.modes.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m] or list(builders.method_of(cfg).tsne_modes)
     out = args.out or osp.join(cfg.data.save_dir, "tsne")
     paths = tsne_from_datamanager(model, dm, target, out, modes, num_ids=args.num_ids, per_id=args.per_id,
                                   joint_mode=args.joint_mode if args.joint_mode in modes else modes[0])
     for k, v in paths.items():
-        print(f"t-SNE {k}: {v}")
+        logger.info("t-SNE %s: %s", k, v)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vdreid import builders
     from vdreid.engine import load_model_weights
+    from vdreid.models.original import from_original, original_model_kwargs
     from vdreid.tools.export import export_onnx
 
-    ckpt, stored = _checkpoint_config(args.checkpoint)
+    ckpt = _read_checkpoint(args.checkpoint)
+    original = ckpt is not None and ckpt.kind in ("agw", "vd_official")
     extra = ["test.feature_mode", args.feature_mode] if args.feature_mode else []
-    cfg = _cfg_from_args(args, extra, stored)
+    cfg = _cfg_from_args(args, extra, ckpt.config if ckpt is not None else None,
+                         first=_original_overrides(ckpt) if original else None)
     num_classes = args.num_classes
-    state = ckpt.get("state_dict", ckpt) if ckpt is not None else None
     if num_classes is None and ckpt is not None:
-        num_classes = int((ckpt.get("config") or {}).get("num_classes") or _classes_from_state(state))
+        if original:
+            num_classes = original_model_kwargs(ckpt.kind, ckpt.state_dict)["num_classes"]
+        else:
+            num_classes = int((ckpt.provenance or {}).get("num_classes") or _classes_from_state(ckpt.state_dict))
     c = cfg.clone()
     c.defrost()
     c.model.pretrained = False
     model = builders.build_model(c, int(num_classes or 2))
-    if state is not None:
+    if ckpt is not None:
+        state = from_original(ckpt.kind, ckpt.state_dict, model) if original else ckpt.state_dict
         load_model_weights(model, state, source=args.checkpoint)
     else:
-        print("warning: no --checkpoint given: exporting randomly initialised weights (a graph check only)")
+        logger.warning("no --checkpoint given: exporting randomly initialised weights (a graph check only)")
     res = export_onnx(model, args.out, cfg.data.height, cfg.data.width, builders.feature_mode_of(cfg),
                       batch=args.batch, opset=args.opset)
-    print(f"ONNX ({res['opset']}) -> {res['path']}: inputs {res['inputs']}, features {res['feature_dim']}-d, "
-          f"onnxruntime vs PyTorch max |diff| = {res['max_abs_diff']:.2e}")
+    logger.info("ONNX (%s) -> %s: inputs %s, features %s-d, onnxruntime vs PyTorch max |diff| = %.2e", res["opset"],
+                res["path"], res["inputs"], res["feature_dim"], res["max_abs_diff"])
     return 0
 
 
@@ -304,9 +352,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         for p in args.cmc:
             label = osp.basename(osp.dirname(osp.abspath(p))) or p
             runs[label if label not in runs else p] = p
-        print(plot_cmc_runs(runs, args.out))
+        logger.info("%s", plot_cmc_runs(runs, args.out))
     else:
-        print(plot_training_curves(args.train_log, args.out))
+        logger.info("%s", plot_training_curves(args.train_log, args.out))
     return 0
 
 
@@ -322,10 +370,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _cfg_from_args(args)
     root = cfg.data.root
     if not osp.isdir(osp.join(root, "SYSU-MM01", "exp")):
-        print(f"=> generating the synthetic SYSU-MM01 demo tree under {root}")
+        logger.info("=> generating the synthetic SYSU-MM01 demo tree under %s", root)
         synthetic.make_sysu(root, preset="demo", seed=0)
     else:
-        print(f"=> using the synthetic SYSU-MM01 tree under {root}")
+        logger.info("=> using the synthetic SYSU-MM01 tree under %s", root)
     res = _train_one(cfg, None, progress=not args.no_progress)
     save_dir, engine, dm = res["save_dir"], res["engine"], res["datamanager"]
     published = args.published or published_path()
@@ -334,24 +382,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       osp.join(save_dir, "LEADERBOARD.csv"))
     curves = plot_training_curves(osp.join(save_dir, "train_log.jsonl"), osp.join(save_dir, "training_curves.png"))
     target = list(cfg.data.targets)[0]
-    tsne = tsne_from_datamanager(engine.net, dm, target, osp.join(save_dir, "tsne"),
-                                 ["shared_z", "z_ir", "z_vis", "shared_v"], num_ids=12, per_id=8,
+    from vdreid import builders
+
+    modes = [m for m in builders.method_of(cfg).tsne_modes if m in getattr(engine.net, "feature_modes", ())]
+    tsne = tsne_from_datamanager(engine.net, dm, target, osp.join(save_dir, "tsne"), modes, num_ids=12, per_id=8,
                                  device=engine.device)
     rep = engine.last_reports.get(target)
     chance = 100.0 / max(1, len({it[1] for it in dm.test_dataset[target]["gallery"]}))
-    print("\n================ vdreid demo: done ================")
+    logger.info("================ vdreid demo: done ================")
     if rep is not None:
-        print(f"all-search rank-1 {rep.rank1:.2f}% over {rep.num_trials} trials (chance ~ {chance:.2f}%)")
-    print(f"results JSON     : {osp.join(save_dir, f'results_{target}.json')}")
-    print(f"leaderboard      : {board}")
-    print(f"CMC curve        : {osp.join(save_dir, f'cmc_{target}.png')}")
+        logger.info(f"all-search rank-1 {rep.rank1:.2f}% over {rep.num_trials} trials (chance ~ {chance:.2f}%)")
+    logger.info(f"results JSON     : {osp.join(save_dir, f'results_{target}.json')}")
+    logger.info(f"leaderboard      : {board}")
+    logger.info(f"CMC curve        : {osp.join(save_dir, f'cmc_{target}.png')}")
     if cfg.test.visrank:
-        print(f"ranked lists     : {osp.join(save_dir, f'ranked_{target}')}")
-    print(f"t-SNE (Fig. 6)   : {tsne.get('joint')}")
-    print(f"t-SNE (Fig. 5)   : {tsne.get('branches')}")
-    print(f"training curves  : {curves}")
-    print(f"checkpoint       : {osp.join(save_dir, 'latest.pth')}")
-    print(f"total time       : {time.time() - t0:.0f} s")
+        logger.info(f"ranked lists     : {osp.join(save_dir, f'ranked_{target}')}")
+    logger.info(f"t-SNE (Fig. 6)   : {tsne.get('joint')}")
+    logger.info(f"t-SNE (Fig. 5)   : {tsne.get('branches')}")
+    logger.info(f"training curves  : {curves}")
+    logger.info(f"checkpoint       : {osp.join(save_dir, 'latest.pth')}")
+    logger.info(f"total time       : {time.time() - t0:.0f} s")
     return 0
 
 
@@ -436,42 +486,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(level: int = logging.INFO) -> None:
+    """Console output of the command line: vdreid's loggers, one line per message, to stdout (rank 0 of a DDP job
+    logs; the others only warnings)."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("vdreid")
+    root.handlers[:] = [handler]
+    root.setLevel(level if rank == 0 else logging.WARNING)
+    root.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Bad input (any :class:`~vdreid.errors.VDReIDError`: a config key, a data file, a checkpoint,
+    a run folder, a full disk) prints one line naming what to fix and exits with 2; anything else is a bug and shows
+    its traceback (``VDREID_TRACEBACK=1`` shows it for bad input too)."""
+    from vdreid.errors import VDReIDError
+
     args = build_parser().parse_args(argv)
     if getattr(args, "opts", None) and args.opts and args.opts[0] == "--":
         args.opts = args.opts[1:]
+    setup_logging()
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"vdreid {args.command}: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except _user_errors() as exc:
-        # errors whose message already says what is wrong and what to do: no traceback unless asked for
+    except VDReIDError as exc:
         if os.environ.get("VDREID_TRACEBACK"):
             raise
-        print(f"vdreid {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("(set VDREID_TRACEBACK=1 to see where it was raised)", file=sys.stderr)
+        kind = "configuration error" if isinstance(exc, ConfigError) else type(exc).__name__
+        print(f"vdreid {args.command}: {kind}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that describe bad input (file, field, expectation, fix) rather than a bug in vdreid."""
-    from vdreid.data.errors import ImageReadError, SplitFileError
-    from vdreid.engine.checkpoint import CheckpointMismatchError
-    from vdreid.engine.vd_engine import NonFiniteLossError
-    from vdreid.models.weights import PretrainedWeightsError
-    from vdreid.tools.leaderboard import LeaderboardError
-
-    return (
-        FileNotFoundError,  # includes DatasetLayoutError
-        SplitFileError,
-        ImageReadError,
-        PretrainedWeightsError,
-        CheckpointMismatchError,
-        NonFiniteLossError,
-        LeaderboardError,
-        ValueError,  # our argument checks raise ValueError naming the argument and the expected value
-    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vdreid.errors import CheckpointError
+from vdreid.errors import CheckpointError, CheckpointNotFoundError
 
 with warnings.catch_warnings():
     # torchreid warns at import time that its Cython ranking is not built; we never use that ranking.
@@ -88,12 +88,12 @@ def load_checkpoint(fpath: str, weights_only: bool = True, map_location: str | t
     could run arbitrary code.
     """
     if not fpath:
-        raise ValueError(
+        raise CheckpointNotFoundError(
             "checkpoint path is empty: name a file written by `vdreid train` or torchreid's save_checkpoint"
         )
     fpath = osp.abspath(osp.expanduser(fpath))
     if not osp.isfile(fpath):
-        raise FileNotFoundError(f'checkpoint not found: "{fpath}"')
+        raise CheckpointNotFoundError(f'checkpoint not found: "{fpath}" is not a file')
     try:
         obj = torch.load(fpath, map_location=map_location, weights_only=weights_only)
     except Exception as exc:  # noqa: BLE001 - re-raised with the path named and what the file is not

@@ -40,6 +40,10 @@ class CheckpointError(VDReIDError, RuntimeError):
     """A file is not a readable vdreid / torchreid / original-code checkpoint (truncated, not a checkpoint, ...)."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file named does not exist."""
+
+
 class CheckpointMismatchError(CheckpointError):
     """A state dict does not fit the model (another architecture, number of classes or configuration)."""
 
@@ -67,6 +71,7 @@ class EvaluationInputError(VDReIDError, ValueError):
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
+    "CheckpointNotFoundError",
     "ConfigError",
     "DatasetLayoutError",
     "DiskFullError",

@@ -8,6 +8,7 @@ objects; here every checkpoint is written to a temporary file in the same folder
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from vdreid import compat
 from vdreid.atomic import atomic_write
-from vdreid.errors import CheckpointMismatchError
+from vdreid.errors import CheckpointError, CheckpointMismatchError
 
 
 # ----------------------------------------------------------------------------------------------------- RNG states
@@ -139,3 +140,45 @@ def check_config_compatible(saved: dict[str, Any] | None, current: dict[str, Any
             f"cannot resume from {source}: its configuration differs in {'; '.join(diff)}. "
             "Resume with the configuration it was written with, or start a new run (load weights only)."
         )
+
+
+# ------------------------------------------------------------------------------------------ one checkpoint reader
+@dataclass
+class ModelCheckpoint:
+    """What a model file holds, whatever wrote it.
+
+    ``kind``: ``'vdreid'`` (written by ``vdreid train``: state dict + the run's stored config), ``'torchreid'``
+    (``{'state_dict': ...}`` or a bare state dict, no config), ``'agw'`` / ``'vd_official'`` (the authors' own
+    code: keys in their layout, see :func:`vdreid.models.from_original`). ``config``: the stored vdreid config
+    (nested dict) when there is one; ``provenance``: the stored run description; ``epoch`` when known.
+    """
+
+    path: str
+    kind: str
+    state_dict: dict[str, Any]
+    config: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
+    epoch: int | None = None
+    raw: dict[str, Any] | None = None
+
+
+def read_model_checkpoint(path: str) -> ModelCheckpoint:
+    """The one reader of model files for evaluation, t-SNE, export and ``model.load_weights`` (weights_only load)."""
+    from vdreid.models.original import detect_original, unwrap_original
+
+    raw = load_checkpoint(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f'"{path}" holds a {type(raw).__name__}, not a checkpoint dict or a state dict')
+    kind = detect_original(raw)
+    if kind is not None:
+        epoch = raw.get("epoch") if isinstance(raw.get("epoch"), int) else None
+        return ModelCheckpoint(path, kind, unwrap_original(raw), epoch=epoch, raw=raw)
+    prov = raw.get("config") if isinstance(raw.get("config"), dict) else None
+    state = raw.get("state_dict", raw)
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f'"{path}" holds no state dict (keys: {sorted(raw)[:8]}); expected a checkpoint written '
+                              "by vdreid, torchreid, the AGW code or the released VD code")
+    stored = prov.get("config") if prov is not None and isinstance(prov.get("config"), dict) else None
+    epoch = raw.get("epoch") if isinstance(raw.get("epoch"), int) else None
+    return ModelCheckpoint(path, "vdreid" if stored else "torchreid", _strip_prefix(dict(state)), stored, prov,
+                           epoch, raw)
