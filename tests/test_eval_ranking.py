@@ -180,3 +180,71 @@ def test_dense_one_gemm_path_equals_blocked_and_reference(metric, cache, monkeyp
                                     cmc_mode=mode, exclude_cam_pairs=excluded)
             assert bool(calls) == dense
             assert_same(out, ref)
+
+
+def test_faiss_top_l_equals_torch_bit_for_bit_on_ties_exclusions_and_removal():
+    """backend='faiss' takes the de-duplicated CMC's top-L from faiss indexes (its order on ties is undefined),
+    backend='torch' from the counting blocks: the metrics must be identical, bit for bit, and equal the reference;
+    also with the same-identity same-camera removal and lists that must grow past the first L (many ties)."""
+    rng = np.random.default_rng(31)
+    n = 0
+    for t in range(10):
+        nq, ng, dim = int(rng.integers(2, 30)), int(rng.integers(30, 200)), int(rng.integers(2, 12))
+        qf, gf, qp, gp, qc, gc = make_case(rng, nq, ng, dim, 5, ties=True)
+        if t % 2:
+            gf[: ng // 2] = gf[0]  # half the gallery one point: ties far beyond the first top-L
+        removal = t % 3 == 0
+        if removal:  # query and gallery cameras overlap, so some positives are removed
+            qc, gc = rng.choice([0, 1], nq), rng.choice([0, 1, 2], ng)
+        excluded = () if removal else ((2, 1),)
+        kw = dict(cmc_mode="dedup", exclude_cam_pairs=excluded, remove_same_pid_same_cam=removal)
+        try:
+            a = evaluate_features(qf, gf, qp, gp, qc, gc, backend="faiss", block_size=97, **kw)
+        except ValueError as exc:
+            assert "no valid query" in str(exc)
+            continue
+        b = evaluate_features(qf, gf, qp, gp, qc, gc, backend="torch", **kw)
+        assert a["backend"] == "faiss:cpu+torch:cpu" and b["backend"] == "torch:cpu"
+        assert a["mAP"] == b["mAP"] and a["mINP"] == b["mINP"] and np.array_equal(a["cmc"], b["cmc"])
+        if not removal:
+            assert_same(a, agw_reference(reference_distance(qf, gf, "cosine"), qp, gp, qc, gc, 20, "dedup", excluded))
+        n += 1
+    assert n >= 6
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_metrics_are_flagged_and_exact_when_the_index_is_exhaustive(kind):
+    rng = np.random.default_rng(17)
+    qf, gf, qp, gp, qc, gc = make_case(rng, 25, 300, 16, 20)
+    exact = evaluate_features(qf, gf, qp, gp, qc, gc, exclude_cam_pairs=((2, 1),))
+    kw = {"approximate": kind, "approximate_k": 300}
+    out = evaluate_features(qf, gf, qp, gp, qc, gc, exclude_cam_pairs=((2, 1),), **kw)
+    assert out["approximate"] is True and out["backend"] == "faiss:cpu"
+    if kind == "ivf":  # nlist is small here and nprobe (32) covers every cell: the exact lists
+        assert out["mAP"] == pytest.approx(exact["mAP"], abs=1e-12)
+        assert out["mINP"] == pytest.approx(exact["mINP"], abs=1e-12)
+        np.testing.assert_allclose(out["cmc"], exact["cmc"], rtol=0, atol=1e-12)
+    short = evaluate_features(qf, gf, qp, gp, qc, gc, approximate=kind, approximate_k=20)
+    assert short["approximate"] is True and short["mAP"] <= 1.0
+    with pytest.raises(ValueError, match="approximate_k must be"):
+        evaluate_features(qf, gf, qp, gp, qc, gc, approximate=kind, approximate_k=5)
+
+
+def test_without_faiss_evaluation_runs_through_torch(monkeypatch):
+    import sys
+
+    from vdreid.evaluation import backend
+
+    rng = np.random.default_rng(19)
+    qf, gf, qp, gp, qc, gc = make_case(rng, 20, 60, 8, 6, ties=True)
+    ref = evaluate_features(qf, gf, qp, gp, qc, gc, backend="faiss")
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    backend._reset_for_tests()
+    try:
+        out = evaluate_features(qf, gf, qp, gp, qc, gc)
+        assert out["backend"] == "torch:cpu"
+        assert out["mAP"] == ref["mAP"] and np.array_equal(out["cmc"], ref["cmc"])
+        with pytest.raises(ValueError, match="needs the faiss package"):
+            evaluate_features(qf, gf, qp, gp, qc, gc, backend="faiss")
+    finally:
+        backend._reset_for_tests()

@@ -46,18 +46,20 @@ def _features(x, name: str) -> np.ndarray:
         x = x.detach().cpu().numpy()
     a = np.asarray(x)
     if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (num_items, dim) feature array, got shape {a.shape}")
+        raise EvaluationInputError(f"{name} must be a 2-D (num_items, dim) feature array, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{name} must hold floating-point features, got dtype {a.dtype}")
+        raise EvaluationInputError(f"{name} must hold floating-point features, got dtype {a.dtype}")
     if not a.size:
         return a
     # max/min propagate NaN and see inf without the full-size temporaries of isfinite/abs (4x faster)
     mx, mn = float(a.max()), float(a.min())
     if not (np.isfinite(mx) and np.isfinite(mn)):
         bad = int((~np.isfinite(a).all(1)).sum())
-        raise ValueError(f"{name} contains NaN/inf in {bad} rows; check the model outputs before evaluating")
+        raise EvaluationInputError(f"{name} contains NaN/inf in {bad} rows; check the model outputs before evaluating")
     if max(mx, -mn) > 1e18:
-        raise ValueError(f"{name} has values above 1e18, too large for exact float32 blocks; rescale the features")
+        raise EvaluationInputError(
+            f"{name} has values above 1e18, too large for exact float32 blocks; rescale the features"
+        )
     return a
 
 
@@ -300,18 +302,22 @@ def evaluate_features(
     ``'<top-L engine>+<counting engine>'`` when they differ) and ``approximate``.
     """
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise EvaluationInputError(f"metric must be one of {METRICS}, got {metric!r}")
     _, device = resolve_backend("torch")  # the counting blocks: torch GEMMs, on CUDA when available
     topl_name, topl_dev = resolve_backend(backend, "rank")
     q = _features(qf, "qf")
     g = _features(gf, "gf")
     if q.shape[0] and g.shape[0] and q.shape[1] != g.shape[1]:
-        raise ValueError(f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}; both must come from one model")
+        raise EvaluationInputError(
+            f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}; both must come from one model"
+        )
     qp, gp, qc, gc, pairs = check_common(
         q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids, max_rank, cmc_mode, exclude_cam_pairs
     )
     if block_size is not None and (not isinstance(block_size, (int, np.integer)) or block_size < 1):
-        raise ValueError(f"block_size must be a positive integer (distance entries per block), got {block_size!r}")
+        raise EvaluationInputError(
+            f"block_size must be a positive integer (distance entries per block), got {block_size!r}"
+        )
     removal = same_camera_removal(qc, gc, remove_same_pid_same_cam, physical_camera)  # the LLCM rule
     if approximate is not None:
         if rerank:
