@@ -275,3 +275,53 @@ def test_offline_error_names_the_torchvision_weights(monkeypatch):
     monkeypatch.setattr("vdreid.models.weights.cached_hub_file", lambda model: None)
     with pytest.raises(PretrainedWeightsError, match=r"resnet18\.tv_in1k"):
         compat.models.build_model("agw_resnet18", 3, pretrained=True)
+
+
+# ------------------------------------------------------------------------------------------------ method plug-in
+def _agw_cfg(**over):
+    from vdreid.config import get_default_config
+
+    cfg = get_default_config()
+    cfg.model.method, cfg.model.name, cfg.model.pretrained = "agw", "agw_resnet18", False
+    for k, v in over.items():
+        sec, key = k.split("__")
+        cfg[sec][key] = v
+    return cfg
+
+
+def test_agw_method_builds_model_criterion_and_param_groups():
+    from vdreid import methods
+    from vdreid.errors import ConfigError
+
+    m = methods.get("agw")
+    assert methods.method_of_model("agw") is m and m.feature_modes == ("bn", "pool")
+    cfg = _agw_cfg(test__feature_mode="pool")
+    m.check_config(cfg)
+    net = m.build_model(cfg, num_classes=6)
+    assert isinstance(net, AGWNet) and net.feature_mode == "pool" and net.non_local_counts == (0, 2, 2, 0)
+    crit = m.build_criterion(cfg, 6, net)
+    assert isinstance(crit, AGWCriterion) and crit.metric == "wrt" and crit.ce == 1.0
+    groups = m.param_groups(cfg, net, crit)
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert [g["lr_mult"] for g in groups] == [0.1, 1.0]
+    assert sorted(names[id(p)] for p in groups[1]["params"]) == ["bnneck.weight", "classifier.weight"]
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert {id(p) for g in groups for p in g["params"]} == trainable and len(trainable) == len(names) - 1
+    prov = m.provenance(cfg)
+    assert prov["method"] == "agw" and prov["non_local"] == [0, 2, 3, 0] and prov["feature_mode"] == "pool"
+    assert set(m.resume_keys) - {"model", "num_classes"} <= set(prov)
+    # one training step with the method's parts
+    out = net.train()(torch.randn(4, 3, 32, 16), torch.tensor([False, True, False, True]))
+    total, terms = crit(out, torch.tensor([0, 0, 1, 1]))
+    total.backward()
+    assert set(terms) == {"ce", "wrt"} and net.stem_ir.conv1.weight.grad is not None
+    # AGW --method base from config
+    base = _agw_cfg(agw__non_local=[0, 0, 0, 0], agw__gem=False, agw__metric="triplet")
+    net = m.build_model(base, 3)
+    assert len(net.non_local) == 0 and m.build_criterion(base, 3).metric == "triplet"
+    for key, value, match in (("agw__metric", "rll", "agw.metric"), ("agw__non_local", [0, 1], "agw.non_local"),
+                              ("test__feature_mode", "obs_concat", "test.feature_mode"),
+                              ("model__name", "vd_resnet50", "model.name")):
+        with pytest.raises(ConfigError, match=match):
+            m.check_config(_agw_cfg(**{key: value}))
+            m.feature_mode(_agw_cfg(**{key: value}))

@@ -120,3 +120,30 @@ def test_pretrained_file_and_hub_tag(tmp_path, monkeypatch):
     monkeypatch.setattr("vdreid.models.weights.cached_hub_file", lambda model: None)
     with pytest.raises(vdreid.errors.PretrainedWeightsError, match=r"bnneck_resnet18: .*resnet18\.tv_in1k"):
         compat.models.build_model("bnneck_resnet18", 3, pretrained=True)
+
+
+# ------------------------------------------------------------------------------------------------ method plug-in
+def test_bnneck_method():
+    from vdreid import methods
+    from vdreid.config import get_default_config
+    from vdreid.errors import ConfigError
+
+    m = methods.get("bnneck")
+    cfg = get_default_config()
+    cfg.model.method, cfg.model.name, cfg.model.pretrained = "bnneck", "bnneck_resnet18", False
+    m.check_config(cfg)
+    net = m.build_model(cfg, 5)
+    assert isinstance(net, BNNeckNet) and net.loss == "vdreid" and net.feature_mode == "bn"
+    crit = m.build_criterion(cfg, 5, net)
+    assert isinstance(crit, BNNeckCriterion) and (crit.label_smooth, crit.triplet_margin) == (0.1, 0.3)
+    out = net.train()(_x(4))
+    total, terms = crit(out, torch.tensor([0, 0, 1, 1]))
+    assert set(terms) == {"ce", "triplet"}
+    groups = m.param_groups(cfg, net, crit)
+    assert len(groups) == 1 and groups[0]["lr_mult"] == 1.0
+    assert m.provenance(cfg) == {"method": "bnneck", "backbone": "bnneck_resnet18", "feature_mode": "bn"}
+    cfg.model.backbone = "resnet34"  # a timm name overrides the preset's CNN
+    assert m.build_model(cfg, 5).config["backbone"] == "resnet34"
+    cfg.bnneck.label_smooth = 1.0
+    with pytest.raises(ConfigError, match="bnneck.label_smooth"):
+        m.check_config(cfg)

@@ -53,4 +53,6 @@ def method_of_model(model_name: str) -> Method | None:
 __all__ = ["Method", "all_methods", "get", "method_of_model", "names", "register"]
 
 # the built-in methods register themselves on import (one module each)
+from vdreid.methods import agw as _agw  # noqa: E402,F401
+from vdreid.methods import bnneck as _bnneck  # noqa: E402,F401
 from vdreid.methods import vd as _vd  # noqa: E402,F401
