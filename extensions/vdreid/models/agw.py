@@ -75,14 +75,16 @@ class Stem(nn.Module):
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
 
-def _check_modality(modality: Any, batch: int, device: torch.device) -> Tensor:
+def _check_modality(modality: Any, batch: int) -> Tensor:
+    """The modality flags as a CPU bool tensor: routing decisions are made on the host, so a CPU ``modality`` (as
+    the data loader yields it) costs no device synchronisation."""
     if modality is None:
         raise ValueError(
             "AGWNet.forward(x, modality): the argument `modality` is missing. AGW routes each image through its "
             f"modality's stem: pass a bool tensor of shape ({batch},) with True for infrared images. torchreid's "
             "engines do not pass it; train with vdreid's trainer (`vdreid train`, model.method agw)."
         )
-    m = torch.as_tensor(modality, device=device)
+    m = torch.as_tensor(modality).detach().cpu()
     if m.dim() != 1 or m.shape[0] != batch:
         raise ValueError(
             f"AGWNet.forward: `modality` must be a bool tensor of shape ({batch},) (True = infrared), "
@@ -162,15 +164,18 @@ class AGWNet(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def stems(self, x: Tensor, is_ir: Tensor) -> Tensor:
-        """Each image through its modality's stem, rows in the input order."""
+        """Each image through its modality's stem, rows in the input order (``is_ir``: CPU bool (B,))."""
         if not bool(is_ir.any()):
             return self.stem_vis(x)
         if bool(is_ir.all()):
             return self.stem_ir(x)
         vis_idx = torch.nonzero(~is_ir).flatten()
         ir_idx = torch.nonzero(is_ir).flatten()
+        inverse = torch.argsort(torch.cat([vis_idx, ir_idx]))
+        dev = x.device
+        vis_idx, ir_idx, inverse = (t.to(dev, non_blocking=True) for t in (vis_idx, ir_idx, inverse))
         h = torch.cat([self.stem_vis(x[vis_idx]), self.stem_ir(x[ir_idx])], dim=0)
-        return h[torch.argsort(torch.cat([vis_idx, ir_idx]))]
+        return h[inverse]
 
     def shared_stages(self, h: Tensor) -> Tensor:
         """``layer1 .. layer4`` with the non-local blocks after the last bottlenecks of each stage."""
@@ -189,7 +194,7 @@ class AGWNet(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"AGWNet expects images of shape (B, 3, H, W), got {shape}")
-        is_ir = _check_modality(modality, x.shape[0], x.device)
+        is_ir = _check_modality(modality, x.shape[0])
         pool = self.pool(self.shared_stages(self.stems(x, is_ir)))
         bn = self.bnneck(pool)
         if self.training:
