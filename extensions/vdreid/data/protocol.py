@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vdreid.errors import ConfigError
+
 CMCMode = Literal["dedup", "standard"]
 
 #: search directions, named by the query modality first: ``ir2vis`` = infrared queries, visible gallery
@@ -26,13 +28,13 @@ DIRECTION_ALIASES: dict[str, str] = {"v2t": "vis2ir", "t2v": "ir2vis", "rgb2ir":
 def canonical_direction(value: str, owner: str, extra: Iterable[str] = ()) -> str:
     """``value`` as one of :data:`DIRECTIONS` (or of ``extra``, a dataset's own variants); aliases are mapped.
 
-    Raises ``ValueError`` naming ``owner`` and the accepted values otherwise.
+    Raises :class:`~vdreid.errors.ConfigError` (a ``ValueError``) naming ``owner`` and the accepted values otherwise.
     """
     extra = tuple(extra)
     v = DIRECTION_ALIASES.get(value, value) if isinstance(value, str) else value
     if v not in DIRECTIONS + extra:
         accepted = list(DIRECTIONS + extra) + sorted(DIRECTION_ALIASES)
-        raise ValueError(f"{owner}: unknown direction={value!r}; expected one of {accepted}")
+        raise ConfigError(f"{owner}: unknown direction={value!r}; expected one of {accepted}")
     return v
 
 

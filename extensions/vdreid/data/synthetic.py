@@ -606,3 +606,121 @@ def make_regdb(
     with open(osp.join(base, MARKER), "w") as f:
         json.dump(args, f)
     return base
+
+
+# ----------------------------------------------------------------------------------------------- LLCM
+
+#: nine low-light cameras, each with a visible and a near-infrared sensor filming the same scene
+LLCM_CAMERAS: tuple[tuple[Camera, Camera], ...] = tuple(
+    (
+        Camera(False, (0.30 + 0.04 * (k % 3), 0.32, 0.40 - 0.03 * (k % 4)), (0.22, 0.22, 0.26), 0.74 + 0.02 * (k % 5),
+               float(k % 4) * 2.0, k % 3 == 2, 0.42 + 0.05 * (k % 5), (0.92, 0.97, 1.10), 0.80 + 0.03 * (k % 4),
+               -0.01 * (k % 3), 1.0 if k % 2 else 0.875),
+        Camera(True, (0.18 + 0.02 * (k % 4), 0.2, 0.2), (0.12, 0.12, 0.12), 0.74 + 0.02 * (k % 5),
+               float(k % 4) * 2.0, False, 1.0, (1.0, 1.0, 1.0), 0.80 + 0.03 * (k % 4), -0.01 * (k % 3),
+               1.0 if k % 2 else 0.875),
+    )
+    for k in range(1, 10)
+)
+LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)  # NIR cam3 holds no images in the release (its folder is empty)
+LLCM_PRESETS: dict[str, dict] = {
+    # tests: 8 train + 8 test ids, 1-2 images per (id, camera, modality), 32x16
+    "tiny": dict(num_train=8, num_test=8, max_images=2, height=32, width=16),
+    # demo: 64 train + 32 test ids at 128x64
+    "demo": dict(num_train=64, num_test=32, max_images=3, height=128, width=64),
+}
+
+
+def make_llcm(
+    root: str,
+    seed: int = 0,
+    preset: str = "demo",
+    num_train: int | None = None,
+    num_test: int | None = None,
+    max_images: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write a synthetic LLCM tree in the real layout to ``<root>/LLCM`` and return that path.
+
+    Layout (``docs/protocols.md``, "LLCM"): ``vis/<pid:04d>/`` and ``nir/<pid:04d>/`` hold every image, named
+    ``<pid:04d>_c<cam:02d>_s<6 digits>_f<frame>_<vis|nir>.jpg`` with *unpadded* frame numbers (so string order differs
+    from numeric order); ``idx/train_{vis,nir}.txt`` list the training images (``<path> <label>``, labels 0..n-1 in
+    ascending id order, the same in both files); ``idx/test_{vis,nir}.txt`` the test images (not read by vdreid);
+    ``idx/test_id.txt`` the test ids on one line, in *shuffled* order; ``test_vis/cam1..cam9/<pid:04d>/`` and
+    ``test_nir/cam1..cam9/<pid:04d>/`` byte copies of the test images by camera. ``test_nir/cam3/`` exists and is
+    empty, as reported for the release.
+
+    Camera coverage: every identity appears in a random subset of the cameras of each modality, so ids are missing
+    from some cameras; the first test id (in ascending order) is seen by one camera only, in both modalities, so
+    every one of its positives is removed by the same-camera rule; the second has no near-infrared images at all.
+    ``preset`` (``'tiny'`` for tests, ``'demo'``), ``seed`` and ``overwrite`` work as in :func:`make_sysu`.
+    """
+    cfg = _resolve(LLCM_PRESETS, preset, dict(num_train=num_train, num_test=num_test, max_images=max_images,
+                                              height=height, width=width))
+    n_tr, n_te, kmax, H, W = cfg["num_train"], cfg["num_test"], cfg["max_images"], cfg["height"], cfg["width"]
+    if n_tr < 2 or n_te < 3 or kmax < 1 or H < 8 or W < 4:
+        raise ValueError(f"make_llcm: num_train >= 2, num_test >= 3, max_images >= 1 and size >= 8x4 expected, got "
+                         f"{n_tr}, {n_te}, {kmax}, {H}x{W}")
+    base = osp.join(osp.abspath(root), "LLCM")
+    args = {"layout": "llcm", "seed": seed, **cfg}
+    if _prepare(base, args, overwrite):
+        return base
+    rng = np.random.default_rng([seed, 1064])
+    total = n_tr + n_te
+    pids = np.sort(rng.choice(np.arange(1, int(total * 1.5) + 3), size=total, replace=False))
+    perm = rng.permutation(total)
+    test_ids = sorted(int(pids[i]) for i in perm[:n_te])
+    train_ids = sorted(int(pids[i]) for i in perm[n_te:])
+    people = make_identities(total, rng)
+    person_of = {int(pids[i]): people[j] for j, i in enumerate(perm)}
+
+    def cams_for(pid: int) -> dict[str, list[int]]:
+        if pid == test_ids[0]:  # one camera in both modalities: all its positives are removed by the LLCM rule
+            c = int(rng.choice(LLCM_NIR_CAMS))
+            return {"vis": [c], "nir": [c]}
+        vis = sorted(int(c) for c in rng.choice(np.arange(1, 10), size=int(rng.integers(1, 6)), replace=False))
+        if pid == test_ids[1]:  # visible only
+            return {"vis": vis, "nir": []}
+        nir = sorted(int(c) for c in rng.choice(LLCM_NIR_CAMS, size=int(rng.integers(1, 5)), replace=False))
+        return {"vis": vis, "nir": nir}
+
+    files: dict[str, dict[int, list[tuple[int, str]]]] = {"vis": {}, "nir": {}}  # modality -> pid -> [(cam, rel)]
+    for pid in sorted(person_of):
+        for modality, cams in cams_for(pid).items():
+            used_frames: set[int] = set()
+            for c in cams:
+                cam = LLCM_CAMERAS[c - 1][modality == "nir"]
+                h, w = max(8, round(H * cam.size)), max(4, round(W * cam.size))
+                for _ in range(int(rng.integers(1, kmax + 1))):
+                    frame = int(rng.integers(1, 20000))
+                    while frame in used_frames:
+                        frame += 1
+                    used_frames.add(frame)
+                    name = f"{pid:04d}_c{c:02d}_s{int(rng.integers(100000, 999999)):06d}_f{frame}_{modality}.jpg"
+                    rel = f"{modality}/{pid:04d}/{name}"
+                    _save(render(person_of[pid], cam, random_pose(rng), h, w), osp.join(base, rel))
+                    files[modality].setdefault(pid, []).append((c, rel))
+
+    idx = osp.join(base, "idx")
+    os.makedirs(idx, exist_ok=True)
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        for modality in ("vis", "nir"):
+            with open(osp.join(idx, f"{split}_{modality}.txt"), "w") as f:
+                for label, pid in enumerate(ids):
+                    for _, rel in files[modality].get(pid, []):
+                        f.write(f"{rel} {label}\n")
+    with open(osp.join(idx, "test_id.txt"), "w") as f:
+        f.write(",".join(str(p) for p in rng.permutation(test_ids).tolist()) + "\n")
+    for modality, top in (("vis", "test_vis"), ("nir", "test_nir")):
+        for c in range(1, 10):
+            os.makedirs(osp.join(base, top, f"cam{c}"), exist_ok=True)
+        for pid in test_ids:
+            for c, rel in files[modality].get(pid, []):
+                dst = osp.join(base, top, f"cam{c}", f"{pid:04d}", osp.basename(rel))
+                os.makedirs(osp.dirname(dst), exist_ok=True)
+                shutil.copyfile(osp.join(base, rel), dst)
+    with open(osp.join(base, MARKER), "w") as f:
+        json.dump(args, f)
+    return base
