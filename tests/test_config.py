@@ -300,3 +300,73 @@ def test_ablation_rows_train_only_their_parts(row):
         assert (ib is not None and grad(ib) > 0) == (name in bott), (name, "bottleneck")
     assert ("ib" in terms) == (row == 7) and ("vsd" in terms) == (row == 11)
     assert "dml" not in terms or {"ir", "vis"} <= on
+
+
+# ------------------------------------------------------------------------------------------------ numeric ranges
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("test.batch_size", "0", "expected an integer >= 1, got 0"),
+        ("data.workers", "-1", "expected an integer >= 0, got -1"),
+        ("train.lr", "-0.1", "expected a number > 0, got -0.1"),
+        ("train.lr", "nan", "got nan"),
+        ("train.weight_decay", "inf", "got inf"),
+        ("train.max_epoch", "0", "got 0"),
+        ("sampler.seed", "-1", "non-negative"),
+        ("train.seed", str(2**32), "0..2147483647"),
+        ("loss.label_smooth", "1.0", r"in \[0, 1\), got 1.0"),
+        ("train.momentum", "1.5", r"in \[0, 1\)"),
+        ("train.warmup_factor", "0", r"in \(0, 1\]"),
+        ("test.max_rank", "0", ">= 1"),
+        ("vd.temperature", "0", "> 0"),
+        ("vd.vsd", "-2", "or -1 for the recipe's default, got -2"),
+        ("vd.bottleneck_dims", "[512, 0]", r"\[1\]': expected an integer >= 1, got 0"),
+        ("vd.branch_weights", "[0.5, -0.5, 0.25, 0.25]", r"\[1\]': expected a number >= 0, got -0.5"),
+        ("data.norm_std", "[0.2, 0.0, 0.2]", r"\[1\]': expected a number > 0"),
+        ("data.norm_mean", "[0.5, 0.5]", "expected 3 values"),
+        ("train.stepsize", "[0]", r"\[0\]': expected an epoch number >= 1"),
+        ("train.start_epoch", "300", "below train.max_epoch"),
+    ],
+)
+def test_numeric_ranges_name_the_key_and_value(key, value, expected):
+    with pytest.raises(ConfigError, match=rf"config key '{key.split('[')[0]}.*{expected}"):
+        load_config(opts=[key, value])
+
+
+def test_valid_edge_values_pass_the_range_checks():
+    cfg = load_config(opts=["data.workers", "0", "vd.vsd", "-1", "vd.vml", "0", "train.print_freq", "0",
+                            "train.grad_clip", "0", "loss.label_smooth", "0", "train.seed", "0", "vd.last_stride", "2"])
+    assert cfg.data.workers == 0 and cfg.vd.vsd == -1.0
+
+
+def test_every_numeric_key_has_a_range_or_is_declared_free():
+    from vdreid.config import FREE_NUMERIC_KEYS, RANGES, _get, flat_keys
+
+    cfg = get_default_config()
+
+    def numeric(v) -> bool:
+        if isinstance(v, (list, tuple)):
+            return bool(v) and all(numeric(x) for x in v)
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    keys = set(flat_keys(cfg))
+    unchecked = sorted(k for k in keys if numeric(_get(cfg, k)) and k not in RANGES and k not in FREE_NUMERIC_KEYS)
+    assert not unchecked, f"add a valid range to vdreid.config.RANGES (or FREE_NUMERIC_KEYS) for {unchecked}"
+    stale = sorted(k for k in set(RANGES) | FREE_NUMERIC_KEYS if k not in keys)
+    assert not stale, f"RANGES / FREE_NUMERIC_KEYS name keys the default config no longer has: {stale}"
+
+
+# ------------------------------------------------------------------------------------------------ file encodings
+def test_yaml_byte_order_marks_are_read_and_bad_bytes_name_file_and_line(tmp_path):
+    p = tmp_path / "bom.yaml"
+    p.write_bytes(b"\xef\xbb\xbftrain:\n  lr: 0.001\n")  # Windows editors write a UTF-8 byte-order mark
+    assert load_config(str(p)).train.lr == 0.001
+    p.write_bytes("train:\n  lr: 0.002\n".encode("utf-16"))  # Notepad's "Unicode": UTF-16 with a byte-order mark
+    assert load_config(str(p)).train.lr == 0.002
+    p.write_bytes(b"train:\n  lr: 0.001\n# caf\xe9 (latin-1)\n")
+    with pytest.raises(ConfigError, match=r"bom\.yaml:3: byte 0xe9 at column 6 is not valid UTF-8"):
+        load_config(str(p))
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: bom.yaml\n")
+    with pytest.raises(ConfigError, match=r"bom\.yaml:3: byte 0xe9"):  # also through a _base_ chain
+        read_yaml_with_bases(str(child))

@@ -18,8 +18,10 @@ import ast
 import copy
 import difflib
 import hashlib
+import math
 import os
 import os.path as osp
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -343,11 +345,14 @@ def read_yaml_with_bases(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[s
         raise FileNotFoundError(f'config file not found: "{path}"')
     if path in _seen:
         raise ConfigError(f"'_base_' cycle: {' -> '.join(_seen + (path,))}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f'config file "{path}" is not valid YAML: {exc}') from exc
+    from vdreid.data.splitfiles import decode_text  # lazy: vdreid.data imports this module's users
+
+    with open(path, "rb") as f:  # a byte-order mark is dropped; other bytes that are not UTF-8 name file:line
+        text = decode_text(f.read(), path, "config file", error=ConfigError)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'config file "{path}" is not valid YAML: {exc}'.replace("\n", " ")) from exc
     if not isinstance(data, dict):
         raise ConfigError(f'config file "{path}": expected a mapping of sections at the top, got {type(data).__name__}')
     bases = data.pop("_base_", None)
@@ -467,6 +472,115 @@ def check_values(cfg: CN) -> None:
     from vdreid import methods
 
     methods.get(cfg.model.method).check_config(cfg)
+    check_ranges(cfg)
+
+
+def _at_least(lo: float, what: str = "") -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v >= lo), f"{what or 'a number'} >= {lo}"
+
+
+def _positive(what: str = "a number") -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v > 0), f"{what} > 0"
+
+
+def _or_recipe(rule: tuple[Callable[[float], bool], str]) -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v == -1 or rule[0](v)), f"{rule[1]}, or -1 for the recipe's default"
+
+
+_INT = "an integer"
+_SEED = ((lambda v: 0 <= v < 2**31), "an integer in 0..2147483647 (numpy seeds must be non-negative)")
+#: numeric keys and their valid ranges: key -> (test, expected). A list key applies the test to every element.
+#: Keys absent from a config (a method section not built) are skipped.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "data.workers": _at_least(0, _INT),
+    "data.height": _at_least(1, _INT),
+    "data.width": _at_least(1, _INT),
+    "data.norm_mean": ((lambda v: True), "a finite number"),
+    "data.norm_std": _positive(),
+    "data.sysu.num_trials": _at_least(1, _INT),
+    "data.regdb.trial": ((lambda v: 1 <= v <= 10), "an integer in 1..10 (the ten RegDB splits)"),
+    "sampler.num_ids": _at_least(1, _INT),
+    "sampler.num_instances": _at_least(1, _INT),
+    "sampler.seed": _SEED,
+    "train.lr": _positive(),
+    "train.weight_decay": _at_least(0),
+    "train.momentum": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "train.max_epoch": _at_least(1, _INT),
+    "train.start_epoch": _at_least(0, _INT),
+    "train.stepsize": _at_least(1, "an epoch number"),
+    "train.gamma": _positive(),
+    "train.warmup_epochs": _at_least(0, _INT),
+    "train.warmup_factor": ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
+    "train.print_freq": _at_least(0, "an integer (0: no per-iteration output)"),
+    "train.seed": _SEED,
+    "train.grad_clip": _at_least(0, "a number (0: no clipping)"),
+    "train.eval_freq": _at_least(0, "an integer (0: only at the end)"),
+    "train.eval_start": _at_least(0, _INT),
+    "train.checkpoint_every": _at_least(0, "an integer (0: only latest.pth and the best)"),
+    "loss.ce": _at_least(0),
+    "loss.label_smooth": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "loss.metric_weight": _at_least(0),
+    "loss.triplet_margin": _at_least(0),
+    "test.batch_size": _at_least(1, _INT),
+    "test.visrank_topk": _at_least(1, _INT),
+    "test.max_rank": _at_least(1, _INT),
+    "vd.bottleneck_dims": _at_least(1, _INT),
+    "vd.z_classifier_hidden": _or_recipe(_at_least(0, _INT)),
+    "vd.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
+    "vd.beta": _at_least(0),
+    "vd.vsd": _or_recipe(_at_least(0)),
+    "vd.vcd": _or_recipe(_at_least(0)),
+    "vd.vml": _or_recipe(_at_least(0)),
+    "vd.dml": _or_recipe(_at_least(0)),
+    "vd.cml": _or_recipe(_at_least(0)),
+    "vd.temperature": _positive(),
+    "vd.branch_weights": _at_least(0),
+    "vd.ib_baseline": _at_least(0),
+    "agw.non_local": _at_least(0, "a block count"),
+    "agw.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
+    "agw.ce": _at_least(0),
+    "agw.metric_weight": _at_least(0),
+    "agw.triplet_margin": _at_least(0),
+    "agw.backbone_lr_mult": _at_least(0),
+    "bnneck.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
+    "bnneck.ce": _at_least(0),
+    "bnneck.label_smooth": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "bnneck.triplet": _at_least(0),
+    "bnneck.triplet_margin": _at_least(0),
+    "data.llcm.num_trials": _at_least(1, _INT),
+}
+#: numeric keys with no range to check (any finite value is valid); every other int/float key must be in RANGES
+FREE_NUMERIC_KEYS: frozenset[str] = frozenset({"data.sysu.shots"})  # data.sysu.shots: a choice, see _CHOICES
+
+
+def _has(cfg: CN, dotted: str) -> bool:
+    node: Any = cfg
+    for p in dotted.split("."):
+        if not isinstance(node, CN) or p not in node:
+            return False
+        node = node[p]
+    return True
+
+
+def check_ranges(cfg: CN) -> None:
+    """Numeric range checks (:data:`RANGES`): every int/float must be finite and in its range, otherwise one
+    :class:`ConfigError` naming the key, what was expected and the value (torch's own error would name its argument,
+    e.g. ``batch_size should be a positive integer``, or nothing at all for a negative learning rate)."""
+    for key, (ok, expected) in RANGES.items():
+        if not _has(cfg, key):
+            continue
+        value = _get(cfg, key)
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, v in items:
+            name = key if i is None else f"{key}[{i}]"
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ConfigError(f"config key '{name}': expected {expected}, got {v!r}")
+    if cfg.train.start_epoch >= cfg.train.max_epoch:
+        raise ConfigError(f"config key 'train.start_epoch': expected an epoch below train.max_epoch "
+                          f"({cfg.train.max_epoch}), got {cfg.train.start_epoch}")
+    for key in ("data.norm_mean", "data.norm_std"):
+        if len(_get(cfg, key)) != 3:
+            raise ConfigError(f"config key '{key}': expected 3 values (R, G, B), got {list(_get(cfg, key))}")
 
 
 def config_hash(cfg: CN, length: int = 12) -> str:
