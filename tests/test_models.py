@@ -130,7 +130,9 @@ def test_official_preset_architecture_and_parameter_count():
     from vdreid.models.vd_net import PRESETS
 
     paper = dict(PRESETS["vd_resnet50"])
-    assert paper.pop("backbone") == "resnet50" and "attention" not in paper
+    # ResNet-50 with torchvision's ImageNet weights (timm tag tv_in1k), as the released code's pretrained=True
+    assert paper.pop("backbone") == "resnet50.tv_in1k" and "attention" not in paper
+    assert PRESETS["vd_resnet50_official"]["backbone"] == "resnet50.tv_in1k"
     ib = InformationBottleneck(2048, 395, paper["bottleneck_dims"], paper["bottleneck"])
     paper_ib = (2048 * 1024 + 1024) + 2 * 1024 + (1024 * 512 + 512) + 2 * 512 + (512 * 256 + 256) + 256 * 395 + 395
     assert sum(p.numel() for p in ib.parameters()) == paper_ib

@@ -257,3 +257,17 @@ def test_hub_probe_counts_an_http_answer_as_reachable():
         assert hub_reachable(f"http://127.0.0.1:{srv.server_port}/", timeout=5) is True
     finally:
         srv.shutdown()
+
+
+def test_official_preset_offline_names_torchvision_weights_and_timm_tag(monkeypatch):
+    """The released code starts from torchvision's ImageNet ResNet-50; offline, the error names that file and the
+    timm name holding those weights (not timm's default resnet50 recipe)."""
+    import torchreid as _tr  # noqa: F401  (registry import side effects only)
+    from vdreid import compat
+
+    monkeypatch.setenv("VDREID_OFFLINE", "1")
+    monkeypatch.setattr(weights, "cached_hub_file", lambda model: None)
+    with pytest.raises(PretrainedWeightsError) as err:
+        compat.models.build_model("vd_resnet50_official", num_classes=3, pretrained=True)
+    msg = str(err.value)
+    assert "resnet50.tv_in1k" in msg and "resnet50-0676ba61.pth" in msg and "pretrained_path" in msg

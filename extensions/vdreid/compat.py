@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vdreid.errors import CheckpointError, CheckpointNotFoundError
+from vdreid.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 
 with warnings.catch_warnings():
     # torchreid warns at import time that its Cython ranking is not built; we never use that ranking.
@@ -88,7 +88,7 @@ def load_checkpoint(fpath: str, weights_only: bool = True, map_location: str | t
     could run arbitrary code.
     """
     if not fpath:
-        raise CheckpointNotFoundError(
+        raise ConfigError(
             "checkpoint path is empty: name a file written by `vdreid train` or torchreid's save_checkpoint"
         )
     fpath = osp.abspath(osp.expanduser(fpath))

@@ -406,12 +406,15 @@ def build_vd_net(
 
 
 # ----------------------------------------------------------------- torchreid registry presets
+# The ResNet-50 presets start from torchvision's ImageNet weights, as the released code does
+# (torchvision `resnet50(pretrained=True)`); timm names those weights `resnet50.tv_in1k` (timm's default `resnet50`
+# tag is a different, later training recipe). Offline, name a local copy with model.pretrained_path.
 PRESETS: dict[str, dict[str, Any]] = {
     # paper section 4.2: ResNet-50, last stride 1, deterministic 1024-512-256 bottleneck
-    "vd_resnet50": dict(backbone="resnet50", bottleneck="deterministic", bottleneck_dims=(1024, 512, 256)),
+    "vd_resnet50": dict(backbone="resnet50.tv_in1k", bottleneck="deterministic", bottleneck_dims=(1024, 512, 256)),
     # released code: + channel attention, 1000-500-512 bottleneck, 512-256-BN-LeakyReLU-Dropout-C classifier
     "vd_resnet50_official": dict(
-        backbone="resnet50",
+        backbone="resnet50.tv_in1k",
         bottleneck="deterministic",
         bottleneck_dims=(1000, 500, 512),
         z_classifier_hidden=256,
