@@ -148,3 +148,67 @@ def test_bad_arguments(tmp_path):
         make_sysu(str(tmp_path), preset="tiny", num_ids=4)
     with pytest.raises(ValueError, match="num_ids"):
         make_regdb(str(tmp_path), preset="tiny", num_ids=2)
+
+
+# ------------------------------------------------------------------ LLCM
+
+
+def test_llcm_layout(tmp_path):
+    """The real LLCM layout: vis/ nir/ by pid, idx files, test_vis/test_nir camera copies, empty NIR cam3."""
+    from vdreid.data.synthetic import make_llcm
+
+    base = make_llcm(str(tmp_path), preset="tiny", seed=1)
+    assert os.path.basename(base) == "LLCM"
+    name = re.compile(r"^(\d{4})_c(0[1-9])_s\d{6}_f([1-9]\d*)_(vis|nir)\.jpg$")
+    listed = {}
+    for split in ("train", "test"):
+        for modality in ("vis", "nir"):
+            for line in open(os.path.join(base, "idx", f"{split}_{modality}.txt")).read().splitlines():
+                rel, label = line.split(" ")  # exactly one space
+                top, pid, fname = rel.split("/")
+                m = name.match(fname)
+                assert top == modality and m and m.group(1) == pid and m.group(4) == modality
+                assert modality == "vis" or m.group(2) != "03"  # no near-infrared cam3 images
+                assert os.path.isfile(os.path.join(base, rel)) and int(label) >= 0
+                listed[rel] = (split, int(pid), int(m.group(2)))
+    test_ids = [int(x) for x in open(os.path.join(base, "idx", "test_id.txt")).read().strip().split(",")]
+    assert {p for s, p, _ in listed.values() if s == "test"} <= set(test_ids)
+    assert not {p for s, p, _ in listed.values() if s == "train"} & set(test_ids)
+    labels = [int(line.split(" ")[1]) for line in open(os.path.join(base, "idx", "train_vis.txt"))]
+    assert sorted(set(labels)) == list(range(len(set(labels))))
+    assert sorted(os.listdir(os.path.join(base, "test_vis"))) == [f"cam{k}" for k in range(1, 10)]
+    assert sorted(os.listdir(os.path.join(base, "test_nir"))) == [f"cam{k}" for k in range(1, 10)]
+    assert os.listdir(os.path.join(base, "test_nir", "cam3")) == []
+    copies = 0
+    for modality in ("vis", "nir"):
+        for d, _, files in os.walk(os.path.join(base, f"test_{modality}")):
+            for f in files:
+                cam, pid = int(d.split("/")[-2][3:]), int(d.split("/")[-1])
+                src = f"{modality}/{pid:04d}/{f}"
+                assert listed[src] == ("test", pid, cam)  # the folder camera is the _cKK_ camera
+                assert open(os.path.join(d, f), "rb").read() == open(os.path.join(base, src), "rb").read()
+                copies += 1
+    assert copies == sum(1 for s, *_ in listed.values() if s == "test")
+
+
+def test_llcm_deterministic_rerun_and_bad_arguments(tmp_path):
+    from vdreid.data.synthetic import make_llcm
+
+    a = make_llcm(str(tmp_path / "a"), preset="tiny", seed=3)
+    b = make_llcm(str(tmp_path / "b"), preset="tiny", seed=3)
+    c = make_llcm(str(tmp_path / "c"), preset="tiny", seed=4)
+    assert tree_digest(a) == tree_digest(b) != tree_digest(c)
+    assert make_llcm(str(tmp_path / "a"), preset="tiny", seed=3) == a  # identical arguments: kept
+    with pytest.raises(FileExistsError, match="different arguments"):
+        make_llcm(str(tmp_path / "a"), preset="tiny", seed=3, num_test=5)
+    with pytest.raises(ValueError, match="num_test >= 3"):
+        make_llcm(str(tmp_path / "d"), preset="tiny", num_test=2)
+
+
+def test_cli_make_synthetic_llcm(tmp_path):
+    from vdreid.cli import main
+    from vdreid.data import LLCM
+
+    assert main(["make-synthetic", "--layout", "llcm", "--out", str(tmp_path), "--preset", "tiny"]) == 0
+    ds = LLCM(str(tmp_path), verbose=False)
+    assert ds.protocol.name == "llcm/ir2vis/deen/10 trials" and len(ds.train) > 0
