@@ -212,3 +212,14 @@ def test_cli_make_synthetic_llcm(tmp_path):
     assert main(["make-synthetic", "--layout", "llcm", "--out", str(tmp_path), "--preset", "tiny"]) == 0
     ds = LLCM(str(tmp_path), verbose=False)
     assert ds.protocol.name == "llcm/ir2vis/deen/10 trials" and len(ds.train) > 0
+
+
+def test_llcm_num_ids_and_style(tmp_path):
+    from vdreid.data.synthetic import make_llcm
+
+    base = make_llcm(str(tmp_path), preset="tiny", num_ids=12)
+    test_ids = open(os.path.join(base, "idx", "test_id.txt")).read().strip().split(",")
+    train = {line.split(" ")[1] for line in open(os.path.join(base, "idx", "train_vis.txt"))}
+    assert len(test_ids) == 4 and len(train) == 8
+    with pytest.raises(ValueError, match="style"):
+        make_llcm(str(tmp_path / "b"), preset="tiny", style="hard")

@@ -641,6 +641,8 @@ def make_llcm(
     height: int | None = None,
     width: int | None = None,
     overwrite: bool = False,
+    num_ids: int | None = None,
+    style: str = "classic",
 ) -> str:
     """Write a synthetic LLCM tree in the real layout to ``<root>/LLCM`` and return that path.
 
@@ -655,8 +657,15 @@ def make_llcm(
     Camera coverage: every identity appears in a random subset of the cameras of each modality, so ids are missing
     from some cameras; the first test id (in ascending order) is seen by one camera only, in both modalities, so
     every one of its positives is removed by the same-camera rule; the second has no near-infrared images at all.
-    ``preset`` (``'tiny'`` for tests, ``'demo'``), ``seed`` and ``overwrite`` work as in :func:`make_sysu`.
+    ``preset`` (``'tiny'`` for tests, ``'demo'``), ``seed`` and ``overwrite`` work as in :func:`make_sysu`;
+    ``num_ids`` (when given) sets the identities of both splits, a third of them for testing. Only the ``'classic'``
+    rendering style has low-light LLCM cameras.
     """
+    if style != "classic":
+        raise ValueError(f"make_llcm: style {style!r} is not available for the LLCM layout; use style='classic'")
+    if num_ids is not None:
+        num_test = num_test if num_test is not None else max(3, num_ids // 3)
+        num_train = num_train if num_train is not None else num_ids - num_test
     cfg = _resolve(LLCM_PRESETS, preset, dict(num_train=num_train, num_test=num_test, max_images=max_images,
                                               height=height, width=width))
     n_tr, n_te, kmax, H, W = cfg["num_train"], cfg["num_test"], cfg["max_images"], cfg["height"], cfg["width"]
