@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 
@@ -212,6 +213,64 @@ def test_cli_make_synthetic_llcm(tmp_path):
     assert main(["make-synthetic", "--layout", "llcm", "--out", str(tmp_path), "--preset", "tiny"]) == 0
     ds = LLCM(str(tmp_path), verbose=False)
     assert ds.protocol.name == "llcm/ir2vis/deen/10 trials" and len(ds.train) > 0
+
+
+# ----------------------------------------------------------------------------------------------- hard styles
+
+
+def test_hard_styles_keep_the_layouts_and_are_deterministic(tmp_path):
+    from vdreid.data.synthetic import style_kit
+
+    a = make_sysu(str(tmp_path / "a"), preset="tiny", seed=4, style="hard")
+    b = make_sysu(str(tmp_path / "b"), preset="tiny", seed=4, style="hard")
+    c = make_sysu(str(tmp_path / "c"), preset="tiny", seed=4, style="shift")
+    d = make_sysu(str(tmp_path / "d"), preset="tiny", seed=4)
+    assert tree_digest(a) == tree_digest(b) != tree_digest(c) != tree_digest(d)
+    test_sysu_layout(str(tmp_path / "a"))  # every rule of the real layout holds in the hard style too
+    marker = json.load(open(os.path.join(a, ".vdreid_synthetic.json")))
+    assert marker["style"] == "hard"
+    assert "style" not in json.load(open(os.path.join(d, ".vdreid_synthetic.json")))  # classic trees unchanged
+    r = make_regdb(str(tmp_path / "r"), preset="tiny", seed=1, style="hard")
+    test_regdb_layout(str(tmp_path / "r"))
+    assert json.load(open(os.path.join(r, ".vdreid_synthetic.json")))["style"] == "hard"
+    from vdreid.cli import main
+
+    assert main(["make-synthetic", "--layout", "sysu", "--preset", "tiny", "--seed", "4", "--style", "hard",
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert tree_digest(os.path.join(tmp_path, "cli", "SYSU-MM01")) == tree_digest(a)
+    with pytest.raises(ValueError, match="unknown synthetic style 'harder'"):
+        style_kit("harder")
+
+
+def test_hard_identity_cues_and_nuisance():
+    from vdreid.data import synthetic_hard as sh
+
+    people = sh.make_identities(3000, np.random.default_rng(0))
+    luma = np.array([0.3, 0.59, 0.11])
+    up_l = np.array([np.dot(p.upper_rgb, luma) for p in people])
+    lo_l = np.array([np.dot(p.lower_rgb, luma) for p in people])
+    t_up = np.array([p.t_upper for p in people])
+    t_lo = np.array([p.t_lower for p in people])
+    # visible colours say nothing about the infrared levels (|r| < 0.06 is 3.3 sigma at n = 3000)
+    assert abs(np.corrcoef(up_l, t_up)[0, 1]) < 0.06 and abs(np.corrcoef(lo_l, t_lo)[0, 1]) < 0.06
+    assert {p.pattern for p in people} == set(sh.HARD.patterns)
+    assert len({p.height for p in people}) == 3000  # continuous shape: no grid of attribute values
+    rng = np.random.default_rng(1)
+    poses = [sh.random_pose(rng) for _ in range(400)]
+    assert {p.view for p in poses} == {0, 1, 2, 3} and {p.occluder for p in poses} == {0, 1, 2, 3}
+    person = people[0]
+    ir_cam, vis_cam = sh.HARD.sysu_cameras[2], sh.HARD.sysu_cameras[0]
+    ir = sh.render(person, ir_cam, poses[0], 128, 64)
+    vis = sh.render(person, vis_cam, poses[0], 128, 64)
+    assert ir.shape == vis.shape == (128, 64, 3) and ir.dtype == np.uint8
+    assert (ir[..., 0] == ir[..., 1]).all() and (ir[..., 1] == ir[..., 2]).all()
+    assert np.abs(vis[..., 0].astype(int) - vis[..., 2]).mean() > 3
+    assert not np.array_equal(sh.render(person, vis_cam, poses[1], 128, 64), vis)  # per-image variation
+    assert np.array_equal(sh.render(person, vis_cam, poses[0], 128, 64), vis)  # a pure function of its inputs
+    # on average the person (skin ~0.9, clothes 0.3-0.7) is warmer than the centre of a cold wall is dark
+    centre = np.mean([sh.render(p, ir_cam, q, 64, 32)[20:50, 12:20].mean() for p, q in zip(people[:40], poses)])
+    corners = np.mean([sh.render(p, ir_cam, q, 64, 32)[:8, :3].mean() for p, q in zip(people[:40], poses)])
+    assert centre > corners + 20
 
 
 def test_llcm_num_ids_and_style(tmp_path):

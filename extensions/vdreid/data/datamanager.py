@@ -26,6 +26,7 @@ from vdreid import compat
 from vdreid.data.base import VIImageDataset
 from vdreid.data.protocol import Protocol
 from vdreid.data.sampler import CrossModalIdentitySampler
+from vdreid.data.transforms import ModalityTransformDataset, build_train_transform
 
 _TORCHREID_DATASET_KWARGS = ("split_id", "cuhk03_labeled", "cuhk03_classic_split", "market1501_500k")
 _IGNORED_SAMPLERS = (None, "RandomSampler", "CrossModalIdentitySampler")
@@ -57,7 +58,8 @@ class CrossModalDataManager(compat.ImageDataManager):
         root: data root holding ``SYSU-MM01/`` and/or ``RegDB/``.
         sources, targets: registered dataset names (``sysu_mm01``, ``sysu_mm01_indoor``, ``regdb``, ``regdb_t2v``, ...).
         height, width, transforms, norm_mean, norm_std: as torchreid's (``transforms`` default: random flip, the
-            official VD recipe: resize + flip, spec 5.1).
+            official VD recipe: resize + flip, spec 5.1); ``transforms`` also takes the VI augmentations of
+            :mod:`vdreid.data.transforms` (``pad_crop``, ``random_gray``, ``channel_exchange``, ``caj``, ...).
         batch_size_test, workers: test batch size and loader workers.
         num_ids, num_instances: P and K; the train batch size is ``num_ids * 2 * num_instances``.
         seed: sampler seed (batches are a function of seed and epoch).
@@ -131,12 +133,18 @@ class CrossModalDataManager(compat.ImageDataManager):
         self._per_name = self._split_dataset_kwargs(dataset_kwargs or {})
         self._instances: dict[str, Any] = {}
 
+        # train transform from vdreid.data.transforms: torchreid's names keep their behaviour, and unknown names are
+        # an error (torchreid ignores them); modality-specific steps get each item's modality through a wrapper
+        self.transform_tr = build_train_transform(height, width, transforms, norm_mean, norm_std)
+        modal = self.transform_tr.needs_modality
         print("=> Loading train (source) dataset")
-        trainsets = [self._view(name, "train", self.transform_tr, k_tfm) for name in self.sources]
+        trainsets = [self._view(name, "train", None if modal else self.transform_tr, k_tfm) for name in self.sources]
         trainset = sum(trainsets)
         self._num_train_pids = trainset.num_train_pids
         self._num_train_cams = trainset.num_train_cams
         self.train_ir_camids = self._merged_ir_camids(trainsets)
+        if modal:
+            trainset = ModalityTransformDataset(trainset, self.transform_tr, self.train_ir_camids, k_tfm)
         self.train_sampler = CrossModalIdentitySampler(
             trainset.train, num_ids=num_ids, num_instances=num_instances, ir_camids=self.train_ir_camids, seed=seed,
             rank=rank, world_size=world_size, epoch_definition=epoch_definition, sample_seeds=sample_seeds,

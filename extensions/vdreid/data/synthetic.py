@@ -28,6 +28,7 @@ import json
 import os
 import os.path as osp
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -337,6 +338,36 @@ def _resolve(presets: dict[str, dict], preset: str, overrides: dict) -> dict:
     return cfg
 
 
+@dataclass(frozen=True)
+class StyleKit:
+    """What a style draws and renders with: ``people(n, rng)``, ``pose(rng)``, ``render(person, cam, pose, h, w)`` and
+    its SYSU (6) and RegDB (visible, thermal) cameras (each with ``infrared`` and ``size``)."""
+
+    people: Callable[[int, np.random.Generator], list]
+    pose: Callable[[np.random.Generator], object]
+    render: Callable[..., np.ndarray]
+    sysu_cameras: tuple
+    regdb_cameras: tuple
+
+
+STYLES = ("classic", "hard", "shift")
+
+
+def style_kit(style: str) -> StyleKit:
+    """The generator of ``style``: ``'classic'`` (this module: discrete attributes, fixed framing; fast tests and the
+    old demo), ``'hard'`` or its held-out sibling ``'shift'`` (:mod:`vdreid.data.synthetic_hard`: continuous shape,
+    viewpoints, occluders, clutter, sensor variation)."""
+    if style == "classic":
+        return StyleKit(make_identities, random_pose, render, SYSU_CAMERAS, REGDB_CAMERAS)
+    from vdreid.data import synthetic_hard as sh
+
+    st = sh.get_style(style)
+    return StyleKit(
+        lambda n, rng: sh.make_identities(n, rng, st), lambda rng: sh.random_pose(rng, st), sh.render,
+        st.sysu_cameras, st.regdb_cameras,
+    )
+
+
 def _split_sizes(n: int) -> tuple[int, int, int]:
     """(train, val, test) sizes with the real 296/99/96 flavour but a larger test share (>= 30 test ids on demo)."""
     n_test = max(3, round(n * 0.33))
@@ -407,6 +438,7 @@ def make_sysu(
     num_stray: int | None = None,
     rand_perm: bool | None = None,
     overwrite: bool = False,
+    style: str = "classic",
 ) -> str:
     """Write a synthetic SYSU-MM01 tree to ``<root>/SYSU-MM01`` and return that path.
 
@@ -421,6 +453,8 @@ def make_sysu(
         rand_perm: also write ``exp/rand_perm_cam.mat`` for the official gallery sampler (10 permutation rows).
         overwrite: replace an existing synthetic tree made with other arguments (an identical one is kept as is;
             a folder not written by this module is never touched).
+        style: ``'classic'``, ``'hard'`` or ``'shift'`` (see :func:`style_kit`); the layout, splits and camera
+            coverage are the same in every style.
 
     Camera coverage mimics the real data: cam1/cam2 hold the same subset of identities (about 60 %), so some test
     identities have no indoor gallery; a few test identities lack cam3; every train/val identity has both modalities.
@@ -438,7 +472,8 @@ def make_sysu(
     if k < 1 or H < 8 or W < 4:
         raise ValueError(f"make_sysu: images_per_cam >= 1 and size >= 8x4 expected, got {k}, {H}x{W}")
     base = osp.join(osp.abspath(root), "SYSU-MM01")
-    args = {"layout": "sysu", "seed": seed, **cfg}
+    kit = style_kit(style)
+    args = {"layout": "sysu", "seed": seed, **cfg, **({} if style == "classic" else {"style": style})}
     if _prepare(base, args, overwrite):
         return base
     rng = np.random.default_rng(seed)
@@ -450,7 +485,7 @@ def make_sysu(
     val_ids = sorted(int(numbers[i]) for i in perm[n_test : n_test + n_val])
     train_ids = sorted(int(numbers[i]) for i in perm[n_test + n_val : n])
     stray_ids = sorted(int(numbers[i]) for i in perm[n:])
-    people = make_identities(total, rng)
+    people = kit.people(total, rng)
     person_of = {int(numbers[i]): people[j] for j, i in enumerate(perm)}
 
     cams_of: dict[int, list[int]] = {}
@@ -488,10 +523,10 @@ def make_sysu(
         os.makedirs(osp.join(base, f"cam{c}"), exist_ok=True)
     for pid in sorted(cams_of):
         for c in cams_of[pid]:
-            cam = SYSU_CAMERAS[c - 1]
+            cam = kit.sysu_cameras[c - 1]
             h, w = max(8, round(H * cam.size)), max(4, round(W * cam.size))
             for num in _image_numbers(k, rng):
-                img = render(person_of[pid], cam, random_pose(rng), h, w)
+                img = kit.render(person_of[pid], cam, kit.pose(rng), h, w)
                 _save(img, osp.join(base, f"cam{c}", f"{pid:04d}", f"{num:04d}.jpg"))
 
     exp = osp.join(base, "exp")
@@ -549,14 +584,15 @@ def make_regdb(
     num_stray: int | None = None,
     num_trials: int = 10,
     overwrite: bool = False,
+    style: str = "classic",
 ) -> str:
     """Write a synthetic RegDB tree to ``<root>/RegDB`` and return that path.
 
     Each identity has ``images_per_id`` co-registered visible/thermal pairs (the same pose in both, as RegDB's two
     aligned cameras). For each trial t in 1..``num_trials`` the identities are split in half at random (seeded by
     ``seed`` and t): ``idx/train_{visible,thermal}_t.txt`` list the train half with labels 0..n-1 in ascending id
-    order, ``idx/test_*_t.txt`` the other half with labels restarting at 0 (spec section 4). ``preset`` and
-    ``overwrite`` work as in :func:`make_sysu`.
+    order, ``idx/test_*_t.txt`` the other half with labels restarting at 0 (spec section 4). ``preset``,
+    ``overwrite`` and ``style`` work as in :func:`make_sysu`.
     """
     cfg = _resolve(
         REGDB_PRESETS,
@@ -567,11 +603,13 @@ def make_regdb(
     if n < 4 or k < 1:
         raise ValueError(f"make_regdb: num_ids >= 4 and images_per_id >= 1 expected, got {n}, {k}")
     base = osp.join(osp.abspath(root), "RegDB")
-    args = {"layout": "regdb", "seed": seed, "num_trials": num_trials, **cfg}
+    kit = style_kit(style)
+    args = {"layout": "regdb", "seed": seed, "num_trials": num_trials, **cfg,
+            **({} if style == "classic" else {"style": style})}
     if _prepare(base, args, overwrite):
         return base
     rng = np.random.default_rng([seed, 412])
-    people = make_identities(n + n_stray, rng)
+    people = kit.people(n + n_stray, rng)
     files: dict[int, tuple[list[str], list[str]]] = {}
     counter = 0
     for pid in range(1, n + n_stray + 1):
@@ -580,14 +618,14 @@ def make_regdb(
         vis, thr = [], []
         for j in range(1, k + 1):
             counter += 1
-            pose = random_pose(rng)
+            pose = kit.pose(rng)
             view = "front" if rng.random() < 0.5 else "back"
             stem = f"{sex}_{view}_{{}}_{counter:05d}_{j}.bmp"
             rel_v = f"Visible/{pid}/" + stem.format("v")
             rel_t = f"Thermal/{pid}/" + stem.format("t")
-            _save(render(person, REGDB_CAMERAS[0], pose, H, W), osp.join(base, rel_v))
+            _save(kit.render(person, kit.regdb_cameras[0], pose, H, W), osp.join(base, rel_v))
             if pid <= n:  # strays are visible-only and listed nowhere
-                _save(render(person, REGDB_CAMERAS[1], pose, H, W), osp.join(base, rel_t))
+                _save(kit.render(person, kit.regdb_cameras[1], pose, H, W), osp.join(base, rel_t))
             vis.append(rel_v)
             thr.append(rel_t)
         files[pid] = (vis, thr)
