@@ -211,3 +211,91 @@ def test_direction_names_and_config_section(regdb_root):
     assert RegDB.config_section == "regdb" and RegDB.from_config(node) == {"trial": 1, "direction": "vis2ir"}
     node.direction, node.trial = "t2v", 4
     assert RegDB.from_config(node) == {"trial": 4, "direction": "ir2vis"}
+
+
+# ------------------------------------------------------------------ augmentation seeds: independent of the worker count
+
+
+def _flip_crop():
+    import torchvision.transforms as T
+    from vdreid import compat
+
+    # torchvision's flip draws from torch's generator, torchreid's Random2DTranslation from Python's random
+    return T.Compose([compat.transforms.Random2DTranslation(16, 8, p=0.5), T.RandomHorizontalFlip(), T.ToTensor()])
+
+
+def _expected(img, seed: int):
+    """The definition, written out: Random2DTranslation (Python random, seeded) then the flip (torch.rand(1) < 0.5)."""
+    import random
+
+    import torch
+    import torchvision.transforms.functional as F
+    from PIL import Image
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    if rng.uniform(0, 1) > 0.5:
+        img = img.resize((8, 16), Image.BILINEAR)
+    else:
+        w, h = round(8 * 1.125), round(16 * 1.125)
+        img = img.resize((w, h), Image.BILINEAR)
+        x1, y1 = int(round(rng.uniform(0, w - 8))), int(round(rng.uniform(0, h - 16)))
+        img = img.crop((x1, y1, x1 + 8, y1 + 16))
+    flip = bool(torch.rand(1) < 0.5)
+    return F.to_tensor(F.hflip(img) if flip else img), flip
+
+
+def test_seeded_items_equal_the_definition_in_any_worker(regdb_root):
+    import torch
+    from vdreid.data.errors import read_image_rgb
+
+    ds = RegDB(regdb_root, transform=_flip_crop(), verbose=False)
+    keys = [(i % len(ds), 1000 + i) for i in range(12)]
+    expected = [_expected(read_image_rgb(ds.train[i][0]), s) for i, s in keys]
+    flips = {f for _, f in expected}
+    assert flips == {True, False}  # the seeds above give both decisions: different seeds, different flips
+    torch.manual_seed(0)
+    main = [ds[k]["img"] for k in keys]
+    assert all(torch.equal(a, e) for a, (e, _) in zip(main, expected))
+    assert torch.equal(ds[keys[3]]["img"], main[3])  # the global generators do not leak into a seeded item
+    for workers in (1, 2):
+        loader = torch.utils.data.DataLoader(ds, sampler=keys, batch_size=4, num_workers=workers)
+        got = torch.cat([b["img"] for b in loader])
+        assert torch.equal(got, torch.stack(main)), workers
+    import random
+
+    torch.manual_seed(0)
+    random.seed(0)
+    r, p = torch.rand(1), random.random()
+    torch.manual_seed(0)
+    random.seed(0)
+    for k in keys:
+        ds[k]
+    assert torch.equal(torch.rand(1), r) and random.random() == p  # global generators untouched by seeded items
+
+
+def test_combined_training_sets_stay_vi_datasets(regdb_root):
+    import torch
+
+    a = RegDB(regdb_root, transform=_flip_crop(), verbose=False)
+    b = RegDB(regdb_root, trial=2, transform=_flip_crop(), verbose=False)
+    both = sum([a, b])
+    assert type(both).__name__ == "VIImageDataset" and len(both.train) == len(a.train) + len(b.train)
+    k = (len(a.train) + 5, 77)  # an item of the second set, with a seed
+    assert torch.equal(both[k]["img"], b[(5, 77)]["img"]) and both[k]["pid"] == b.train[5][1] + a.num_train_pids
+
+
+def test_train_batches_do_not_depend_on_the_worker_count(regdb_root):
+    """Same seeds, data.workers 0 or 2: the same images, the same flips and crops (config_hash leaves workers out)."""
+    import torch
+    from vdreid.data import CrossModalDataManager
+
+    def first_batches(workers: int) -> list[torch.Tensor]:
+        dm = CrossModalDataManager(root=regdb_root, sources=["regdb"], targets=["regdb"], height=16, width=8,
+                                   transforms=["random_flip", "random_crop"], workers=workers, num_ids=2,
+                                   num_instances=2, seed=3, sample_seeds=True, use_gpu=False, batch_size_test=8)
+        torch.manual_seed(workers)  # the global generator differs between the two runs; the batches must not
+        return [b["img"] for _, b in zip(range(2), dm.train_loader)]
+
+    a, b = first_batches(0), first_batches(2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 2

@@ -8,6 +8,7 @@ from typing import Any
 from vdreid import compat
 from vdreid.data.errors import read_image_rgb
 from vdreid.data.protocol import Protocol
+from vdreid.data.transforms import seeded
 
 Item = tuple[str, int, int, int]
 
@@ -25,12 +26,35 @@ class VIImageDataset(compat.ImageDataset):
     #: keyword defaults of a registered preset (e.g. ``sysu_mm01_indoor``); empty for the plain classes
     preset_defaults: dict[str, Any] = {}
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """torchreid's item dict. ``index`` is an int, or an ``(index, seed)`` pair from a sampler that yields
+        augmentation seeds (``CrossModalIdentitySampler(sample_seeds=True)``): the random transform then runs under
+        ``seed`` (:func:`vdreid.data.transforms.seeded`), so an image's augmentation depends on (sampler seed, epoch,
+        position) only, and not on which DataLoader worker (or how many workers) produced it."""
+        seed = None
+        if isinstance(index, (tuple, list)):
+            if len(index) != 2:
+                raise TypeError(f"{type(self).__name__}[...]: expected an int or an (index, seed) pair, got {index!r}")
+            index, seed = int(index[0]), int(index[1])
         img_path, pid, camid, dsetid = self.data[index]
         img = read_image_rgb(img_path)
         if self.transform is not None:
-            img = self._transform_image(self.transform, self.k_tfm, img)
+            if seed is None:
+                img = self._transform_image(self.transform, self.k_tfm, img)
+            else:
+                with seeded(seed):
+                    img = self._transform_image(self.transform, self.k_tfm, img)
         return {"img": img, "pid": pid, "camid": camid, "impath": img_path, "dsetid": dsetid}
+
+    def __add__(self, other: Any) -> Any:
+        """torchreid's sum of training sets (pids, camids and dsetids of ``other`` offset), kept a
+        :class:`VIImageDataset` so that the combined set also reads images strictly and accepts ``(index, seed)``
+        keys (torchreid's ``__add__`` returns its plain ``ImageDataset``)."""
+        out = super().__add__(other)
+        if isinstance(out, compat.ImageDataset) and not isinstance(out, VIImageDataset):
+            out = VIImageDataset(out.train, out.query, out.gallery, transform=out.transform, k_tfm=self.k_tfm,
+                                 mode=out.mode, combineall=False, verbose=False)
+        return out
 
     def modality_counts(self, items: list[Item]) -> tuple[int, int]:
         """(#visible, #infrared) images in ``items``."""
