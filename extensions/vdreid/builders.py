@@ -124,9 +124,20 @@ def build_criterion(cfg: CN, num_classes: int, model: nn.Module | None = None) -
 
 
 # ------------------------------------------------------------------------------------------------ optimiser
+def schedule_spec(cfg: CN):
+    """The per-epoch lr schedule of ``cfg.train`` and where it is stepped (a ``vdreid.engine.optim.ScheduleSpec``)."""
+    from vdreid.engine.optim import ScheduleSpec
+
+    t = cfg.train
+    return ScheduleSpec(name=t.lr_scheduler, milestones=tuple(t.stepsize), gamma=t.gamma,
+                        warmup_epochs=t.warmup_epochs, warmup_factor=t.warmup_factor, step_at=t.scheduler_step,
+                        max_epoch=t.max_epoch)
+
+
 def build_optim(cfg: CN, model: nn.Module, criterion: nn.Module):
     """The optimiser over the method's parameter groups (each at ``train.lr x lr_mult``) and the per-epoch schedule."""
-    from vdreid.engine import build_optimizer, build_scheduler
+    from vdreid.engine import build_optimizer
+    from vdreid.engine.optim import scheduler_from_spec
 
     groups = []
     for g in method_of(cfg).param_groups(cfg, model, criterion):
@@ -135,9 +146,7 @@ def build_optim(cfg: CN, model: nn.Module, criterion: nn.Module):
         groups.append({**g, "lr": cfg.train.lr * mult, "lr_mult": mult})
     opt = build_optimizer(groups, name=cfg.train.optim, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                           momentum=cfg.train.momentum, nesterov=cfg.train.nesterov)
-    sched = build_scheduler(opt, milestones=tuple(cfg.train.stepsize), gamma=cfg.train.gamma,
-                            warmup_epochs=cfg.train.warmup_epochs, warmup_factor=cfg.train.warmup_factor)
-    return opt, sched
+    return opt, scheduler_from_spec(opt, schedule_spec(cfg))
 
 
 # ------------------------------------------------------------------------------------------------ provenance
@@ -191,6 +200,7 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | 
         eval_freq=cfg.train.eval_freq,
         eval_start=cfg.train.eval_start,
         scheduler_step=cfg.train.scheduler_step,
+        schedule=schedule_spec(cfg) if optimizer is not None else None,
         metric=cfg.test.dist_metric,
         backend=cfg.test.backend,
         max_rank=cfg.test.max_rank,
@@ -209,3 +219,67 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_config(ckpt, opts: list[str] | tuple[str, ...] = ()) -> CN:
+    """The configuration a ``vdreid train`` checkpoint stores (merged into today's defaults, ``opts`` applied,
+    checked, frozen). ``ckpt``: a :class:`vdreid.engine.checkpoint.ModelCheckpoint` or a path."""
+    from vdreid.config import check_values, get_default_config, merge_dict, merge_from_list
+    from vdreid.engine.checkpoint import read_model_checkpoint
+
+    if isinstance(ckpt, str):
+        ckpt = read_model_checkpoint(ckpt)
+    if ckpt.config is None:
+        raise ConfigError(f'"{ckpt.path}" stores no vdreid config (a {ckpt.kind} checkpoint): give the configuration '
+                          "it was trained with (--config-file)")
+    cfg = get_default_config()
+    merge_dict(cfg, ckpt.config, "the checkpoint's stored config")
+    merge_from_list(cfg, list(opts))
+    check_values(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def checkpoint_num_classes(ckpt) -> int:
+    """Number of training identities of a vdreid/torchreid checkpoint: the recorded one (``vdreid train`` stores it
+    in the provenance), else the rows of its identity classifier."""
+    from vdreid.errors import CheckpointMismatchError
+
+    recorded = (ckpt.provenance or {}).get("num_classes")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+        return recorded
+    for k, v in ckpt.state_dict.items():
+        if k.endswith("classifier.weight") and isinstance(v, torch.Tensor) and v.dim() == 2:
+            return int(v.shape[0])
+    raise CheckpointMismatchError(f'"{ckpt.path}": cannot tell the number of training identities (no recorded '
+                                  "num_classes and no '*classifier.weight' matrix); pass num_classes")
+
+
+def build_model_from_checkpoint(ckpt, cfg: CN | None = None, num_classes: int | None = None) -> nn.Module:
+    """The model a checkpoint holds, as ``vdreid test`` builds it: the method's model from ``cfg`` (default: the
+    checkpoint's stored config) with no pretrained weights, then the checkpoint's weights loaded strictly (a
+    checkpoint of the AGW code or the released VD code through :func:`vdreid.models.from_original`).
+
+    ``ckpt``: a :class:`vdreid.engine.checkpoint.ModelCheckpoint` or a path. ``num_classes``: default the original
+    code's classifier size, else :func:`checkpoint_num_classes`. The model's ``feature_mode`` is the config's test
+    feature. Raises :class:`~vdreid.errors.CheckpointMismatchError` naming every key that does not fit.
+    """
+    from vdreid.engine.checkpoint import load_model_weights, read_model_checkpoint
+    from vdreid.models.original import from_original, original_model_kwargs
+
+    if isinstance(ckpt, str):
+        ckpt = read_model_checkpoint(ckpt)
+    original = ckpt.kind in ("agw", "vd_official")
+    if cfg is None:
+        cfg = checkpoint_config(ckpt)
+    if num_classes is None:
+        num_classes = (original_model_kwargs(ckpt.kind, ckpt.state_dict)["num_classes"] if original
+                       else checkpoint_num_classes(ckpt))
+    c = cfg.clone()
+    c.defrost()
+    c.model.pretrained = False  # the checkpoint holds every weight
+    model = build_model(c, num_classes)
+    state = from_original(ckpt.kind, ckpt.state_dict, model) if original else ckpt.state_dict
+    load_model_weights(model, state, source=ckpt.path)
+    return model

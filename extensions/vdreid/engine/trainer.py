@@ -113,6 +113,8 @@ class VIEngine(compat.Engine):
             validation protocol) or ``'test'`` (best rank-1 on the test protocol, the original repositories' habit:
             recorded as selected-on-test).
         eval_freq, eval_start: periodic evaluation every ``eval_freq`` epochs from epoch ``eval_start`` (0 = none).
+        schedule: the :class:`~vdreid.engine.optim.ScheduleSpec` of ``scheduler``, for the start banner's lr events
+            (optional).
         metric, backend, max_rank, flip: passed to the evaluator (``'cosine'|'euclidean'``,
             ``'auto'|'faiss'|'torch'``, the CMC length, flip test-time augmentation).
         feature_mode: the model's test feature (``model.feature_mode``); None keeps the model's.
@@ -139,6 +141,7 @@ class VIEngine(compat.Engine):
         eval_freq: int = 0,
         eval_start: int = 0,
         scheduler_step: str = "end",
+        schedule=None,
         metric: str = "cosine",
         backend: str = "auto",
         max_rank: int = 20,
@@ -226,6 +229,7 @@ class VIEngine(compat.Engine):
         built += [self.progress_hook, self.eval_hook, EpochSummaryHook(), TensorboardHook(print_freq), JSONLogHook(),
                   self.checkpoint_hook]
         self.scheduler_step = scheduler_step
+        self.schedule = schedule
         self.hooks: list[HookBase] = []
         self.register_hooks(built + list(hooks))
 
@@ -424,6 +428,8 @@ class VIEngine(compat.Engine):
             start_epoch = self.resume_from(resume)
         self.start_epoch, self.max_epoch = start_epoch, max_epoch
         t_start = time.time()
+        if max_epoch > start_epoch:
+            self._log_plan()
         self._call_hooks("before_train")
         self._log("training epochs %d..%d (selection: %s)", start_epoch + 1, max_epoch, self.selection)
         for self.epoch in range(start_epoch, max_epoch):
@@ -440,6 +446,24 @@ class VIEngine(compat.Engine):
             self.writer.close()
             self.writer = None
         return rank1
+
+    def _log_plan(self) -> None:
+        """The start banner: iterations per epoch and in total, where warm-up ends and the lr decays (epochs and
+        iterations), and the disk the run's checkpoints will take (:mod:`vdreid.engine.plan`)."""
+        from vdreid.engine.plan import CheckpointPolicy, estimate_checkpoint_bytes, log_plan, make_plan
+
+        sampler = getattr(self.train_loader, "sampler", None)
+        policy = CheckpointPolicy(keep_best=self.selection != "final", every=self.checkpoint_hook.every)
+        group = self.optimizer.param_groups[0]
+        plan = make_plan(
+            len(self.train_loader), self.max_epoch, self.start_epoch, schedule=self.schedule, policy=policy,
+            bytes_per_checkpoint=estimate_checkpoint_bytes(self.net, self.optimizer, self.criterion),
+            base_lr=group.get("initial_lr", group["lr"]), epoch_definition=getattr(sampler, "epoch_definition", None),
+            batch_size=getattr(sampler, "batch_size", None),
+        )
+        if self.dist.is_main:
+            log_plan(plan, logger)
+        self.provenance["plan"] = _json_safe(plan.as_dict())
 
     # ----------------------------------------------------------------------------------------------- testing
     @torch.no_grad()
