@@ -1,8 +1,13 @@
 """Leaderboard: our results JSON files beside the published numbers, one table per protocol string.
 
-A row is ranked only against rows with the *same* protocol string (dataset, search mode, shots, gallery draws,
-number of trials or splits) and the same data kind (synthetic runs never sit beside real-data rows).
-:func:`rank_rows` refuses a mixed list outright, so no caller can rank different protocols against each other.
+A row is ranked only against rows with the *same* protocol string (dataset, search direction, search mode, shots,
+gallery draws, variant, number of trials or splits) and the same data kind (synthetic runs never sit beside
+real-data rows). :func:`rank_rows` refuses a mixed list outright, so no caller can rank different protocols against
+each other: LLCM's swapped ``test.py`` form (``llcm/vis2ir_swapped/...``) never shares a table with the natural
+``llcm/vis2ir/...``. Numbers computed with flip test-time augmentation carry the ``flip-tta`` flag and column.
+
+Protocol strings written before the direction became part of them (``sysu/all/...``, ``regdb/v2t/...``) are read as
+their current names (``sysu/ir2vis/all/...``, ``regdb/vis2ir/...``): :func:`canonical_protocol`.
 
 RegDB needs one training per split. Results that differ only in the split (``trial`` provenance field and the split
 number in the protocol string) and share a config group are averaged into one row: mean +/- std over the splits
@@ -29,6 +34,23 @@ from vdreid.errors import LeaderboardError
 
 METRICS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 _SPLIT_RE = re.compile(r"(?:split|trial)[ =_-]?(\d+)$")
+FLIP_FLAG = "flip-tta"
+_SYSU_MODES = ("all", "indoor")
+_REGDB_DIRECTIONS = {"v2t": "vis2ir", "t2v": "ir2vis"}
+
+
+def canonical_protocol(protocol: str) -> str:
+    """The current spelling of a protocol string: the search direction is the second component everywhere.
+
+    ``sysu/all/...`` and ``sysu-val/indoor/...`` (written before SYSU-MM01 had two directions) are the published
+    IR -> RGB protocol, ``sysu/ir2vis/...``; RegDB's ``v2t`` / ``t2v`` are ``vis2ir`` / ``ir2vis``. Anything else is
+    returned unchanged."""
+    parts = protocol.split("/")
+    if len(parts) > 1 and parts[0] in ("sysu", "sysu-val") and parts[1] in _SYSU_MODES:
+        parts.insert(1, "ir2vis")
+    elif len(parts) > 1 and parts[0] == "regdb" and parts[1] in _REGDB_DIRECTIONS:
+        parts[1] = _REGDB_DIRECTIONS[parts[1]]
+    return "/".join(parts)
 
 
 
@@ -51,6 +73,8 @@ class Row:
     synthetic: bool = False
     flags: list[str] = field(default_factory=list)
     source: str = ""
+    #: features of the image and its horizontal flip combined (test-time augmentation); None: the source does not say
+    flip: bool | None = False
 
     @property
     def table_key(self) -> str:
@@ -135,6 +159,7 @@ def rows_from_results(results: list[dict[str, Any]]) -> list[Row]:
     rows: list[Row] = []
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for d in results:
+        d["protocol"] = canonical_protocol(str(d["protocol"]))
         split = _split_of(d)
         if split is None:
             rows.append(_row(d, _as_percent(d["mean"], d["_path"]), _as_percent(d.get("std") or {}, d["_path"]),
@@ -148,6 +173,7 @@ def rows_from_results(results: list[dict[str, Any]]) -> list[Row]:
             d.get("recipe"),
             d.get("model"),
             bool(d.get("synthetic")),
+            bool(d.get("flip")),
         )
         groups[key].append(d)
     for key, ds in groups.items():
@@ -171,6 +197,8 @@ def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trial
     flags = []
     if d.get("selection") == "test":
         flags.append("selected-on-test")
+    if d.get("flip"):
+        flags.append(FLIP_FLAG)
     return Row(
         method=_method_label(d),
         protocol=protocol,
@@ -187,11 +215,13 @@ def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trial
         synthetic=bool(d.get("synthetic")),
         flags=flags,
         source=osp.relpath(d["_path"]) if "_path" in d else "",
+        flip=bool(d.get("flip")),
     )
 
 
 def load_published(path: str) -> list[Row]:
-    """Rows of ``published.yaml`` (``entries``: method, source, protocol, metrics, flags, note)."""
+    """Rows of ``published.yaml`` (``entries``: method, source, protocol, metrics, flags, note, and ``flip``:
+    true / false when the source says whether flip test-time augmentation was used)."""
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     entries = data.get("entries")
@@ -205,16 +235,24 @@ def load_published(path: str) -> list[Row]:
         unknown = set(e["metrics"]) - set(METRICS)
         if unknown:
             raise LeaderboardError(f"{path}: entry {i} ({e['method']}): unknown metrics {sorted(unknown)}")
-        trials = _trials_of_protocol(e["protocol"])
+        protocol = canonical_protocol(str(e["protocol"]))
+        trials = _trials_of_protocol(protocol)
+        flags = list(e.get("flags") or [])
+        flip = e.get("flip", True if FLIP_FLAG in flags else None)
+        if flip not in (True, False, None) or (flip is False and FLIP_FLAG in flags):
+            raise LeaderboardError(f"{path}: entry {i} ({e['method']}): flip={flip!r} contradicts its flags {flags}")
+        if flip and FLIP_FLAG not in flags:
+            flags.append(FLIP_FLAG)
         rows.append(
             Row(
                 method=e["method"],
-                protocol=e["protocol"],
+                protocol=protocol,
                 kind="published",
                 mean=_as_percent(e["metrics"], path),
                 trials=trials,
-                flags=list(e.get("flags") or []),
+                flags=flags,
                 source=e["source"] + (f" ({e['note']})" if e.get("note") else ""),
+                flip=flip,
             )
         )
     return rows
@@ -258,8 +296,8 @@ def _fmt(r: Row, k: str) -> str:
     return s
 
 
-_COLUMNS = ["#", "method", "R1", "R10", "R20", "mAP", "mINP", "trials", "feature", "re-rank", "recipe", "commit",
-            "flags", "source"]
+_COLUMNS = ["#", "method", "R1", "R10", "R20", "mAP", "mINP", "trials", "feature", "re-rank", FLIP_FLAG, "recipe",
+            "commit", "flags", "source"]
 
 
 def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
@@ -267,8 +305,11 @@ def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
         f"# {title}",
         "",
         "Generated by `vdreid leaderboard` (benchmarks/leaderboard.py); do not edit by hand. Metrics in percent,",
-        "mean ± std over the protocol's trials (SYSU: 10 gallery draws) or splits (RegDB: one model per split).",
-        "Each table holds one protocol string; rows of different protocols are never ranked against each other.",
+        "mean ± std over the protocol's trials (SYSU, LLCM: 10 gallery draws) or splits (RegDB: one model per",
+        "split). Each table holds one protocol string (dataset/direction/...); rows of different protocols are never",
+        "ranked against each other, and LLCM's swapped `test.py` form (`vis2ir_swapped`) has its own table.",
+        "The `flip-tta` column says whether features of the image and its flip were combined (test-time",
+        "augmentation; `-` where a published source does not say).",
         "Flags: `flip-tta` flip test-time augmentation, `input-HxW` larger input than 256x128, `approx` the source",
         "prints `~`, `regdb-trials-2-9-only` the released VD code evaluates splits 2..9 without a mean,",
         "`selected-on-test` checkpoint chosen on the test protocol, `mindspore-port` the MindSpore re-implementation.",
@@ -289,6 +330,7 @@ def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
                 r.trials,
                 r.feature_mode or "-",
                 ("yes" if r.rerank else "no") if r.kind == "ours" else "-",
+                {True: "yes", False: "no", None: "-"}[r.flip],
                 r.recipe or "-",
                 r.commit or "-",
                 ", ".join(r.flags) or "-",
@@ -301,7 +343,8 @@ def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
 
 def write_csv(rows: list[Row], path: str) -> None:
     fields = ["protocol", "rank", "kind", "method", "trials"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")]
-    fields += ["feature_mode", "rerank", "recipe", "model", "selection", "commit", "synthetic", "flags", "source"]
+    fields += ["feature_mode", "rerank", "flip_tta", "recipe", "model", "selection", "commit", "synthetic", "flags",
+               "source"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -309,7 +352,8 @@ def write_csv(rows: list[Row], path: str) -> None:
             for i, r in enumerate(rank_rows(table), 1):
                 rec: dict[str, Any] = {
                     "protocol": key, "rank": i, "kind": r.kind, "method": r.method, "trials": r.trials,
-                    "feature_mode": r.feature_mode, "rerank": r.rerank, "recipe": r.recipe, "model": r.model,
+                    "feature_mode": r.feature_mode, "rerank": r.rerank, "flip_tta": r.flip, "recipe": r.recipe,
+                    "model": r.model,
                     "selection": r.selection, "commit": r.commit, "synthetic": r.synthetic,
                     "flags": ";".join(r.flags), "source": r.source,
                 }
