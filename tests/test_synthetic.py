@@ -238,6 +238,11 @@ def test_hard_styles_keep_the_layouts_and_are_deterministic(tmp_path):
     assert main(["make-synthetic", "--layout", "sysu", "--preset", "tiny", "--seed", "4", "--style", "hard",
                  "--out", str(tmp_path / "cli")]) == 0
     assert tree_digest(os.path.join(tmp_path, "cli", "SYSU-MM01")) == tree_digest(a)
+    h = make_sysu(str(tmp_path / "h"), preset="hard", num_ids=8, images_per_cam=1, height=32, width=16)
+    assert json.load(open(os.path.join(h, ".vdreid_synthetic.json")))["style"] == "hard"  # the preset's style
+    h2 = make_sysu(str(tmp_path / "h2"), preset="hard", num_ids=8, images_per_cam=1, height=32, width=16,
+                   style="classic")
+    assert "style" not in json.load(open(os.path.join(h2, ".vdreid_synthetic.json")))
     with pytest.raises(ValueError, match="unknown synthetic style 'harder'"):
         style_kit("harder")
 

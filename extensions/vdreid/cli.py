@@ -2,7 +2,7 @@
 
     vdreid train   --config-file F [--trial N | --all-trials] [--resume PATH] [KEY VALUE ...]
     vdreid test    [--config-file F] --checkpoint PATH [--trials N] [--feature-mode M] [--rerank] [--visrank]
-    vdreid make-synthetic --layout sysu|regdb|llcm --out DIR [--preset demo|tiny] [--seed S] [--style hard]
+    vdreid make-synthetic --layout sysu|regdb|llcm --out DIR [--preset demo|tiny|hard] [--seed S] [--style S]
     vdreid leaderboard [--runs DIR ...] [--out benchmarks/LEADERBOARD.md]
     vdreid tsne    [--config-file F] --checkpoint PATH [--out DIR] [--modes z_ir,z_vis,shared_z]
     vdreid export  [--config-file F] --checkpoint PATH --out model.onnx [--feature-mode M]
@@ -270,7 +270,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     from vdreid.data import synthetic
 
     fn = {"sysu": synthetic.make_sysu, "regdb": synthetic.make_regdb, "llcm": synthetic.make_llcm}[args.layout]
-    kw: dict[str, Any] = {} if args.style == "classic" else {"style": args.style}
+    kw: dict[str, Any] = {} if args.style is None else {"style": args.style}
     if args.num_ids:
         kw["num_ids"] = args.num_ids
     path = fn(args.out, seed=args.seed, preset=args.preset, **kw)
@@ -442,11 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-synthetic", help="write a synthetic SYSU-MM01, RegDB or LLCM tree")
     p.add_argument("--layout", choices=("sysu", "regdb", "llcm"), required=True)
     p.add_argument("--out", required=True, help="data root (SYSU-MM01/, RegDB/ or LLCM/ is created inside)")
-    p.add_argument("--preset", choices=("demo", "tiny"), default="demo")
+    p.add_argument("--preset", choices=("demo", "tiny", "hard"), default="demo",
+                   help="size (and style): tiny (tests), demo, hard (the quickstart's tree: hard style, 200 ids)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--style", choices=("classic", "hard", "shift"), default="classic",
-                   help="classic: the fast attribute-grid people; hard: shape/texture/accessory identities with "
-                        "viewpoint, occluder and sensor variation; shift: hard's held-out sibling (transfer checks)")
+    p.add_argument("--style", choices=("classic", "hard", "shift"), default=None,
+                   help="default the preset's. classic: the fast attribute-grid people; hard: shape/texture/accessory "
+                        "identities with viewpoint, occluder and sensor variation; shift: hard's held-out sibling")
     p.add_argument("--num-ids", type=int, default=0, help="identities in the split files (0: the preset's)")
     p.set_defaults(func=cmd_make_synthetic)
 

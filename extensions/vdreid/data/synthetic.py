@@ -323,10 +323,13 @@ SYSU_PRESETS: dict[str, dict] = {
     "tiny": dict(num_ids=16, images_per_cam=2, height=32, width=16, num_stray=2, rand_perm=False),
     # demo: 110 ids (64 train / 10 val / 36 test) at 128x64, ~2,300 images, a few seconds
     "demo": dict(num_ids=110, images_per_cam=4, height=128, width=64, num_stray=4, rand_perm=True),
+    # the quickstart demo: the hard style, 200 ids (116 train / 18 val / 66 test), ~3,000 images at 128x64
+    "hard": dict(num_ids=200, images_per_cam=3, height=128, width=64, num_stray=4, rand_perm=True, style="hard"),
 }
 REGDB_PRESETS: dict[str, dict] = {
     "tiny": dict(num_ids=12, images_per_id=3, height=32, width=16, num_stray=1),
     "demo": dict(num_ids=90, images_per_id=8, height=128, width=64, num_stray=2),
+    "hard": dict(num_ids=200, images_per_id=6, height=128, width=64, num_stray=2, style="hard"),
 }
 
 
@@ -438,7 +441,7 @@ def make_sysu(
     num_stray: int | None = None,
     rand_perm: bool | None = None,
     overwrite: bool = False,
-    style: str = "classic",
+    style: str | None = None,
 ) -> str:
     """Write a synthetic SYSU-MM01 tree to ``<root>/SYSU-MM01`` and return that path.
 
@@ -446,15 +449,16 @@ def make_sysu(
         root: data root (the folder that will hold ``SYSU-MM01/``).
         num_ids: identities listed in the split files (train/val/test about 58/9/33 %).
         seed: everything (identities, camera coverage, poses, noise) is a function of the seed.
-        preset: ``'tiny'`` (tests) or ``'demo'``; explicit arguments override the preset.
+        preset: ``'tiny'`` (tests), ``'demo'`` or ``'hard'`` (the quickstart's: hard style, 200 identities);
+            explicit arguments override the preset.
         images_per_cam: images per (identity, camera) folder.
         height, width: base image size; cameras scale it (surveillance cams 4/5 are smaller).
         num_stray: extra single-modality identity folders that no split file lists.
         rand_perm: also write ``exp/rand_perm_cam.mat`` for the official gallery sampler (10 permutation rows).
         overwrite: replace an existing synthetic tree made with other arguments (an identical one is kept as is;
             a folder not written by this module is never touched).
-        style: ``'classic'``, ``'hard'`` or ``'shift'`` (see :func:`style_kit`); the layout, splits and camera
-            coverage are the same in every style.
+        style: ``'classic'``, ``'hard'`` or ``'shift'`` (see :func:`style_kit`); default the preset's (``'hard'``
+            for the ``hard`` preset, else ``'classic'``). Layout, splits and camera coverage are those of every style.
 
     Camera coverage mimics the real data: cam1/cam2 hold the same subset of identities (about 60 %), so some test
     identities have no indoor gallery; a few test identities lack cam3; every train/val identity has both modalities.
@@ -464,9 +468,10 @@ def make_sysu(
         preset,
         dict(
             num_ids=num_ids, images_per_cam=images_per_cam, height=height, width=width, num_stray=num_stray,
-            rand_perm=rand_perm,
+            rand_perm=rand_perm, style=style,
         ),
     )
+    style = cfg.pop("style", "classic")
     n, k, H, W = cfg["num_ids"], cfg["images_per_cam"], cfg["height"], cfg["width"]
     n_stray = cfg["num_stray"]
     if k < 1 or H < 8 or W < 4:
@@ -584,7 +589,7 @@ def make_regdb(
     num_stray: int | None = None,
     num_trials: int = 10,
     overwrite: bool = False,
-    style: str = "classic",
+    style: str | None = None,
 ) -> str:
     """Write a synthetic RegDB tree to ``<root>/RegDB`` and return that path.
 
@@ -597,8 +602,10 @@ def make_regdb(
     cfg = _resolve(
         REGDB_PRESETS,
         preset,
-        dict(num_ids=num_ids, images_per_id=images_per_id, height=height, width=width, num_stray=num_stray),
+        dict(num_ids=num_ids, images_per_id=images_per_id, height=height, width=width, num_stray=num_stray,
+             style=style),
     )
+    style = cfg.pop("style", "classic")
     n, k, H, W, n_stray = cfg["num_ids"], cfg["images_per_id"], cfg["height"], cfg["width"], cfg["num_stray"]
     if n < 4 or k < 1:
         raise ValueError(f"make_regdb: num_ids >= 4 and images_per_id >= 1 expected, got {n}, {k}")
