@@ -205,8 +205,6 @@ def _build_for_checkpoint(args: argparse.Namespace, extra: list[str]):
     from_original`) and needs ``--config-file`` for the data; a plain torchreid state dict needs ``--config-file``.
     """
     from vdreid import builders
-    from vdreid.engine import load_model_weights
-    from vdreid.models.original import from_original
 
     ckpt = _read_checkpoint(args.checkpoint)
     original = ckpt is not None and ckpt.kind in ("agw", "vd_official")
@@ -220,18 +218,14 @@ def _build_for_checkpoint(args: argparse.Namespace, extra: list[str]):
     first = _original_overrides(ckpt) if original else None
     cfg = _cfg_from_args(args, extra, ckpt.config if ckpt is not None else None, first=first)
     dm = builders.build_datamanager(cfg)
-    c = cfg.clone()
-    c.defrost()
-    c.model.pretrained = False  # the checkpoint holds every weight
-    num_classes = dm.num_train_pids
-    if original:  # the authors' classifier size, whatever the data manager's training set
-        from vdreid.models.original import original_model_kwargs
-
-        num_classes = original_model_kwargs(ckpt.kind, ckpt.state_dict)["num_classes"]
-    model = builders.build_model(c, num_classes)
-    if ckpt is not None:
-        state = from_original(ckpt.kind, ckpt.state_dict, model) if original else ckpt.state_dict
-        load_model_weights(model, state, source=args.checkpoint)
+    if ckpt is None:
+        c = cfg.clone()
+        c.defrost()
+        c.model.pretrained = False
+        return cfg, dm, builders.build_model(c, dm.num_train_pids), None
+    # the same rebuild as torchreid's FeatureExtractor given a vdreid checkpoint; an original checkpoint keeps the
+    # authors' classifier size, whatever the data manager's training set
+    model = builders.build_model_from_checkpoint(ckpt, cfg, num_classes=None if original else dm.num_train_pids)
     return cfg, dm, model, ckpt
 
 

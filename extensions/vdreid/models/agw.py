@@ -111,6 +111,8 @@ class AGWNet(nn.Module):
     """
 
     feature_modes = FEATURE_MODES
+    needs_vdreid_engine = True  # torchreid's engines pass no modality and apply one fixed loss to a NeckOutput
+    test_needs_modality = True  # each image goes through its modality's stem, in eval too
 
     def __init__(
         self,

@@ -97,6 +97,8 @@ class VDNet(nn.Module):
         config: the build arguments, kept for checkpoints and provenance.
     """
 
+    needs_vdreid_engine = True  # torchreid's engines pass no modality and apply one fixed loss to a VDOutput
+
     def __init__(
         self,
         branches: nn.ModuleDict,
@@ -141,6 +143,13 @@ class VDNet(nn.Module):
     def feature_modes(self) -> tuple[str, ...]:
         """The feature modes this network can compute (every mode whose branches and bottlenecks exist)."""
         return tuple(m for m in FEATURE_MODES if not self.missing_for(m))
+
+    @property
+    def test_needs_modality(self) -> bool:
+        """Whether the eval feature of ``feature_mode`` needs ``modality``: a ``*_specific`` mode, or a concatenation
+        holding the modality-specific slot of ``routing='modality'``."""
+        mode = self.feature_mode
+        return mode.endswith("_specific") or (mode.endswith("_concat") and "specific" in self._concat_slots())
 
     def missing_for(self, mode: str) -> list[str]:
         """Branches ('ir', ...) or bottlenecks ('B_ir', ...) that feature ``mode`` needs and this net lacks."""
