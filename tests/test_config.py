@@ -235,11 +235,12 @@ def test_every_distinct_model_builds(path):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from vdreid.data.synthetic import make_regdb, make_sysu
+    from vdreid.data.synthetic import make_llcm, make_regdb, make_sysu
 
     root = tmp_path_factory.mktemp("cfg_data")
     make_sysu(str(root), preset="tiny", seed=0, rand_perm=True)
     make_regdb(str(root), preset="tiny", seed=0)
+    make_llcm(str(root), preset="tiny", seed=0)
     return str(root)
 
 
@@ -255,6 +256,8 @@ def test_every_distinct_data_setting_builds(path, data_root):
     if target.startswith("sysu"):
         sysu = cfg.data.sysu
         assert proto.startswith(f"sysu/{sysu.direction}/{sysu.search_mode}/single-shot/{sysu.gallery_sampler}/")
+    elif target.startswith("llcm"):
+        assert proto == f"llcm/{cfg.data.llcm.direction}/deen/{cfg.data.llcm.num_trials} trials"
     else:
         direction = {"v2t": "vis2ir", "t2v": "ir2vis"}.get(cfg.data.regdb.direction, cfg.data.regdb.direction)
         assert proto == f"regdb/{direction}/trial-{cfg.data.regdb.trial}"
