@@ -9,6 +9,7 @@ order on ties differs (duplicated features) and when an engine proposes the wors
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 
@@ -236,3 +237,15 @@ def test_bad_input_names_the_argument(call, match):
 def test_empty_query_set():
     res = search(np.zeros((0, 3), np.float32), np.eye(3, dtype=np.float32), 2)
     assert res.indices.shape == (0, 2)
+
+
+def test_gpu_check_without_gpu_says_so_and_exits_0(monkeypatch, capsys):
+    import os.path as osp
+
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "benchmarks", "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert mod.main([]) == 0
+    assert "no CUDA GPU" in capsys.readouterr().out

@@ -40,8 +40,9 @@ GPU_MAX_K = 2048
 GALLERY_BLOCK_BYTES = 256 << 20
 #: faiss GPU kNN tiles the host gallery / queries into chunks of at most this size (gallery larger than the GPU)
 GPU_MEMORY_LIMIT = 2 << 30
-#: distance entries per torch block (GEMM + running top-k)
-TORCH_BLOCK = 1 << 23
+#: distance entries per torch block (GEMM + running top-k) and query rows per block: wide GEMMs
+TORCH_BLOCK = 1 << 24
+TORCH_ROWS = 2048
 APPROXIMATE = ("hnsw", "ivf")
 
 
@@ -92,7 +93,8 @@ class GalleryIndex:
             )
         self.size = g.shape[0]
         self.dim = g.shape[1]
-        self._feats = _Features(g[:0], g, metric)
+        # no float64 copy of the gallery: only a few candidates per query need exact distances
+        self._feats = _Features(g[:0], g, metric, cache_gallery=False)
         self._faiss = _backend.import_faiss() if self.backend.name == "faiss" else None
         self._blocks: list[tuple[object, int]] = []
         self._gpu_res = None
@@ -213,8 +215,8 @@ class GalleryIndex:
         dev = torch.device("cuda" if self.backend.device == "cuda" and torch.cuda.is_available() else "cpu")
         gt = self._gt
         G = gt.shape[0]
-        rb = max(1, min(rows.size, TORCH_BLOCK // min(G, 65536)))
-        cb = max(1, min(G, TORCH_BLOCK // rb))
+        rb = max(1, min(rows.size, TORCH_ROWS, TORCH_BLOCK))
+        cb = max(1, min(G, max(kk, TORCH_BLOCK // rb)))
         outv = np.empty((rows.size, kk), np.float64)
         outi = np.empty((rows.size, kk), np.int64)
         qall = torch.from_numpy(feats.q32)

@@ -83,18 +83,19 @@ class _Features:
     The gallery side is prepared once; :meth:`with_queries` pairs it with another query set (a gallery index
     searched many times)."""
 
-    def __init__(self, qf: np.ndarray, gf: np.ndarray, metric: str, chunk: int = 1 << 16) -> None:
+    def __init__(self, qf: np.ndarray, gf: np.ndarray, metric: str, chunk: int = 1 << 16,
+                 cache_gallery: bool = True) -> None:
         self.metric = metric
         self.dim = gf.shape[1]
-        self._prepare_gallery(gf, chunk)
+        self._prepare_gallery(gf, chunk, cache_gallery)
         self._prepare_queries(qf)
 
-    def _prepare_gallery(self, gf: np.ndarray, chunk: int) -> None:
+    def _prepare_gallery(self, gf: np.ndarray, chunk: int, cache_gallery: bool) -> None:
         self.gsrc = gf
         # cached float64 gallery when small enough: exact() then never re-normalises gallery rows (at 10k x 10k,
         # D=2048 the per-call re-normalisation was 2.2 s of 13.6 s)
         self.g64 = None
-        cache_g = gf.size * 8 <= CACHE64_MAX_BYTES
+        cache_g = cache_gallery and gf.size * 8 <= CACHE64_MAX_BYTES
         if self.metric == "cosine":
             if cache_g:
                 self.g64 = _normalized64(gf)
