@@ -119,11 +119,11 @@ def get_default_config() -> CN:
     cfg.train.checkpoint_every = 0  # also keep epoch_NNN.pth every N epochs (0: only latest.pth and the best)
     cfg.train.use_gpu = True  # use CUDA when available
 
-    # ---------------------------------------------------------------- loss (the Re-ID terms every method shares)
+    # ---------------------------------------------------------------- loss (VD's L_cls and L_metric, Eq. 17)
     cfg.loss = CN()
-    cfg.loss.ce = 1.0  # identity (cross-entropy) loss weight
+    cfg.loss.ce = 1.0  # identity (label-smoothed cross-entropy) loss weight
     cfg.loss.label_smooth = 0.1
-    cfg.loss.metric = ""  # "" = the method's: VD ranked_list | triplet | official_rank | none; AGW wrt | triplet
+    cfg.loss.metric = ""  # "" = the recipe's (paper: ranked_list, official: official_rank) | triplet | none
     cfg.loss.metric_weight = 1.0
     cfg.loss.triplet_margin = 0.3
 
@@ -148,6 +148,18 @@ def get_default_config() -> CN:
     return cfg
 
 
+def _check_dataset_sections(cfg: CN) -> None:
+    """Each dataset family checks its own section (``from_config`` raises a ConfigError naming the key)."""
+    from vdreid.data import DATASET_REGISTRY
+
+    seen: set[str] = set()
+    for cls in DATASET_REGISTRY.values():
+        section = getattr(cls, "config_section", None)
+        if section and section not in seen and hasattr(cls, "from_config") and section in cfg.data:
+            seen.add(section)
+            cls.from_config(cfg.data[section])
+
+
 def _dataset_sections() -> dict[str, CN]:
     """Config sections of the dataset families, each from its class (``config_section``, ``config()``)."""
     from vdreid.data import DATASET_REGISTRY
@@ -157,18 +169,6 @@ def _dataset_sections() -> dict[str, CN]:
         section = getattr(cls, "config_section", None)
         if section and section not in out and hasattr(cls, "config"):
             out[section] = cls.config()
-    if "sysu" not in out:  # TODO(lead): drop once SYSUMM01 owns its section (config()/from_config())
-        out["sysu"] = CN()
-        out["sysu"].search_mode = "all"  # all | indoor
-        out["sysu"].shots = 1  # 1 (single-shot) | 10 (multi-shot)
-        out["sysu"].gallery_sampler = "agw"  # agw (random.seed(0..9) draws) | official (rand_perm_cam.mat)
-        out["sysu"].rand_perm_path = ""
-        out["sysu"].val_for_selection = False  # train on 296 train ids, select on the 99 val ids
-        out["sysu"].num_trials = 10
-    if "regdb" not in out:  # TODO(lead): drop once RegDB owns its section
-        out["regdb"] = CN()
-        out["regdb"].trial = 1  # split 1..10 (each split needs its own training)
-        out["regdb"].direction = "v2t"  # v2t (visible query) | t2v
     return out
 
 
@@ -431,10 +431,6 @@ def explicit_keys(cfg: CN) -> frozenset[str]:
 
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.sysu.search_mode": ("all", "indoor"),
-    "data.sysu.shots": (1, 10),
-    "data.sysu.gallery_sampler": ("agw", "official"),
-    "data.regdb.direction": ("v2t", "t2v"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.selection": ("final", "val", "test"),
     "train.optim": ("adam", "sgd"),
@@ -458,8 +454,7 @@ def check_values(cfg: CN) -> None:
         v = _get(cfg, key)
         if v not in choices:
             raise ConfigError(f"config key '{key}': {v!r} is not one of {list(choices)}")
-    if not 1 <= cfg.data.regdb.trial <= 10:
-        raise ConfigError(f"config key 'data.regdb.trial': RegDB has splits 1..10, got {cfg.data.regdb.trial}")
+    _check_dataset_sections(cfg)
     for key in ("data.height", "data.width", "sampler.num_ids", "sampler.num_instances", "train.max_epoch"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}': must be positive, got {_get(cfg, key)}")
@@ -471,7 +466,15 @@ def check_values(cfg: CN) -> None:
                           "once per epoch), 'images' (AGW: max(#visible, #infrared) images) or a number of iterations")
     from vdreid import methods
 
-    methods.get(cfg.model.method).check_config(cfg)
+    method = methods.get(cfg.model.method)
+    method.check_config(cfg)
+    own = {method.section, *method.extra_sections}
+    foreign = {s for m in methods.all_methods() for s in (m.section, *m.extra_sections)} - own
+    stray = sorted(k for k in getattr(cfg, "_explicit_keys", ()) if k.split(".")[0] in foreign)
+    if stray:
+        raise ConfigError(f"config key '{stray[0]}' belongs to another method than model.method "
+                          f"'{method.name}' (which reads {sorted(own)}); remove it"
+                          + (f" (and {len(stray) - 1} more: {stray[1:4]})" if len(stray) > 1 else ""))
     check_ranges(cfg)
 
 
@@ -498,7 +501,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "data.norm_mean": ((lambda v: True), "a finite number"),
     "data.norm_std": _positive(),
     "data.sysu.num_trials": _at_least(1, _INT),
-    "data.regdb.trial": ((lambda v: 1 <= v <= 10), "an integer in 1..10 (the ten RegDB splits)"),
+    "data.regdb.trial": ((lambda v: 1 <= v <= 10), "an integer in 1..10 (RegDB has splits 1..10)"),
     "sampler.num_ids": _at_least(1, _INT),
     "sampler.num_instances": _at_least(1, _INT),
     "sampler.seed": _SEED,

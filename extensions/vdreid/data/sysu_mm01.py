@@ -124,7 +124,16 @@ class SYSUMM01(VIImageDataset):
 
     @classmethod
     def from_config(cls, node: Any) -> dict[str, Any]:
-        """Constructor keyword arguments from a ``data.sysu`` section."""
+        """Constructor keyword arguments from a ``data.sysu`` section (values checked, errors name the key)."""
+        from vdreid.errors import ConfigError
+
+        for key, value, choices in (("search_mode", node.search_mode, tuple(SEARCH_CAMS)),
+                                    ("shots", node.shots, (1, 10)),
+                                    ("gallery_sampler", node.gallery_sampler, ("agw", "official"))):
+            if value not in choices:
+                raise ConfigError(f"config key 'data.sysu.{key}': {value!r} is not one of {list(choices)}")
+        if int(node.num_trials) < 1:
+            raise ConfigError(f"config key 'data.sysu.num_trials': must be >= 1, got {node.num_trials}")
         return {
             "search_mode": node.search_mode,
             "shots": int(node.shots),

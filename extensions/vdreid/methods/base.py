@@ -33,6 +33,8 @@ class Method(ABC):
     name: ClassVar[str] = ""
     #: the method's own config section (``cfg.<section>``); its defaults come from :meth:`config`
     section: ClassVar[str] = ""
+    #: other top-level sections only this method reads (their keys are an error under another method)
+    extra_sections: ClassVar[tuple[str, ...]] = ()
     #: torchreid model-factory names this method registers (``model.name`` must be one of them)
     model_names: ClassVar[tuple[str, ...]] = ()
     #: test-feature modes the model offers, and the default one
