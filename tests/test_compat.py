@@ -88,3 +88,57 @@ def test_load_checkpoint_errors(tmp_path):
     ok = tmp_path / "ok.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, ok)
     assert compat.load_checkpoint(str(ok))["epoch"] == 3
+
+
+# ------------------------------------------------------------------------------------- torchreid entry points
+UPSTREAM_INTEROP = UPSTREAM_SIM[: UPSTREAM_SIM.index("import vdreid")] + textwrap.dedent(
+    """
+    import importlib
+    from types import SimpleNamespace
+
+    import torchreid
+    import vdreid
+    from vdreid import compat
+    from vdreid.errors import ConfigError
+
+    assert compat.TORCHREID_LAYOUT == "torchreid", compat.TORCHREID_LAYOUT
+    for _ in range(2):  # patched at import, and again (not nested) after a reload of compat
+        for owner, attr in [(torchreid.engine.ImageSoftmaxEngine, "__init__"), (torchreid.engine.Engine, "test"),
+                            (torchreid.utils.FeatureExtractor, "__call__")]:
+            fn = owner.__dict__[attr]
+            assert fn.__wrapped__ is fn.__vdreid_original__, (owner, attr)
+            assert fn.__vdreid_original__.__module__.split(".")[0] == "torchreid", (owner, attr)
+        model = torchreid.models.build_model("agw_resnet18", 4, pretrained=False)
+        try:
+            torchreid.engine.ImageTripletEngine(SimpleNamespace(), model, None, use_gpu=False)
+            raise SystemExit("AGW was not refused")
+        except ConfigError as exc:
+            assert "vdreid.engine.VIEngine" in str(exc), exc
+        importlib.reload(compat)
+    print("upstream-interop-ok")
+    """
+)
+
+
+def test_torchreid_patches_in_the_upstream_layout():
+    r = subprocess.run([sys.executable, "-c", UPSTREAM_INTEROP], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "upstream-interop-ok" in r.stdout
+
+
+def test_torchreid_patches_are_installed_once():
+    import importlib
+
+    from vdreid import compat
+
+    targets = [(compat.engine.ImageSoftmaxEngine, "__init__"), (compat.engine.ImageTripletEngine, "__init__"),
+               (compat.engine.VideoSoftmaxEngine, "__init__"), (compat.engine.VideoTripletEngine, "__init__"),
+               (compat.Engine, "test"), (compat.utils.FeatureExtractor, "__init__"),
+               (compat.utils.FeatureExtractor, "__call__")]
+    originals = [owner.__dict__[attr].__vdreid_original__ for owner, attr in targets]
+    compat.install_torchreid_patches()
+    importlib.reload(compat)
+    for (owner, attr), original in zip(targets, originals):
+        fn = owner.__dict__[attr]
+        assert fn.__vdreid_original__ is original and fn.__wrapped__ is original, (owner, attr)
+        assert original.__module__.split(".")[0] == "torchreid", (owner, attr)
