@@ -70,8 +70,11 @@ setup(
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require={
-        "cpu": ["faiss-cpu"],
-        "gpu": ["faiss-gpu"],
+        # faiss for top-k search and re-ranking (vdreid works without it, through torch). Pick ONE of cpu / gpu:
+        # faiss-cpu and faiss-gpu ship the same `faiss` module. faiss-gpu 1.15.1 is an abi3 wheel for Python >= 3.10
+        # on x86_64 Linux that pulls the CUDA 12 runtime and cuBLAS from pip (nvidia-*-cu12), next to a CUDA 13 torch.
+        "cpu": ["faiss-cpu>=1.8.0"],
+        "gpu": ["faiss-gpu>=1.15.1"],
         "onnx": ["onnx", "onnxruntime"],
         "dev": ["pytest", "ruff", "onnx", "onnxruntime"],
     },
