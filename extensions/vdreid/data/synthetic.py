@@ -1,6 +1,6 @@
 """Procedural visible-infrared pedestrians written in the exact SYSU-MM01 and RegDB layouts.
 
-Demos and tests run the real loaders on these trees (spec sections 1.1, 1.2 and 4). Each identity is a combination
+Demos and tests run the real loaders on these trees (``docs/protocols.md``). Each identity is a combination
 of discrete attributes chosen so that any two identities differ in at least two attributes that survive the infrared
 rendering (body height, build, upper-garment pattern, lower garment type, carried object, hat, garment warmth); the
 garment colours and skin tone are visible-only cues. Infrared images are thermal-like: warm skin, lukewarm clothes
@@ -16,9 +16,12 @@ Layouts written:
 * ``<root>/RegDB/{Visible,Thermal}/<id>/<sex>_<view>_{v,t}_<nnnnn>_<k>.bmp`` and
   ``idx/{train,test}_{visible,thermal}_{1..10}.txt`` (``<relative path> <label>``; labels restart at 0 in each file
   pair, so test label k and train label k are different people).
+* ``<root>/LLCM/{vis,nir}/<pid:04d>/<pid:04d>_c<cam:02d>_s<nnnnnn>_f<frame>_{vis,nir}.jpg``, ``idx/test_id.txt``,
+  ``idx/{train,test}_{vis,nir}.txt`` and the test images copied into ``test_{vis,nir}/cam{1..9}/<pid:04d>/`` with an
+  empty near-infrared ``cam3`` (:func:`make_llcm`).
 
-Both trees also contain a few "stray" single-modality identity folders that no split file lists, as the real data
-does (spec 1.3), so tests can check that loaders ignore them.
+The SYSU-MM01 and RegDB trees also contain a few "stray" single-modality identity folders that no split file lists,
+as the real data does, so tests can check that loaders ignore them.
 """
 
 from __future__ import annotations
@@ -285,7 +288,7 @@ def render(person: Identity, cam: Camera, pose: Pose, height: int, width: int) -
     # --- paint
     if cam.infrared:
         # temperatures: skin hot, thin clothes lukewarm, thick clothes cooler, pattern = emissivity bands,
-        # accessories and hair cold (spec: infrared keeps shape and pattern, loses colour)
+        # accessories and hair cold (infrared keeps shape and pattern, loses colour)
         t_cloth = 0.50 + 0.12 * WARMTH[person.warmth]
         img = bg[..., :1].copy()
         img[upper] = t_cloth
@@ -521,7 +524,7 @@ def make_sysu(
         if not {1, 2, 4} & set(cams) or rng.random() < 0.9:
             cams.append(5)
         cams_of[pid] = sorted(cams)
-    for j, pid in enumerate(stray_ids):  # single-modality folders (spec 1.3: e.g. id 9 in cam4+cam5, id 26 in cam6)
+    for j, pid in enumerate(stray_ids):  # single-modality folders (real data: id 9 in cam4+5, id 26 in cam6)
         cams_of[pid] = [4, 5] if j % 2 == 0 else [6]
 
     for c in range(1, 7):
@@ -551,7 +554,7 @@ def make_sysu(
 
 
 def write_rand_perm_cam(sysu_dir: str, out_path: str, num_trials: int = 10, seed: int = 0) -> str:
-    """Write an official-kit style ``rand_perm_cam.mat`` for the tree at ``sysu_dir`` (spec 1.3 / 3.4).
+    """Write an official-kit style ``rand_perm_cam.mat`` for the tree at ``sysu_dir``.
 
     ``rand_perm_cam{cam}{pid}`` is a ``num_trials x n`` matrix of 1-based positions into the sorted image list of
     ``cam<cam>/<pid:04d>`` (each row a permutation of 1..n); cells of missing folders are empty. The real file comes
@@ -596,7 +599,7 @@ def make_regdb(
     Each identity has ``images_per_id`` co-registered visible/thermal pairs (the same pose in both, as RegDB's two
     aligned cameras). For each trial t in 1..``num_trials`` the identities are split in half at random (seeded by
     ``seed`` and t): ``idx/train_{visible,thermal}_t.txt`` list the train half with labels 0..n-1 in ascending id
-    order, ``idx/test_*_t.txt`` the other half with labels restarting at 0 (spec section 4). ``preset``,
+    order, ``idx/test_*_t.txt`` the other half with labels restarting at 0 (``docs/protocols.md``, "RegDB"). ``preset``,
     ``overwrite`` and ``style`` work as in :func:`make_sysu`.
     """
     cfg = _resolve(

@@ -2,7 +2,7 @@
 :func:`vdreid.evaluation.evaluate_features`.
 
 Why our own code instead of ``argsort`` (torchreid / AGW): a full sort of every query row costs
-``O(Q G log G)`` time and ``Q x G`` memory. The AGW metrics (spec section 3) need much less:
+``O(Q G log G)`` time and ``Q x G`` memory. The AGW metrics (``docs/protocols.md``, "Metrics") need much less:
 
 * mAP and mINP need, for every positive gallery item ``k`` of a query, its 0-based rank ``r_k`` in the
   kept (non-excluded) list, which is a *count* of gallery items ranked before it. Counting can be done one
@@ -14,7 +14,7 @@ Why our own code instead of ``argsort`` (torchreid / AGW): a full sort of every 
 
 Order (ties): gallery items are ranked by the key ``(distance, gallery index)``, i.e. ascending distance with
 ties broken by the gallery index (a stable sort, like MATLAB's ``sort`` in the official SYSU kit; AGW's
-``np.argsort`` is unstable, spec section 7 trap 18).
+``np.argsort`` is unstable; it matters only for exactly equal distances).
 
 Exactness with approximate blocks: the blocks may be computed in float32 (GEMM, faiss, GPU). Each row carries
 a band ``b`` that bounds the absolute error of a block entry with respect to the exact distance (``b = 0`` when
@@ -369,7 +369,7 @@ def _dedup_block(
 
 
 def aggregate(stats_list: list[RankStats], num_queries: int, max_rank: int, cmc_mode: str) -> dict:
-    """CMC / mAP / mINP (fractions) from rank statistics, AGW definitions (spec section 3.1/3.2)."""
+    """CMC / mAP / mINP (fractions) from rank statistics, AGW definitions (``docs/protocols.md``, "Metrics")."""
     ap, inp, first, dd = [], [], [], []
     for s in stats_list:
         if s.rows.size == 0:
