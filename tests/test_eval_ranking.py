@@ -1,5 +1,5 @@
 """vdreid.evaluation.evaluate_features: every backend and block size equals the AGW definitions applied to the
-exact float64 distance matrix, computed here from the definition (spec 2.3: -cosine of L2-normalised features).
+exact float64 distance matrix, computed here from the definition (AGW test.py: -cosine of L2-normalised features).
 
 The reference evaluator is an independent loop restatement of AGW's eval_sysu / eval_regdb (stable ties, CMC
 padded with its last value), the distance matrix an explicit broadcast in float64.
@@ -248,3 +248,29 @@ def test_without_faiss_evaluation_runs_through_torch(monkeypatch):
             evaluate_features(qf, gf, qp, gp, qc, gc, backend="faiss")
     finally:
         backend._reset_for_tests()
+
+
+def test_run_protocol_records_engine_and_approximate_flag(sysu_root, tmp_path):
+    import json
+
+    from vdreid.data import SYSUMM01
+    from vdreid.evaluation import run_protocol
+
+    ds = SYSUMM01(sysu_root)
+    rng = np.random.default_rng(0)
+    qp = np.array([it[1] for it in ds.query])
+    gp = np.array([it[1] for it in ds.gallery])
+    qc = np.array([it[2] for it in ds.query])
+    gc = np.array([it[2] for it in ds.gallery])
+    qf = rng.normal(size=(len(qp), 8)).astype(np.float32)
+    gf = rng.normal(size=(len(gp), 8)).astype(np.float32)
+    exact = run_protocol(ds.protocol, qf, gf, qp, gp, qc, gc)
+    assert exact.backend == "torch:cpu" and exact.approximate is False
+    assert "APPROXIMATE" not in exact.table()
+    rep = run_protocol(ds.protocol, qf, gf, qp, gp, qc, gc, approximate="ivf")
+    assert rep.approximate is True and rep.backend == "faiss:cpu"
+    assert "APPROXIMATE" in rep.table()
+    d = json.loads(open(rep.to_json(str(tmp_path / "r.json"))).read())
+    assert d["approximate"] is True and d["backend"] == "faiss:cpu"
+    both = run_protocol(ds.protocol, qf, gf, qp, gp, qc, gc, backend="faiss")
+    assert both.backend == "faiss:cpu+torch:cpu" and both.per_trial == exact.per_trial

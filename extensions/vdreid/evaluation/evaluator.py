@@ -110,6 +110,8 @@ class EvalReport:
         head = f"{'':>8}" + "".join(f"{k:>9}" for k in METRIC_KEYS) + f"{'valid q':>9}"
         lines = [f"protocol: {self.protocol_name} | metric={self.metric} rerank={self.rerank} flip={self.flip}",
                  head]
+        if self.approximate:
+            lines.insert(1, "APPROXIMATE: lists from a faiss HNSW/IVF index, not comparable with exact metrics")
         if self.num_trials > 1:
             for i, t in enumerate(self.per_trial):
                 lines.append(

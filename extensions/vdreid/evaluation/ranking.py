@@ -7,8 +7,8 @@ whose float32 value is too close to a positive's exact distance to decide are re
 
 Exact distances (the definition every backend reproduces):
 
-* ``'cosine'``: ``-<q/|q|, g/|g|>`` (AGW's ``-(q @ g.T)`` on L2-normalised features, spec section 2.3), with
-  ``|x|`` floored at 1e-12 like ``torch.nn.functional.normalize`` (an all-zero feature is at distance 0 to all).
+* ``'cosine'``: ``-<q/|q|, g/|g|>`` (AGW ``test.py``'s ``-(q @ g.T)`` on L2-normalised features), with ``|x|``
+  floored at 1e-12 like ``torch.nn.functional.normalize`` (an all-zero feature is at distance 0 to all).
 * ``'euclidean'``: ``sum((q - g) ** 2)`` (squared, which ranks like the Euclidean distance).
 
 Both computed in float64 with numpy's pairwise summation. Ties are broken by gallery index.
