@@ -313,3 +313,29 @@ def test_vd_test_needs_modality_says_what_the_forward_needs():
                 assert "modality" in str(exc)
                 needed = True
             assert net.test_needs_modality is needed, (routing, mode)
+
+
+def test_protocol_differences_name_each_departure():
+    from vdreid.data import Protocol
+    from vdreid.interop import protocol_differences
+
+    def proto(**kw):
+        base = dict(name="p", query=np.arange(4), gallery_trials=[np.arange(6)], cmc_mode="standard")
+        return Protocol(**{**base, **kw})
+
+    assert protocol_differences(proto(), 4, 6, [0, 0], [1, 1]) == []  # RegDB's shape: torchreid's own rule
+    (d,) = protocol_differences(proto(gallery_trials=[np.arange(3), np.arange(3, 6)]), 4, 6)
+    assert "union of the protocol's 2 gallery trials" in d
+    (d,) = protocol_differences(proto(gallery_trials=[np.arange(3)]), 4, 6)
+    assert "all 6 gallery images instead of the protocol's 3" in d
+    (d,) = protocol_differences(proto(query=np.arange(2)), 4, 6)
+    assert "query set" in d
+    (d,) = protocol_differences(proto(exclude_cam_pairs=((2, 1), (5, 4))), 4, 6)
+    assert "cam3->cam2, cam6->cam5" in d
+    (d,) = protocol_differences(proto(cmc_mode="dedup"), 4, 6)
+    assert "deduplicated CMC" in d
+    (d,) = protocol_differences(proto(remove_same_pid_same_cam=True, physical_camera={9: 0}), 4, 6, [0], [9])
+    assert "physical cameras" in d
+    (d,) = protocol_differences(proto(), 4, 6, [0, 1], [1, 2])  # shared camera ids, rule off in the protocol
+    assert "which the protocol keeps" in d
+    assert protocol_differences(proto(remove_same_pid_same_cam=True), 4, 6, [0, 1], [1, 2]) == []
