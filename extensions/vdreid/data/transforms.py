@@ -239,7 +239,9 @@ def seeded(seed: int) -> Iterator[None]:
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
-        torch.manual_seed(seed)
+        # the CPU generator only, the one fork_rng saves (torch.manual_seed would also seed every accelerator's
+        # generators, several times the cost of the rest of this function: benchmarks/RESULTS.md, "Seeded transforms")
+        torch.default_generator.manual_seed(seed)
         try:
             yield
         finally:
