@@ -103,8 +103,8 @@ def _check_sysu_warning(record, caplog, protocol, num_gallery_union):
     text = texts[0]
     assert f"protocol '{protocol.name}'" in text
     for needle in ("vdreid.engine.VIEngine", "run_protocol(dataset.protocol", "vdreid test --checkpoint",
-                   f"union of the protocol's {protocol.num_trials} gallery trials", "cam3->cam2",
-                   "deduplicated CMC", "not the protocol's numbers"):
+                   f"union of the protocol's {protocol.num_trials} gallery trials",
+                   "cam3 queries -> cam2 gallery", "identity-deduplicated", "not the protocol's numbers"):
         assert needle in text, needle
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert text in logged and any("printed above are not" in m for m in logged)
@@ -331,9 +331,9 @@ def test_protocol_differences_name_each_departure():
     (d,) = protocol_differences(proto(query=np.arange(2)), 4, 6)
     assert "query set" in d
     (d,) = protocol_differences(proto(exclude_cam_pairs=((2, 1), (5, 4))), 4, 6)
-    assert "cam3->cam2, cam6->cam5" in d
+    assert "cam3 queries -> cam2 gallery, cam6 queries -> cam5 gallery" in d
     (d,) = protocol_differences(proto(cmc_mode="dedup"), 4, 6)
-    assert "deduplicated CMC" in d
+    assert "identity-deduplicated" in d
     (d,) = protocol_differences(proto(remove_same_pid_same_cam=True, physical_camera={9: 0}), 4, 6, [0], [9])
     assert "physical cameras" in d
     (d,) = protocol_differences(proto(), 4, 6, [0, 1], [1, 2])  # shared camera ids, rule off in the protocol

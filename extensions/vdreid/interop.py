@@ -109,11 +109,11 @@ def protocol_differences(protocol: Any, num_query: int, num_gallery: int, query_
     if protocol.query_trials is not None or int(protocol.query.size) != num_query:
         out.append("it uses every listed query instead of the protocol's query set")
     if protocol.exclude_cam_pairs:
-        pairs = ", ".join(f"cam{q + 1}->cam{g + 1}" for q, g in protocol.exclude_cam_pairs)
-        out.append(f"it keeps the gallery images the protocol excludes for the camera pairs {pairs}")
+        pairs = ", ".join(f"cam{q + 1} queries -> cam{g + 1} gallery" for q, g in protocol.exclude_cam_pairs)
+        out.append(f"it keeps the gallery images the protocol excludes ({pairs})")
     if protocol.cmc_mode == "dedup":
-        out.append("it counts every gallery match in the CMC instead of the first image of each identity "
-                   "(deduplicated CMC)")
+        out.append("its CMC rank-k asks whether a match is among the first k gallery images, the protocol's "
+                   "(identity-deduplicated) whether the query's identity is among the first k identities")
     shared = set(int(c) for c in query_camids) & set(int(c) for c in gallery_camids)
     if protocol.physical_camera and protocol.remove_same_pid_same_cam:
         out.append("it applies the same-identity same-camera rule to camera ids, not to the protocol's physical "
@@ -167,7 +167,7 @@ def warn_torchreid_test(engine: Any) -> list[str]:
             "model).test() with a vdreid.data.CrossModalDataManager, vdreid.evaluation.run_protocol(dataset.protocol, "
             "qf, gf, q_pids, g_pids, q_camids, g_camids), or `vdreid test --checkpoint FILE`."
         )
-        warnings.warn(text, TorchreidProtocolWarning, stacklevel=4)
+        warnings.warn(text, TorchreidProtocolWarning, stacklevel=3)  # the caller of test()
         logger.warning("%s", text)
         texts.append(text)
     return texts
@@ -245,7 +245,7 @@ def setup_feature_extractor(extractor: Any, args: Mapping[str, Any], defaults: M
             if given is not None and (not isinstance(given, Sequence) or list(map(float, given)) != list(value)):
                 text = (f"FeatureExtractor: {key}={given!r} differs from the {list(value)} \"{path}\" was "
                         "trained and tested with: its features will not match `vdreid test`")
-                warnings.warn(text, UserWarning, stacklevel=4)
+                warnings.warn(text, UserWarning, stacklevel=3)  # the caller of FeatureExtractor()
                 logger.warning("%s", text)
         size, mean, std = chosen["image_size"], chosen["pixel_mean"], chosen["pixel_std"]
         flip = bool(cfg.test.flip)
