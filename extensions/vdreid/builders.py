@@ -96,6 +96,7 @@ def build_datamanager(cfg: CN, rank: int = 0, world_size: int = 1):
         num_instances=cfg.sampler.num_instances,
         seed=cfg.sampler.seed,
         epoch_definition=int(epoch) if epoch.isdigit() else epoch,
+        sample_seeds=True,  # augmentation seeded per sample: the same run whatever data.workers is
         dataset_kwargs=dataset_kwargs(cfg),
         rank=rank,
         world_size=world_size,

@@ -1,6 +1,6 @@
 """``vdreid`` command line (also ``python -m vdreid``).
 
-    vdreid train   --config-file F [--trial N | --all-trials] [--resume PATH] [KEY VALUE ...]
+    vdreid train   --config-file F [--trial N | --all-trials] [--resume PATH | --overwrite] [KEY VALUE ...]
     vdreid test    [--config-file F] --checkpoint PATH [--trials N] [--feature-mode M] [--rerank] [--visrank]
     vdreid make-synthetic --layout sysu|regdb|llcm --out DIR [--preset demo|tiny|hard] [--seed S] [--style S]
     vdreid leaderboard [--runs DIR ...] [--out benchmarks/LEADERBOARD.md]
@@ -75,14 +75,8 @@ def _original_overrides(ckpt) -> list[str]:
             "vd.z_classifier_hidden", str(kw["z_classifier_hidden"]), "vd.attention", str(kw["attention"]).lower()]
 
 
-def _dump_config(cfg: CN, save_dir: str) -> None:
-    os.makedirs(save_dir, exist_ok=True)
-    with open(osp.join(save_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(cfg.dump())
-
-
 # ------------------------------------------------------------------------------------------------ train
-def _train_one(cfg: CN, resume: str | None, progress: bool = True) -> dict[str, Any]:
+def _train_one(cfg: CN, resume: str | None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     from vdreid import builders
     from vdreid.engine import init_distributed
     from vdreid.engine.distributed import cleanup
@@ -100,8 +94,6 @@ def _train_one(cfg: CN, resume: str | None, progress: bool = True) -> dict[str, 
     engine = builders.build_engine(cfg, dm, model, criterion, optimizer, scheduler, progress=progress)
     engine.provenance["num_classes"] = dm.num_train_pids
     save_dir = cfg.data.save_dir
-    if info.is_main:
-        _dump_config(cfg, save_dir)
     t0 = time.time()
     rank1 = engine.run(
         save_dir=save_dir,
@@ -110,6 +102,7 @@ def _train_one(cfg: CN, resume: str | None, progress: bool = True) -> dict[str, 
         resume=resume or cfg.model.resume or None,
         print_freq=cfg.train.print_freq,
         rerank=cfg.test.rerank,
+        overwrite=overwrite,
     )
     out = {"rank1": rank1, "save_dir": save_dir, "engine": engine, "datamanager": dm, "model": engine.net,
            "wall_s": time.time() - t0, "rank": info.rank}
@@ -171,12 +164,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         results = {}
         for t in range(1, 11):
             logger.info("========== RegDB split %d/10 ==========", t)
-            results[t] = _train_one(_trial_cfg(cfg, t, subdir=True), None)["rank1"]
+            results[t] = _train_one(_trial_cfg(cfg, t, subdir=True), None, overwrite=args.overwrite)["rank1"]
         logger.info("RegDB rank-1 per split: %s",
                     ", ".join(f"{t}: {r:.2f}" for t, r in results.items() if r is not None))
         logger.info("average the splits with: vdreid leaderboard --runs %s", cfg.data.save_dir)
         return 0
-    _train_one(cfg, args.resume)
+    _train_one(cfg, args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -419,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, default=0, help="RegDB split 1..10 (sets data.regdb.trial)")
     p.add_argument("--all-trials", action="store_true", help="RegDB: train and test the ten splits in turn")
     p.add_argument("--resume", default="", help="checkpoint to resume (or 'latest' = save_dir/latest.pth)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a folder that holds one (its files are moved aside, never deleted)")
     p.add_argument("--save-dir", default="", help="output folder (sets data.save_dir)")
     _add_common(p, config_required=True)
     p.set_defaults(func=cmd_train)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import os.path as osp
 import sys
 import time
@@ -263,7 +262,9 @@ class JSONLogHook(HookBase):
         path = osp.join(t.save_dir, TRAIN_LOG)
         if not (t.dist.is_main and t.save_dir and osp.isfile(path)):
             return
-        rows = read_train_log(path)
+        from vdreid.engine.run_dir import repair_train_log
+
+        rows = repair_train_log(path)
         kept = [r for r in rows if r.get("epoch", 0) <= t.start_epoch]
         if len(kept) != len(rows) or len(rows) != _count_lines(path):
             with open(path, "w", encoding="utf-8") as f:
@@ -275,30 +276,6 @@ class JSONLogHook(HookBase):
             return
         with open(osp.join(t.save_dir, TRAIN_LOG), "a", encoding="utf-8") as f:
             f.write(json.dumps(json.loads(json.dumps(t.epoch_stats, default=str))) + "\n")
-
-
-def read_train_log(path: str) -> list[dict[str, Any]]:
-    """The rows of ``train_log.jsonl``. A damaged last line (a crash mid-write) is dropped with a warning naming the
-    file; a damaged line elsewhere is a :class:`~vdreid.errors.RunDirError` naming ``file:line``."""
-    from vdreid.errors import RunDirError
-
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = [(i, ln) for i, ln in enumerate(f, 1) if ln.strip()]
-    rows = []
-    for k, (lineno, ln) in enumerate(lines):
-        try:
-            row = json.loads(ln)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            if k == len(lines) - 1:
-                logger.warning("%s:%d: damaged last line dropped (a run stopped while writing it): %s", path, lineno,
-                               exc)
-                break
-            raise RunDirError(f"{path}:{lineno}: not a JSON line of a vdreid train log ({exc}); fix or remove the "
-                              "line, or start a new run folder") from None
-        rows.append(row)
-    return rows
 
 
 def _count_lines(path: str) -> int:
@@ -329,13 +306,6 @@ class CheckpointHook(HookBase):
         if every < 0:
             raise ValueError(f"checkpoint every must be >= 0 (0 = only latest and best), got {every}")
         self.every = int(every)
-
-    def before_train(self) -> None:
-        t = self.trainer
-        if t.dist.is_main and t.save_dir and osp.isdir(t.save_dir):
-            for f in os.listdir(t.save_dir):  # temporary files of a save interrupted by a kill (never loaded)
-                if f.endswith(".tmp") and ".pth." in f:
-                    os.remove(osp.join(t.save_dir, f))
 
     def after_epoch(self) -> None:
         t = self.trainer

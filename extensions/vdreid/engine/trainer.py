@@ -20,7 +20,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import os.path as osp
 import time
 from collections.abc import Mapping, Sequence
@@ -366,6 +365,19 @@ class VIEngine(compat.Engine):
             )
         keys = tuple(dict.fromkeys(BASE_RESUME_KEYS + tuple(self.provenance.get("resume_keys", ()))))
         check_config_compatible(ckpt.get("config"), self.provenance, keys, source=path)
+        saved_cfg, current_cfg = (ckpt.get("config") or {}).get("config"), self.provenance.get("config")
+        if isinstance(saved_cfg, dict) and isinstance(current_cfg, dict):
+            from vdreid.config import get_default_config, to_dict
+            from vdreid.engine.run_dir import check_resume_config
+
+            allowed = check_resume_config(saved_cfg, current_cfg, completed_epochs=int(ckpt["epoch"]),
+                                          defaults=to_dict(get_default_config()), source=f'"{path}"')
+            if allowed:  # recorded with the epoch they took effect: the results say what ran
+                changes = dict(ckpt["config"].get("resume_changes") or {})
+                changes.update({k: {"before": old, "after": new, "from_epoch": int(ckpt["epoch"]) + 1}
+                                for k, (old, new) in allowed.items()})
+                self.provenance["resume_changes"] = _json_safe(changes)
+                self._log("resume changes %s", ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in allowed.items()))
         saved_step = ckpt.get("scheduler_step", "start" if ckpt.get("scheduler_offbyone") else "end")
         if saved_step != self.scheduler_step:
             raise CheckpointError(
@@ -404,16 +416,36 @@ class VIEngine(compat.Engine):
         rerank: bool = False,
         fixbase_epoch: int = 0,
         open_layers=None,
+        overwrite: bool = False,
         **test_kwargs: Any,
     ) -> float | None:
         """Train ``max_epoch`` epochs (from ``start_epoch`` or a ``resume`` checkpoint) and test the selected model.
 
         Returns the test rank-1 of the first target (percent), or None when the job has no target. ``eval_freq`` /
         ``start_eval`` override the constructor's periodic evaluation; torchreid's test keywords go to :meth:`test`.
+
+        The run folder (``docs/run-folders.md``): it must be writable before any work; a new run refuses a folder
+        that holds another run (``overwrite=True`` moves the old files aside); one process writes it at a time (a
+        lock, taken over from a crashed run). A resume refuses changed training keys and records allowed changes.
         """
+        from vdreid.engine import run_dir
+
         self.save_dir = save_dir
-        if self.dist.is_main and save_dir:
-            os.makedirs(save_dir, exist_ok=True)
+        if self.dist.is_main and save_dir and test_only:
+            run_dir.check_writable(save_dir)
+        lock = None
+        if self.dist.is_main and save_dir and not test_only:
+            lock = run_dir.prepare_run_dir(save_dir, resume=bool(resume), overwrite=overwrite)
+        vdist.barrier()
+        try:
+            return self._run(save_dir, max_epoch, start_epoch, resume, eval_freq, print_freq, test_only, start_eval,
+                             rerank, fixbase_epoch, open_layers, **test_kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, save_dir, max_epoch, start_epoch, resume, eval_freq, print_freq, test_only, start_eval, rerank,
+             fixbase_epoch, open_layers, **test_kwargs) -> float | None:
         if eval_freq is not None and eval_freq >= 0:
             self.eval_hook.eval_freq = int(eval_freq)
         if start_eval is not None:
@@ -427,6 +459,7 @@ class VIEngine(compat.Engine):
         if resume:
             start_epoch = self.resume_from(resume)
         self.start_epoch, self.max_epoch = start_epoch, max_epoch
+        self._write_config()
         t_start = time.time()
         if max_epoch > start_epoch:
             self._log_plan()
@@ -446,6 +479,19 @@ class VIEngine(compat.Engine):
             self.writer.close()
             self.writer = None
         return rank1
+
+    def _write_config(self) -> None:
+        """``config.yaml`` of the run: the configuration that runs from now on (written after the run folder and
+        resume checks passed, so a refused start never rewrites it)."""
+        cfg = self.provenance.get("config")
+        if not (self.dist.is_main and self.save_dir and isinstance(cfg, dict)):
+            return
+        import yaml
+
+        from vdreid.atomic import atomic_write
+
+        text = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+        atomic_write(osp.join(self.save_dir, "config.yaml"), lambda f: f.write(text), binary=False)
 
     def _log_plan(self) -> None:
         """The start banner: iterations per epoch and in total, where warm-up ends and the lr decays (epochs and
