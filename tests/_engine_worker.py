@@ -46,9 +46,11 @@ def build_engine(
     warmup_epochs: int = 2,
     height: int = HEIGHT,
     width: int = WIDTH,
+    method: str = "vd",
     **engine_kwargs,
 ):
-    """A VDEngine on the synthetic SYSU tree under ``root`` (workers=0, deterministic)."""
+    """A VDEngine on the synthetic SYSU tree under ``root`` (workers=0, deterministic). ``method``: 'vd' (the VD
+    network and loss) or 'agw' (AGW's network and criterion), both on timm's tiny test ResNet."""
     import vdreid  # noqa: F401
     from vdreid.data import CrossModalDataManager
     from vdreid.engine import VDEngine, build_optimizer, build_scheduler
@@ -73,15 +75,24 @@ def build_engine(
         world_size=world_size,
         use_gpu=False,
     )
-    model = build_vd_net("test_resnet", num_classes=dm.num_train_pids, bottleneck_dims=(64, 32, 32))
-    cfg = VDLossConfig.paper() if recipe == "paper" else VDLossConfig.official()
-    criterion = VDLoss(cfg, dm.num_train_pids)
+    if method == "agw":
+        from vdreid.losses import AGWCriterion
+        from vdreid.models import build_agw
+
+        model = build_agw("test_resnet", num_classes=dm.num_train_pids)
+        criterion = AGWCriterion()
+    else:
+        model = build_vd_net("test_resnet", num_classes=dm.num_train_pids, bottleneck_dims=(64, 32, 32))
+        cfg = VDLossConfig.paper() if recipe == "paper" else VDLossConfig.official()
+        criterion = VDLoss(cfg, dm.num_train_pids)
     if criterion_wrapper is not None:
         criterion = criterion_wrapper(criterion)
     opt = build_optimizer(list(model.parameters()) + list(criterion.parameters()), lr=lr)
     sched = build_scheduler(opt, milestones=(100,), warmup_epochs=warmup_epochs, warmup_factor=0.1)
     cls = engine_cls or VDEngine
-    prov = {"model": "test_resnet", "num_classes": dm.num_train_pids, "recipe": recipe, "seed": seed}
+    prov = {"model": "test_resnet", "num_classes": dm.num_train_pids, "seed": seed, "method": method}
+    if method == "vd":
+        prov["recipe"] = recipe
     return cls(dm, model, opt, criterion, sched, amp=amp, selection=selection, eval_freq=eval_freq,
                provenance=prov, progress=False, **engine_kwargs)
 
@@ -105,6 +116,7 @@ def _main() -> None:
     ap.add_argument("--resume", default="")
     ap.add_argument("--hang-at", default="", help="EPOCH,ITER (1-based): write save_dir/HANGING there, then sleep")
     ap.add_argument("--ddp", action="store_true")
+    ap.add_argument("--method", default="vd", choices=("vd", "agw"))
     ap.add_argument("--report-dir", required=True, help="where the worker writes worker_rank<r>.json (test-only)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -127,7 +139,7 @@ def _main() -> None:
 
     info = init_distributed(use_gpu=False) if args.ddp else None
     rank, world = (info.rank, info.world_size) if info else (0, 1)
-    eng = build_engine(args.root, engine_cls=Worker, rank=rank, world_size=world)
+    eng = build_engine(args.root, engine_cls=Worker, rank=rank, world_size=world, method=args.method)
     eng.seen_pids = []
     rank1 = eng.run(save_dir=args.save_dir, max_epoch=args.epochs, resume=args.resume or None)
     report = {"rank": rank, "world_size": world, "start_epoch": eng.start_epoch, "rank1": rank1,

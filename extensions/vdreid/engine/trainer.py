@@ -546,7 +546,7 @@ class VIEngine(compat.Engine):
                 continue
             (qf, qp, qc), (gf, gp, gc) = q, g
             rep = run_protocol(protocols[name], qf, gf, qp, gp, qc, gc, metric=metric or self.metric,
-                               backend=self.backend, rerank=rerank, max_rank=self.max_rank)
+                               backend=self.backend, rerank=rerank, max_rank=self.max_rank, flip=self.flip)
             rep.wall_time_s = time.perf_counter() - t0
             reports[name] = rep
             if split == "test":
