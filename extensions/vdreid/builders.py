@@ -69,20 +69,11 @@ def _legacy_section(name: str) -> str:
     return name.split("_")[0]
 
 
-def build_datamanager(cfg: CN, rank: int = 0, world_size: int = 1):
-    """``vdreid.data.CrossModalDataManager`` from ``cfg.data`` and ``cfg.sampler``."""
-    from vdreid.data import CrossModalDataManager
-    from vdreid.errors import DatasetLayoutError
-
-    root = osp.abspath(osp.expanduser(cfg.data.root))
-    if not osp.isdir(root):
-        raise DatasetLayoutError(
-            f'config key \'data.root\': "{root}" does not exist; point data.root at the folder holding SYSU-MM01/, '
-            "RegDB/ or LLCM/ (for synthetic data: vdreid make-synthetic --layout sysu --out DIR)"
-        )
+def datamanager_kwargs(cfg: CN, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Keyword arguments of ``vdreid.data.CrossModalDataManager`` from ``cfg.data``, ``cfg.sampler``, ``cfg.test``."""
     epoch = str(cfg.sampler.epoch)
-    return CrossModalDataManager(
-        root=root,
+    return dict(
+        root=osp.abspath(osp.expanduser(cfg.data.root)),
         sources=list(cfg.data.sources),
         targets=list(cfg.data.targets) or None,
         height=cfg.data.height,
@@ -101,6 +92,21 @@ def build_datamanager(cfg: CN, rank: int = 0, world_size: int = 1):
         rank=rank,
         world_size=world_size,
     )
+
+
+def build_datamanager(cfg: CN, rank: int = 0, world_size: int = 1):
+    """``vdreid.data.CrossModalDataManager`` from ``cfg.data`` and ``cfg.sampler``."""
+    from vdreid.data import CrossModalDataManager
+    from vdreid.errors import DatasetLayoutError
+
+    kw = datamanager_kwargs(cfg, rank, world_size)
+    root = kw["root"]
+    if not osp.isdir(root):
+        raise DatasetLayoutError(
+            f'config key \'data.root\': "{root}" does not exist; point data.root at the folder holding '
+            "SYSU-MM01/, RegDB/ or LLCM/ (for synthetic data: vdreid make-synthetic --layout sysu --out DIR)"
+        )
+    return CrossModalDataManager(**kw)
 
 
 # ------------------------------------------------------------------------------------------------ method
@@ -135,6 +141,12 @@ def schedule_spec(cfg: CN):
                         max_epoch=t.max_epoch)
 
 
+def optimizer_kwargs(cfg: CN) -> dict[str, Any]:
+    """Keyword arguments of ``vdreid.engine.build_optimizer`` (besides the parameter groups)."""
+    t = cfg.train
+    return dict(name=t.optim, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum, nesterov=t.nesterov)
+
+
 def build_optim(cfg: CN, model: nn.Module, criterion: nn.Module):
     """The optimiser over the method's parameter groups (each at ``train.lr x lr_mult``) and the per-epoch schedule."""
     from vdreid.engine import build_optimizer
@@ -145,8 +157,7 @@ def build_optim(cfg: CN, model: nn.Module, criterion: nn.Module):
         g = dict(g)
         mult = float(g.pop("lr_mult", 1.0))
         groups.append({**g, "lr": cfg.train.lr * mult, "lr_mult": mult})
-    opt = build_optimizer(groups, name=cfg.train.optim, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                          momentum=cfg.train.momentum, nesterov=cfg.train.nesterov)
+    opt = build_optimizer(groups, **optimizer_kwargs(cfg))
     return opt, scheduler_from_spec(opt, schedule_spec(cfg))
 
 
@@ -181,18 +192,10 @@ def use_gpu(cfg: CN) -> bool:
     return bool(cfg.train.use_gpu) and torch.cuda.is_available()
 
 
-def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | None = None, optimizer=None,
-                 scheduler=None, progress: bool = True):
-    """The trainer (``optimizer=None``: an evaluation-only engine, as ``vdreid test`` builds it)."""
-    from vdreid.engine import VDEngine
-
+def engine_kwargs(cfg: CN, training: bool = True) -> dict[str, Any]:
+    """Keyword arguments of the trainer (``vdreid.engine.VIEngine``) besides its components."""
     m = method_of(cfg)
-    return VDEngine(
-        datamanager,
-        model,
-        optimizer,
-        criterion,
-        scheduler=scheduler,
+    return dict(
         use_gpu=use_gpu(cfg),
         amp=cfg.train.amp,
         channels_last=cfg.train.channels_last,
@@ -201,7 +204,7 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | 
         eval_freq=cfg.train.eval_freq,
         eval_start=cfg.train.eval_start,
         scheduler_step=cfg.train.scheduler_step,
-        schedule=schedule_spec(cfg) if optimizer is not None else None,
+        schedule=schedule_spec(cfg) if training else None,
         metric=cfg.test.dist_metric,
         backend=cfg.test.backend,
         max_rank=cfg.test.max_rank,
@@ -211,9 +214,34 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | 
         sync_bn=cfg.train.sync_bn,
         find_unused_parameters=m.find_unused_parameters(cfg),
         checkpoint_every=cfg.train.checkpoint_every,
-        progress=progress,
         print_freq=cfg.train.print_freq,
     )
+
+
+def run_options(cfg: CN) -> dict[str, Any]:
+    """What the command line does with a run besides building it: epochs, where it writes, what it resumes or loads,
+    evaluation-only, and which pictures it adds to the results (``vdreid train`` / ``vdreid demo``)."""
+    return dict(
+        save_dir=cfg.data.save_dir,
+        max_epoch=cfg.train.max_epoch,
+        start_epoch=cfg.train.start_epoch,
+        resume=cfg.model.resume or None,
+        load_weights=cfg.model.load_weights or None,
+        evaluate_only=bool(cfg.test.evaluate),
+        rerank=bool(cfg.test.rerank),
+        visrank=bool(cfg.test.visrank),
+        visrank_topk=int(cfg.test.visrank_topk),
+        seed=cfg.train.seed,
+    )
+
+
+def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | None = None, optimizer=None,
+                 scheduler=None, progress: bool = True):
+    """The trainer (``optimizer=None``: an evaluation-only engine, as ``vdreid test`` builds it)."""
+    from vdreid.engine import VDEngine
+
+    return VDEngine(datamanager, model, optimizer, criterion, scheduler=scheduler, progress=progress,
+                    **engine_kwargs(cfg, training=optimizer is not None))
 
 
 def seed_everything(seed: int) -> None:

@@ -81,27 +81,34 @@ def _train_one(cfg: CN, resume: str | None, progress: bool = True, overwrite: bo
     from vdreid.engine import init_distributed
     from vdreid.engine.distributed import cleanup
 
+    run = builders.run_options(cfg)
+    resume = resume or run["resume"]
     info = init_distributed(use_gpu=builders.use_gpu(cfg))
-    builders.seed_everything(cfg.train.seed + info.rank)
+    builders.seed_everything(run["seed"] + info.rank)
     dm = builders.build_datamanager(cfg, rank=info.rank, world_size=info.world_size)
     model = builders.build_model(cfg, dm.num_train_pids)
-    if cfg.model.load_weights:
-        _load_weights(model, cfg.model.load_weights)
-    if cfg.test.evaluate:  # evaluate only: no optimiser, no training
-        return _evaluate_only(cfg, dm, model, cfg.model.load_weights or cfg.model.resume or resume)
+    if run["evaluate_only"]:  # test.evaluate: no optimiser, no training
+        ckpt = run["load_weights"] or (osp.join(run["save_dir"], "latest.pth") if resume in ("latest", "auto")
+                                       else resume)
+        if not ckpt:
+            raise ConfigError("test.evaluate true evaluates a trained model: name its checkpoint with "
+                              "model.load_weights (or use `vdreid test --checkpoint FILE`)")
+        _load_weights(model, ckpt)
+        return _evaluate_only(cfg, dm, model, ckpt)
+    if run["load_weights"]:
+        _load_weights(model, run["load_weights"])
     criterion = builders.build_criterion(cfg, dm.num_train_pids, model)
     optimizer, scheduler = builders.build_optim(cfg, model, criterion)
     engine = builders.build_engine(cfg, dm, model, criterion, optimizer, scheduler, progress=progress)
     engine.provenance["num_classes"] = dm.num_train_pids
-    save_dir = cfg.data.save_dir
+    save_dir = run["save_dir"]
     t0 = time.time()
     rank1 = engine.run(
         save_dir=save_dir,
-        max_epoch=cfg.train.max_epoch,
-        start_epoch=cfg.train.start_epoch,
-        resume=resume or cfg.model.resume or None,
-        print_freq=cfg.train.print_freq,
-        rerank=cfg.test.rerank,
+        max_epoch=run["max_epoch"],
+        start_epoch=run["start_epoch"],
+        resume=resume,
+        rerank=run["rerank"],
         overwrite=overwrite,
     )
     out = {"rank1": rank1, "save_dir": save_dir, "engine": engine, "datamanager": dm, "model": engine.net,
@@ -124,13 +131,10 @@ def _load_weights(model, path: str) -> None:
     load_model_weights(model, state, source=path)
 
 
-def _evaluate_only(cfg: CN, dm, model, checkpoint: str | None) -> dict[str, Any]:
-    """``test.evaluate true``: test the model as built (from ``model.load_weights``) with no optimiser."""
+def _evaluate_only(cfg: CN, dm, model, checkpoint: str) -> dict[str, Any]:
+    """``test.evaluate true``: test the model loaded from ``checkpoint`` with no optimiser."""
     from vdreid import builders
 
-    if not checkpoint:
-        raise ConfigError("test.evaluate true evaluates a trained model: name its checkpoint with model.load_weights "
-                          "(or use `vdreid test --checkpoint FILE`)")
     engine = builders.build_engine(cfg, dm, model)
     engine.provenance.update(num_classes=dm.num_train_pids, checkpoint=osp.abspath(checkpoint))
     save_dir = cfg.data.save_dir
@@ -177,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _after_test(cfg: CN, engine, dm, save_dir: str) -> dict[str, str]:
     """CMC curve per target and, with ``test.visrank``, ranked-list pictures from the features the evaluation just
     extracted (nothing is extracted twice); returns the written paths."""
+    from vdreid import builders
     from vdreid.tools.plots import plot_cmc_runs
 
     paths: dict[str, str] = {}
@@ -185,8 +190,9 @@ def _after_test(cfg: CN, engine, dm, save_dir: str) -> dict[str, str]:
         label = f"{cfg.model.backbone or cfg.model.name} {label_of} ({rep.protocol_name})"
         paths[f"cmc_{name}"] = plot_cmc_runs({label: list(rep.cmc_mean)}, osp.join(save_dir, f"cmc_{name}.png"),
                                              title=f"CMC: {name}")
-        if cfg.test.visrank:
-            paths[f"ranked_{name}"] = engine.write_ranked_lists(name, save_dir, topk=cfg.test.visrank_topk)
+        run = builders.run_options(cfg)
+        if run["visrank"]:
+            paths[f"ranked_{name}"] = engine.write_ranked_lists(name, save_dir, topk=run["visrank_topk"])
     return paths
 
 

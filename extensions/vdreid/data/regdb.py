@@ -66,8 +66,7 @@ class RegDB(VIImageDataset):
 
         node = CN()
         node.trial = 1  # split 1..10 (each split needs its own training)
-        # vis2ir (= v2t, visible queries) | ir2vis (= t2v); the default keeps the name the config checks accept today
-        node.direction = "v2t"
+        node.direction = "vis2ir"  # vis2ir (= v2t: visible queries, thermal gallery) | ir2vis (= t2v)
         return node
 
     @classmethod
