@@ -82,6 +82,7 @@ ALTERNATIVE = {
     "agw.feature_mode": "pool",
     "bnneck.feature_mode": "pool",
     "vd.recipe": "official",
+    "vd.vcd_form": "cross",
     "vd.branches": "['ir', 'vis']",
     "vd.bottleneck_branches": "['ir', 'vis']",
     "vd.routing": "modality",

@@ -316,3 +316,22 @@ def test_bad_outputs_raise_clear_errors(mutate, msg):
     out, pids = mutate(out, pids)
     with pytest.raises((ValueError, TypeError), match=msg):
         VDLoss(VDLossConfig.paper(), num_classes=C)(out, pids)
+
+
+def test_vcd_cross_form_is_view_to_other_view_distillation():
+    """vd.vcd_form cross: each view's observation teaches the other view's representation, KL(sg P_v2 || P_z1) and
+    KL(sg P_v1 || P_z2) averaged (restated with the batch-mean KL); only the students get gradients."""
+    out, pids = make_out("official", seed=3)
+    for b in out.branches().values():
+        for f in ("v_logits", "z_logits"):
+            getattr(b, f).requires_grad_(True)
+    cfg = VDLossConfig.paper(ce=0, metric="none", dml=0, vsd=0, vml=0, vcd_form="cross")
+    _, terms = VDLoss(cfg, num_classes=C)(out, pids)
+    x, g = out.shared_x, out.shared_gray
+    ref = 0.5 * (_kl_batchmean(g.v_logits, x.z_logits) + _kl_batchmean(x.v_logits, g.z_logits))
+    assert math.isclose(terms["vcd"].item(), 2.0 * ref, rel_tol=1e-9)
+    terms["vcd"].backward()
+    assert x.z_logits.grad.abs().sum() > 0 and g.z_logits.grad.abs().sum() > 0
+    assert x.v_logits.grad is None or not x.v_logits.grad.any()
+    with pytest.raises(ValueError, match="vcd_form"):
+        VDLossConfig.paper(vcd_form="z")

@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vdreid.losses.distillation import KL_FORMS, js_divergence, kl_distill, vcd_loss_official, vcd_loss_paper
+from vdreid.losses.distillation import (
+    KL_FORMS,
+    js_divergence,
+    kl_distill,
+    vcd_loss_cross,
+    vcd_loss_official,
+    vcd_loss_paper,
+)
 from vdreid.losses.ib import ConventionalIB
 from vdreid.losses.reid import (
     OFFICIAL_RANK,
@@ -58,6 +65,7 @@ RECIPES = ("paper", "official")
 METRICS = ("ranked_list", "triplet", "official_rank", "none")
 BRANCH_ORDER = ("ir", "vis", "shared_gray", "shared_x")  # order of VDLossConfig.branch_weights
 TERM_NAMES = ("ce", "metric", "dml", "cml", "vsd", "vcd", "vml", "ib")
+VCD_FORMS = ("views", "cross")
 
 # Recipe defaults for the fields left as None. paper: Eq. (16)-(17) and section 4.2 (alpha = 8 on DML, beta = 2).
 # official: `-CE_loss 1 -Triplet_loss 1 -CML_loss 8 -VSD_loss 2 -VCD_loss 2`, no VML, no DML (spec 5.3); the
@@ -104,6 +112,7 @@ class VDLossConfig:
     temperature: float = 1.0
     detach_teacher: bool = True
     kl_form: str | None = None
+    vcd_form: str = "views"  # paper form of VCD: views (Eq. 15 as printed, symmetrised z <-> z) | cross (v -> other z)
     branch_weights: tuple[float, float, float, float] = field(default=(0.5, 0.5, 0.25, 0.25))
     ib_baseline: float = 0.0
     ib_hidden: int = 512
@@ -119,6 +128,8 @@ class VDLossConfig:
             raise ValueError(f"{where}.metric must be one of {METRICS}, got {self.metric!r}")
         if self.kl_form not in KL_FORMS:
             raise ValueError(f"{where}.kl_form must be one of {KL_FORMS}, got {self.kl_form!r}")
+        if self.vcd_form not in VCD_FORMS:
+            raise ValueError(f"{where}.vcd_form must be one of {VCD_FORMS}, got {self.vcd_form!r}")
         for k in ("ce", "metric_weight", "dml", "cml", "beta", "vsd", "vcd", "vml", "ib_baseline"):
             val = getattr(self, k)
             if not (isinstance(val, (int, float)) and val >= 0):
@@ -376,6 +387,9 @@ class VDLoss(nn.Module):
             return vcd_loss_official(
                 g.v_logits[rg], g.z_logits[rg], x.v_logits[rx], x.z_logits[rx], detach_teacher=cfg.detach_teacher
             )
+        if cfg.vcd_form == "cross":  # the gray view's observation teaches the raw view's representation and back
+            return vcd_loss_cross(g.v_logits[rg], g.z_logits[rg], x.v_logits[rx], x.z_logits[rx], T=cfg.temperature,
+                                  detach_teacher=cfg.detach_teacher)
         return vcd_loss_paper(x.z_logits[rx], g.z_logits[rg], T=cfg.temperature, detach_teacher=cfg.detach_teacher)
 
     def _vml(self, out: VDOutput, B: int) -> Tensor:

@@ -63,6 +63,9 @@ class VD(Method):
         c.beta = 2.0  # beta of Eq. 16
         c.vsd = -1.0  # VSD (Eq. 8) weight inside beta(...); -1 = recipe default (1)
         c.vcd = -1.0  # VCD (Eq. 15); -1 = recipe default (1)
+        # paper recipe's VCD: views (Eq. 15 as printed, symmetrised KL between the two views' P_z) | cross (each view's
+        # P_v teaches the other view's P_z; docs/vd-recipes.md); the official recipe computes the released code's form
+        c.vcd_form = "views"
         c.vml = -1.0  # VML (Eq. 12); -1 = recipe default (paper 1, official 0: absent from the released code)
         c.dml = -1.0  # alpha of Eq. 17 (deep mutual learning); -1 = recipe default (paper 8, official 0)
         c.cml = -1.0  # the released code's Sinkhorn term standing in for DML; -1 = recipe default (paper 0, official 8)
@@ -80,6 +83,7 @@ class VD(Method):
         for key, value, choices in (("vd.recipe", v.recipe, RECIPES), ("vd.routing", v.routing, ROUTINGS),
                                     ("vd.bottleneck", v.bottleneck, BOTTLENECKS),
                                     ("vd.attention", v.attention, ("preset", "true", "false")),
+                                    ("vd.vcd_form", v.vcd_form, ("views", "cross")),
                                     ("loss.metric", cfg.loss.metric, VD_METRICS)):
             if value not in choices:
                 raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
@@ -183,6 +187,7 @@ class VD(Method):
             vml=_recipe_value(v.vml),
             temperature=v.temperature,
             detach_teacher=v.detach_teacher,
+            vcd_form=v.vcd_form,
             branch_weights=tuple(weights),
             ib_baseline=v.ib_baseline,
         )
