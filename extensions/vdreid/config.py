@@ -1,6 +1,6 @@
 """yacs configuration of vdreid: torchreid's section names (``model``, ``data``, ``sampler``, ``train``, ``loss``,
 ``test``) plus a ``vd`` section for Variational Distillation (paper section 3, Eq. 16-17; implementation details of
-section 4.2; the released code's recipe in spec section 5).
+section 4.2; the released code's recipe: docs/vd-recipes.md).
 
 torchreid's registry package does not ship its ``default_config.py``, so the defaults live here. Config files may
 name a parent with a ``_base_`` key (a path relative to the file, or a list of paths): parents are merged first, so an

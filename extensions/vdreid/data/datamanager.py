@@ -58,7 +58,8 @@ class CrossModalDataManager(compat.ImageDataManager):
         root: data root holding ``SYSU-MM01/`` and/or ``RegDB/``.
         sources, targets: registered dataset names (``sysu_mm01``, ``sysu_mm01_indoor``, ``regdb``, ``regdb_t2v``, ...).
         height, width, transforms, norm_mean, norm_std: as torchreid's (``transforms`` default: random flip, the
-            official VD recipe: resize + flip, spec 5.1); ``transforms`` also takes the VI augmentations of
+            official VD recipe: resize + flip, docs/vd-recipes.md section 4); ``transforms`` also takes the VI
+            augmentations of
             :mod:`vdreid.data.transforms` (``pad_crop``, ``random_gray``, ``channel_exchange``, ``caj``, ...).
         batch_size_test, workers: test batch size and loader workers.
         num_ids, num_instances: P and K; the train batch size is ``num_ids * 2 * num_instances``.

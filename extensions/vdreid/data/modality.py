@@ -1,7 +1,8 @@
 """Camera -> modality maps (0-based torchreid camids) and the infrared test used by samplers, losses and engine.
 
-SYSU-MM01 (spec 1.1): RGB cams 1, 2, 4, 5 and IR cams 3, 6, i.e. camids {0, 1, 3, 4} visible and {2, 5} infrared.
-RegDB (spec 4): one visible camera (camid 0) and one thermal camera (camid 1).
+SYSU-MM01 (docs/protocols.md): RGB cams 1, 2, 4, 5 and IR cams 3, 6, i.e. camids {0, 1, 3, 4} visible and {2, 5}
+infrared.
+RegDB (docs/protocols.md): one visible camera (camid 0) and one thermal camera (camid 1).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The training objective: ``L_train = L_ReID + beta (VSD + VCD + VML)`` (Eq. 16), ``L_ReID = L_cls + L_metric +
-alpha L_DML`` (Eq. 17), in the paper's form or as the released code computes it (spec 5.3, 5.6).
+alpha L_DML`` (Eq. 17), in the paper's form or as the released code computes it (docs/vd-recipes.md).
 
 :class:`VDLoss` maps a :class:`~vdreid.models.outputs.VDOutput` and the batch's identity labels to the total loss and
 a dict of every *weighted* term under stable names (``ce``, ``metric``, ``dml``, ``cml``, ``vsd``, ``vcd``, ``vml``,
@@ -68,7 +68,8 @@ TERM_NAMES = ("ce", "metric", "dml", "cml", "vsd", "vcd", "vml", "ib")
 VCD_FORMS = ("views", "cross")
 
 # Recipe defaults for the fields left as None. paper: Eq. (16)-(17) and section 4.2 (alpha = 8 on DML, beta = 2).
-# official: `-CE_loss 1 -Triplet_loss 1 -CML_loss 8 -VSD_loss 2 -VCD_loss 2`, no VML, no DML (spec 5.3); the
+# official: `-CE_loss 1 -Triplet_loss 1 -CML_loss 8 -VSD_loss 2 -VCD_loss 2`, no VML, no DML (docs/vd-recipes.md
+# section 2); the
 # effective VSD/VCD weight is beta * vsd = 2 * 1.
 _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": dict(ce=1.0, metric="ranked_list", metric_weight=1.0, dml=8.0, cml=0.0, vsd=1.0, vcd=1.0, vml=1.0,
@@ -158,7 +159,8 @@ class VDLossConfig:
 
     @classmethod
     def official(cls, **overrides: Any) -> VDLossConfig:
-        """The released code's objective (spec 5.3): CE 1 + modality-aware rank loss 1 + 8 Sinkhorn CML + 2 VSD +
+        """The released code's objective (docs/vd-recipes.md section 2): CE 1 + modality-aware rank loss 1 + 8
+        Sinkhorn CML + 2 VSD +
         2 VCD in the ``F.kl_div`` misuse form, no VML, no DML, teacher detached."""
         return cls(recipe="official", **overrides)
 
@@ -346,7 +348,8 @@ class VDLoss(nn.Module):
         return sum(p * (c / n) for p, c in zip(parts, counts))  # type: ignore[return-value]
 
     def _cml(self, out: VDOutput) -> Tensor:
-        """The released code's CML (spec 5.3): Sinkhorn distance between the specific observations' softmaxes."""
+        """The released code's CML (docs/vd-recipes.md section 2): Sinkhorn distance between the specific
+        observations' softmaxes."""
         if out.ir is None or out.vis is None or out.ir.v_logits.shape[0] == 0 or out.vis.v_logits.shape[0] == 0:
             return out.is_ir.new_zeros((), dtype=torch.float32)
         p = F.softmax(out.ir.v_logits.float(), dim=1)

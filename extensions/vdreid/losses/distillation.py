@@ -7,7 +7,7 @@ Two forms (DESIGN.md, "two recipes"):
 * ``form='paper'``: the true KL divergence ``KL(sg(P_teacher) || P_student)`` computed from log-softmax, summed over
   classes and averaged over the batch (PyTorch's ``'batchmean'``).
 * ``form='official'``: what the released code computes with ``F.kl_div(softmax(teacher).detach(), softmax(student))``
-  (spec 5.3 and trap 14): probabilities passed where log-probabilities are expected, arguments swapped, and
+  (docs/vd-recipes.md section 2): probabilities passed where log-probabilities are expected, arguments swapped, and
   ``reduction='mean'`` over all B x C elements, i.e. ``mean_{b,c}[q * (log q - p)]`` with ``p`` the (detached) teacher
   probabilities and ``q`` the student's. It is written out explicitly here because ``kl_div``'s ``'mean'`` reduction
   is deprecated and will change meaning. It is neither KL(p||q) nor KL(q||p), and is about 1/C the scale of the paper
@@ -45,7 +45,8 @@ def kl_distill(
         student_logits: (N, C) student logits (``P_z`` in VSD), same images in the same order.
         T: temperature applied to both before the softmax (no T^2 rescaling: the paper has none).
         form: ``'paper'``: ``mean_b sum_c P_t (log P_t - log P_s)`` = batch-mean ``KL(sg(P_t) || P_s)``;
-            ``'official'``: ``mean_{b,c} q (log q - p)``, p = softmax(teacher/T), q = softmax(student/T) (spec 5.3).
+            ``'official'``: ``mean_{b,c} q (log q - p)``, p = softmax(teacher/T), q = softmax(student/T)
+            (docs/vd-recipes.md section 2).
         detach_teacher: stop the gradient into the teacher (default, as released). With ``False`` the paper form
             also trains the teacher towards the student.
 
@@ -128,7 +129,8 @@ def vcd_loss_cross(
 def vcd_loss_official(
     v_logits_1: Tensor, z_logits_1: Tensor, v_logits_2: Tensor, z_logits_2: Tensor, detach_teacher: bool = True
 ) -> Tensor:
-    """VCD as the released code computes it (spec 5.3): from the other view's observation to this view's
+    """VCD as the released code computes it (docs/vd-recipes.md section 2): from the other view's observation to this
+    view's
     representation, ``1/2 kl_off(v_2 -> z_1) + 1/2 kl_off(v_1 -> z_2)`` with the official ``kl_div`` misuse and no
     temperature. With view 1 = gray (``i_ms``) and view 2 = raw (``v_ms``) this is the code's
     ``0.5 kl_div(softmax(v_ms_obs.detach()), softmax(i_ms_rep)) + 0.5 kl_div(softmax(i_ms_obs.detach()),

@@ -4,7 +4,7 @@
 * :func:`ranked_list_loss`: ranked list loss (Wang et al., "Ranked List Loss for Deep Metric Learning", CVPR'19),
   the paper's metric constraint (ref. [39]).
 * :func:`triplet_loss`: torchreid's batch-hard triplet loss (Hermans et al. 2017), the alternative metric loss.
-* :func:`official_rank_loss`: the released VD code's modality-aware ranked-list loss (spec 5.3).
+* :func:`official_rank_loss`: the released VD code's modality-aware ranked-list loss (docs/vd-recipes.md section 2).
 * :func:`dml_loss`: deep mutual learning (Zhang et al., CVPR'18), the paper's L_DML (ref. [47]).
 """
 
@@ -26,7 +26,8 @@ RLL_ALPHA = 1.2
 RLL_MARGIN = 0.4
 RLL_TN = 10.0
 
-# The released code's Rank_loss defaults (spec 5.3): intra-modality alpha1 = 2.2, m1 = 0.9 (threshold 1.3);
+# The released code's Rank_loss defaults (docs/vd-recipes.md section 2): intra-modality alpha1 = 2.2, m1 = 0.9
+# (threshold 1.3);
 # cross-modality alpha2 = 2.0, m2 = 1.0 (threshold 1.0); temperature 1.
 OFFICIAL_RANK = {"alpha_intra": 2.2, "margin_intra": 0.9, "alpha_cross": 2.0, "margin_cross": 1.0, "tval": 1.0}
 
@@ -122,7 +123,7 @@ def official_rank_loss(
     tval: float = OFFICIAL_RANK["tval"],
     normalize: bool = True,
 ) -> Tensor:
-    """The released code's modality-aware ranked-list loss ``Rank_loss`` (spec 5.3), vectorised.
+    """The released code's modality-aware ranked-list loss ``Rank_loss`` (docs/vd-recipes.md section 2), vectorised.
 
     Features are L2-normalised and ``d`` is the Euclidean distance matrix. For each anchor ``i`` the other samples
     split into {positive, negative} x {intra-, cross-modality} by ``sub`` (True/1 = infrared); with

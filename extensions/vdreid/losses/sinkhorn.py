@@ -1,7 +1,8 @@
 """Entropic optimal-transport (Sinkhorn) distance between two batches of predictions.
 
 The released VD code's "conventional mutual learning" (CML, weight 8) is ``SinkhornDistance(eps=0.01, max_iter=100)``
-between ``softmax(i_obs logits)`` and ``softmax(v_obs logits)`` (spec 5.3): the two (B, C) probability matrices are
+between ``softmax(i_obs logits)`` and ``softmax(v_obs logits)`` (docs/vd-recipes.md section 2): the two (B, C)
+probability matrices are
 two point clouds, the cost is the squared Euclidean distance, the marginals are uniform, the iterations run in the
 log domain and gradients flow through them. That implementation has numerical quirks that change the value, and
 :func:`sinkhorn_distance` reproduces them exactly by default:
@@ -15,7 +16,7 @@ log domain and gradients flow through them. That implementation has numerical qu
 * the result is ``sum_ij pi_ij C_ij`` with ``pi = exp(M)``.
 
 ``stabilised=True`` gives a textbook log-domain Sinkhorn (true logsumexp, exact log marginals, a tighter stopping
-tolerance): the entropic-OT cost the released code approximates. The two give different numbers (trap 14).
+tolerance): the entropic-OT cost the released code approximates. The two give different numbers.
 We write our own rather than use a library (e.g. POT) because the quirks above are what produced the published
 numbers and no library reproduces them; POT is also not a dependency of vdreid.
 """
@@ -67,10 +68,12 @@ def sinkhorn_distance(
     stabilised: bool = False,
     tol: float | None = None,
 ) -> Tensor:
-    """Sinkhorn distance ``sum_ij pi_ij C_ij`` between the rows of ``p`` (n, C) and ``q`` (m, C) (CML term, spec 5.3).
+    """Sinkhorn distance ``sum_ij pi_ij C_ij`` between the rows of ``p`` (n, C) and ``q`` (m, C) (CML term,
+    docs/vd-recipes.md section 2).
 
     The paper's Eq. (17) names deep mutual learning (DML) here; the released code uses this entropic-OT distance
-    between the two modality-specific observations' softmax batches instead (spec 5.6). ``pi`` is the entropic plan
+    between the two modality-specific observations' softmax batches instead (docs/vd-recipes.md section 2). ``pi`` is
+    the entropic plan
     with uniform marginals ``1/n`` and ``1/m`` and regulariser ``eps``; gradients flow through every iteration.
 
     Args:

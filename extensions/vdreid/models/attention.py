@@ -1,4 +1,4 @@
-"""Channel attention of the authors' released code ("ShallowCAM", from ABD-Net), spec section 5.2.
+"""Channel attention of the authors' released code ("ShallowCAM", from ABD-Net), docs/vd-recipes.md section 1.
 
 The released encoder applies one such block to the input of ResNet layer2, layer3 and layer4. Each block mixes
 channels with a softmax over a "max minus Gram" affinity and adds the result scaled by a learnable ``gamma``

@@ -1,6 +1,7 @@
 """Encoders ``E`` of the paper (Fig. 3): a timm CNN, global average pooling and a BNNeck giving the observation ``v``.
 
-Matches the released ``Baseline`` (spec section 5.2): ImageNet ResNet-50 with last stride 1, optional channel
+Matches the released ``Baseline`` (docs/vd-recipes.md section 1): ImageNet ResNet-50 with last stride 1, optional
+channel
 attention before layer2/3/4, GAP, BatchNorm1d with frozen bias (BNNeck) and an identity classifier on the
 post-BN feature (weights N(0, 0.001), bias 0).
 """

@@ -1,6 +1,6 @@
 """Information bottleneck ``B`` (``E(z|v)`` in the paper) and its identity classifier ``P_z``.
 
-Two forms (paper section 4.2 vs. the released code, spec 5.2 / trap 15):
+Two forms (paper section 4.2 vs. the released code, docs/vd-recipes.md sections 1 and 3):
 
 * ``deterministic``: MLP ``v -> h1 -> BN -> ReLU -> h2 -> BN -> ReLU -> z`` (paper sizes 1024-512-256; the released
   ``ChannelCompress`` is 1000-500-512).

@@ -63,7 +63,7 @@ class VDOutput:
 
 def gray_view(x: Tensor) -> Tensor:
     """Luminance 0.2989 R + 0.5870 G + 0.1140 B replicated to 3 channels, applied to the (already normalised)
-    tensor exactly as the released code's ``to_edge`` does (spec 5.2, trap 13)."""
+    tensor exactly as the released code's ``to_edge`` does (docs/vd-recipes.md section 1)."""
     w = torch.tensor([0.2989, 0.5870, 0.1140], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     g = (x * w).sum(dim=1, keepdim=True)
     return g.expand(-1, 3, -1, -1).contiguous()

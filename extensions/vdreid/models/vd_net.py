@@ -1,11 +1,13 @@
-"""VDNet: the three-branch network of the paper (Fig. 3, section 3.3 / 4.2) and of the released code (spec 5.2).
+"""VDNet: the three-branch network of the paper (Fig. 3, section 3.3 / 4.2) and of the released code
+(docs/vd-recipes.md section 1).
 
 Branches ``ir``, ``vis`` and ``shared``, each an encoder ``E`` (timm CNN + GAP + BNNeck, observation ``v``) followed
 by an information bottleneck ``B`` (representation ``z``), each with an identity classifier.
 
 Routing (which images each encoder sees):
 
-* ``official`` (released code, trap 13): every image goes through every encoder. ``E_ir`` sees ``gray(x)``,
+* ``official`` (released code, docs/vd-recipes.md section 1): every image goes through every encoder. ``E_ir`` sees
+``gray(x)``,
   ``E_vis`` sees ``x``, ``E_shared`` sees both views. Modality is not needed by the forward.
 * ``modality`` (paper text): ``E_ir`` sees the infrared images, ``E_vis`` the visible ones (each their own ``x``),
   ``E_shared`` sees ``x`` and ``gray(x)`` of every image. Needs the per-image modality flag.
