@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,8 @@ from vdreid import compat
 from vdreid.data.errors import read_image_rgb
 from vdreid.data.protocol import Protocol
 from vdreid.data.transforms import seeded
+
+logger = logging.getLogger(__name__)
 
 Item = tuple[str, int, int, int]
 
@@ -66,16 +69,15 @@ class VIImageDataset(compat.ImageDataset):
             v, i = self.modality_counts(items)
             return f"  {name:<9}| {self.get_num_pids(items):5d} | {len(items):8d} | {v:7d} | {i:8d}"
 
-        print(f"=> Loaded {self.__class__.__name__} ({self.protocol.name})")
-        print("  ---------------------------------------------------")
-        print("  subset   | # ids | # images | visible | infrared")
-        print("  ---------------------------------------------------")
-        print(row("train", self.train))
-        print(row("query", self.query))
-        print(row("gallery", self.gallery))
         sizes = sorted({int(g.size) for g in self.protocol.gallery_trials})
-        print(f"  gallery per trial: {sizes if len(sizes) > 1 else sizes[0]} images, {self.protocol.num_trials} trials")
-        print("  ---------------------------------------------------")
+        rule = "  ---------------------------------------------------"
+        logger.info("\n".join([
+            f"=> Loaded {self.__class__.__name__} ({self.protocol.name})", rule,
+            "  subset   | # ids | # images | visible | infrared", rule,
+            row("train", self.train), row("query", self.query), row("gallery", self.gallery),
+            f"  gallery per trial: {sizes if len(sizes) > 1 else sizes[0]} images, {self.protocol.num_trials} trials",
+            rule,
+        ]))
 
 
 def preset_class(base: type[VIImageDataset], name: str, doc: str, **defaults: Any) -> type[VIImageDataset]:

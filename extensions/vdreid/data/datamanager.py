@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import warnings
 from typing import Any
 
@@ -28,6 +29,7 @@ from vdreid.data.protocol import Protocol
 from vdreid.data.sampler import CrossModalIdentitySampler
 from vdreid.data.transforms import ModalityTransformDataset, build_train_transform
 
+logger = logging.getLogger(__name__)
 _TORCHREID_DATASET_KWARGS = ("split_id", "cuhk03_labeled", "cuhk03_classic_split", "market1501_500k")
 _IGNORED_SAMPLERS = (None, "RandomSampler", "CrossModalIdentitySampler")
 
@@ -138,7 +140,7 @@ class CrossModalDataManager(compat.ImageDataManager):
         # an error (torchreid ignores them); modality-specific steps get each item's modality through a wrapper
         self.transform_tr = build_train_transform(height, width, transforms, norm_mean, norm_std)
         modal = self.transform_tr.needs_modality
-        print("=> Loading train (source) dataset")
+        logger.info("=> Loading train (source) dataset")
         trainsets = [self._view(name, "train", None if modal else self.transform_tr, k_tfm) for name in self.sources]
         trainset = sum(trainsets)
         self._num_train_pids = trainset.num_train_pids
@@ -156,7 +158,7 @@ class CrossModalDataManager(compat.ImageDataManager):
         )
         self.train_loader_t = None
 
-        print("=> Loading test (target) dataset")
+        logger.info("=> Loading test (target) dataset")
         self.test_loader: dict[str, dict[str, torch.utils.data.DataLoader]] = {}
         self.test_dataset: dict[str, dict[str, list]] = {}
         self.protocols: dict[str, Protocol] = {}
@@ -185,18 +187,18 @@ class CrossModalDataManager(compat.ImageDataManager):
                 self.val_loader[name] = {"query": loader(vq), "gallery": loader(vg)}
                 self.val_dataset[name] = {"query": ds.val_query, "gallery": ds.val_gallery}
 
-        print("\n  **************** Summary ****************")
-        print(f"  source            : {self.sources}")
-        print(f"  # source ids      : {self.num_train_pids}")
-        print(f"  # source images   : {len(trainset)}  (infrared camids {sorted(self.train_ir_camids)})")
-        print(f"  train batches     : {len(self.train_loader)} x {batch_size} ({num_ids} ids x ({num_instances} vis + "
-              f"{num_instances} ir))")
-        print(f"  target            : {self.targets}")
-        for name, p in self.protocols.items():
-            print(f"  protocol          : {name}: {p.name}")
-        for name, p in self.val_protocols.items():
-            print(f"  val protocol      : {name}: {p.name}")
-        print("  *****************************************\n")
+        summary = [
+            "  **************** Summary ****************",
+            f"  source            : {self.sources}",
+            f"  # source ids      : {self.num_train_pids}",
+            f"  # source images   : {len(trainset)}  (infrared camids {sorted(self.train_ir_camids)})",
+            f"  train batches     : {len(self.train_loader)} x {batch_size} ({num_ids} ids x ({num_instances} vis + "
+            f"{num_instances} ir))",
+            f"  target            : {self.targets}",
+        ]
+        summary += [f"  protocol          : {name}: {p.name}" for name, p in self.protocols.items()]
+        summary += [f"  val protocol      : {name}: {p.name}" for name, p in self.val_protocols.items()]
+        logger.info("\n".join(summary + ["  *****************************************"]))
 
     # ------------------------------------------------------------------ helpers
 
