@@ -28,6 +28,7 @@ from vdreid.data.base import VIImageDataset
 from vdreid.data.protocol import Protocol
 from vdreid.data.sampler import CrossModalIdentitySampler
 from vdreid.data.transforms import ModalityTransformDataset, build_train_transform
+from vdreid.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 _TORCHREID_DATASET_KWARGS = ("split_id", "cuhk03_labeled", "cuhk03_classic_split", "market1501_500k")
@@ -38,7 +39,8 @@ def dataset_class(name: str) -> type:
     """The class torchreid has registered under ``name`` (raises with the list of names if unknown)."""
     reg = compat._image_dataset_registry()
     if name not in reg:
-        raise ValueError(f"unknown dataset {name!r}; registered: {sorted(reg)}")
+        raise ConfigError(f"config key 'data.sources'/'data.targets': unknown dataset {name!r}; "
+                          f"registered: {sorted(reg)}")
     return reg[name]
 
 

@@ -172,10 +172,10 @@ class VIEngine(compat.Engine):
         try:
             self.amp = AMP(amp, self.device)
         except ValueError as exc:
-            raise ValueError(f"VIEngine: {exc}") from None
+            raise ConfigError(f"config key 'train.amp': {exc}") from None
         if selection == "val" and not getattr(datamanager, "val_protocols", None):
-            raise ValueError(
-                "VIEngine: selection='val' needs a validation protocol, but the data manager has no val_protocols. "
+            raise ConfigError(
+                "config key 'train.selection': selection='val' needs a validation protocol, but the data manager has none. "
                 "For SYSU-MM01 set val_for_selection=True (train on the 296 train ids, select on the 99 val ids), "
                 "or use selection='final'."
             )

@@ -14,6 +14,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from vdreid.errors import ConfigError
 from vdreid.models.attention import ShallowCAM
 from vdreid.models.weights import PretrainedWeightsError, hub_state_dict, load_backbone_file, load_backbone_state
 
@@ -21,10 +22,11 @@ from vdreid.models.weights import PretrainedWeightsError, hub_state_dict, load_b
 def create_timm_backbone(name: str, **timm_kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained=False, num_classes=0, global_pool='')`` with a clear unknown-name error."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"backbone must be a timm model name such as 'resnet50', got {name!r}")
+        raise ConfigError(f"config key 'model.backbone': a timm model name such as 'resnet50' is expected, "
+                          f"got {name!r}")
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:10]
-        raise ValueError(f"backbone '{name}' is not a timm model (argument backbone). Similar names: {close}")
+        raise ConfigError(f"config key 'model.backbone': '{name}' is not a timm model. Similar names: {close}")
     return timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **timm_kwargs)
 
 
@@ -41,7 +43,7 @@ def _last_stage(model: nn.Module) -> tuple[str, nn.Module]:
     if info:
         name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
         return name, model.get_submodule(name)
-    raise ValueError(f"cannot locate the last stage of backbone {type(model).__name__}; use last_stride=2")
+    raise ConfigError(f"cannot locate the last stage of backbone {type(model).__name__}; use last_stride=2")
 
 
 def set_last_stride_one(model: nn.Module, name: str = "backbone") -> None:
@@ -71,7 +73,7 @@ def set_last_stride_one(model: nn.Module, name: str = "backbone") -> None:
             mod.stride = 1
             changed += 1
     if changed == 0:
-        raise ValueError(
+        raise ConfigError(
             f"last_stride=1: no stride-2 layer found in the last stage '{stage_name}' of {name}; "
             "this backbone is not supported with last_stride=1, use last_stride=2"
         )
@@ -84,7 +86,7 @@ def set_last_stride_one(model: nn.Module, name: str = "backbone") -> None:
         model.train(was_training)
     reduction = model.feature_info[-1]["reduction"] if getattr(model, "feature_info", None) else 32
     if out.dim() != 4 or out.shape[-1] <= 64 // reduction:
-        raise ValueError(
+        raise ConfigError(
             f"last_stride=1 did not enlarge the final feature map of {name} (got shape {tuple(out.shape)} for a "
             "64x64 input); use last_stride=2 for this backbone"
         )
