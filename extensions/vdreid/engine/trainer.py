@@ -175,7 +175,7 @@ class VIEngine(compat.Engine):
             raise ConfigError(f"config key 'train.amp': {exc}") from None
         if selection == "val" and not getattr(datamanager, "val_protocols", None):
             raise ConfigError(
-                "config key 'train.selection': selection='val' needs a validation protocol, but the data manager has none. "
+                "config key 'train.selection': selection='val' needs a validation protocol; the data manager has none. "
                 "For SYSU-MM01 set val_for_selection=True (train on the 296 train ids, select on the 99 val ids), "
                 "or use selection='final'."
             )
