@@ -1,8 +1,9 @@
 """Method registry: ``vdreid.methods.get(name)`` returns the registered :class:`~vdreid.methods.base.Method`,
 ``vdreid.methods.names()`` lists them. The config key ``model.method`` picks one.
 
-Adding a method is one new module here that defines a :class:`Method` subclass and calls :func:`register` on an
-instance (see ``docs/adding-a-method.md``); the module is imported below.
+Adding a method is one new module in this package that defines a :class:`Method` subclass and calls
+:func:`register` on an instance (``docs/adding-a-method.md``): every module here is imported when the package is, so
+nothing else needs editing.
 """
 
 from __future__ import annotations
@@ -52,7 +53,16 @@ def method_of_model(model_name: str) -> Method | None:
 
 __all__ = ["Method", "all_methods", "get", "method_of_model", "names", "register"]
 
-# the built-in methods register themselves on import (one module each)
-from vdreid.methods import agw as _agw  # noqa: E402,F401
-from vdreid.methods import bnneck as _bnneck  # noqa: E402,F401
-from vdreid.methods import vd as _vd  # noqa: E402,F401
+
+
+def _import_methods() -> None:
+    """Import every module of this package (each registers its method)."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_methods()

@@ -33,6 +33,12 @@ class AGW(Method):
     resume_keys = ("model", "num_classes", "backbone", "non_local", "gem")
 
     @classmethod
+    def model_factories(cls) -> dict[str, Any]:
+        from vdreid.models.agw import make_agw_factory
+
+        return {name: make_agw_factory(name) for name in cls.model_names}
+
+    @classmethod
     def config(cls) -> CN:
         c = CN()
         c.non_local = [0, 2, 3, 0]  # non-local blocks after the last bottlenecks of layer1..4 (base: 0, 0, 0, 0)

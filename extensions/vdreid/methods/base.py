@@ -69,6 +69,12 @@ class Method(ABC):
             )
         return mode
 
+    @classmethod
+    def model_factories(cls) -> dict[str, Any]:
+        """torchreid factories ``f(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs)`` by model
+        name; ``import vdreid`` registers them in torchreid's model factory (``torchreid.models.build_model``)."""
+        return {}
+
     # ------------------------------------------------------------------------------------------------ builders
     @abstractmethod
     def model_kwargs(self, cfg: CN) -> dict[str, Any]:

@@ -28,6 +28,12 @@ class BNNeck(Method):
     resume_keys = ("model", "num_classes", "backbone")
 
     @classmethod
+    def model_factories(cls) -> dict[str, Any]:
+        from vdreid.models.baseline import make_bnneck_factory
+
+        return {name: make_bnneck_factory(name) for name in cls.model_names}
+
+    @classmethod
     def config(cls) -> CN:
         c = CN()
         c.last_stride = 1

@@ -47,6 +47,12 @@ class VD(Method):
                    "bottleneck_branches")
 
     @classmethod
+    def model_factories(cls) -> dict[str, Any]:
+        from vdreid.models.vd_net import make_factory
+
+        return {name: make_factory(name) for name in cls.model_names}
+
+    @classmethod
     def config(cls) -> CN:
         c = CN()
         c.recipe = "paper"  # paper (the equations as written) | official (what the released code computes)

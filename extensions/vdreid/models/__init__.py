@@ -20,19 +20,21 @@ from vdreid.models.weights import PretrainedWeightsError, hub_reachable, load_ba
 
 
 def register_models() -> None:
-    """Register ``vd_resnet50``, ``vd_resnet50_official``, ``vd_resnet18``, ``agw``, ``agw_resnet18``,
-    ``bnneck_resnet50`` and ``bnneck_resnet18`` with torchreid (idempotent)."""
-    from vdreid import compat
+    """Register every method's models with torchreid's model factory (idempotent): ``vd_resnet50``,
+    ``vd_resnet50_official``, ``vd_resnet18``, ``agw``, ``agw_resnet18``, ``bnneck_resnet50``, ``bnneck_resnet18``
+    and those of any method added in ``vdreid/methods/`` (``Method.model_factories``)."""
+    from vdreid import compat, methods
 
-    for name in PRESETS:
-        compat.register_model(name, make_factory(name))
-    for name in AGW_PRESETS:
-        compat.register_model(name, make_agw_factory(name))
-    for name in BNNECK_PRESETS:
-        compat.register_model(name, make_bnneck_factory(name))
+    for method in methods.all_methods():
+        for name, factory in method.model_factories().items():
+            compat.register_model(name, factory)
 
 
 __all__ = [
+    "AGW_PRESETS",
+    "BNNECK_PRESETS",
+    "make_agw_factory",
+    "make_bnneck_factory",
     "AGWNet",
     "BNNeckNet",
     "GeneralizedMeanPooling",
