@@ -217,3 +217,179 @@ def test_published_flip_contradiction_is_an_error(tmp_path):
                                                 "metrics": {"R1": 1.0}, "flags": ["flip-tta"], "flip": False}]}))
     with pytest.raises(LeaderboardError, match="contradicts"):
         load_published(str(bad))
+
+
+# ------------------------------------------------------------------ seeds: one row per setting, mean ± std over seeds
+
+SYSU_ALL = "sysu/ir2vis/all/single-shot/agw/10 trials"
+
+
+def _seeded(path, seed: int, r1_trials: list[float], map_trials: list[float], protocol: str = SYSU_ALL,
+            sampler_seed: int | None = None, root: str = "datasets/synthetic", num_query: int = 284, **prov) -> str:
+    """A results JSON as `vdreid train` writes it: per-trial metrics, their mean/std, the config with both seeds."""
+    per = [{"R1": a, "R5": a, "R10": a, "R20": a, "mAP": b, "mINP": b / 2, "num_valid_queries": 10}
+           for a, b in zip(r1_trials, map_trials)]
+    keys = ("R1", "R5", "R10", "R20", "mAP", "mINP")
+    d = {
+        "protocol": protocol,
+        "protocol_info": {"num_query": num_query, "gallery_sizes": [112] * len(per)},
+        "num_trials": len(per),
+        "per_trial": per,
+        "mean": {k: float(np.mean([t[k] for t in per])) for k in keys},
+        "std": {k: float(np.std([t[k] for t in per])) for k in keys},
+        "rerank": False,
+        "git_commit": f"c{seed}" + "0" * 12,
+        "model": "agw_resnet18",
+        "method": "agw",
+        "feature_mode": "bn",
+        "synthetic": True,
+        "seed": seed,
+        "seed_group": "sg1",
+        "config_group": f"cg{seed}",
+        "selection": "final",
+        "config": {"train": {"seed": seed}, "sampler": {"seed": seed if sampler_seed is None else sampler_seed},
+                   "data": {"root": root}},
+        **prov,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(d))
+    return str(path)
+
+
+def _pop_std(values: list[float]) -> float:
+    """Population standard deviation written out from its definition (independent of numpy)."""
+    m = sum(values) / len(values)
+    return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def test_three_seeds_make_one_row_mean_of_means_and_seed_std(tmp_path):
+    runs = tmp_path / "runs"
+    trials = {0: ([40.0, 42.0, 44.0], [50.0, 51.0, 52.0]),
+              1: ([34.0, 34.0, 40.0], [45.0, 45.0, 45.0]),
+              2: ([50.0, 47.0, 47.0], [60.0, 58.0, 62.0])}
+    for seed, (r1, m) in trials.items():
+        _seeded(runs / f"agw_seed{seed}" / "results_sysu_mm01.json", seed, r1, m)
+    rows = rows_from_results(find_results([str(runs)]))
+    assert len(rows) == 1
+    (row,) = rows
+    run_r1 = [sum(r1) / 3 for r1, _ in trials.values()]
+    run_map = [sum(m) / 3 for _, m in trials.values()]  # 51, 45, 60
+    assert run_r1 == [42.0, 36.0, 48.0]
+    assert row.mean["R1"] == pytest.approx(sum(run_r1) / 3)
+    assert row.std["R1"] == pytest.approx(_pop_std(run_r1))  # the spread of the seeds, not of the gallery draws
+    assert row.mean["R1"] == 42.0 and row.std["R1"] == pytest.approx(24 ** 0.5)  # by hand: (0 + 36 + 36) / 3 = 24
+    assert row.mean["mAP"] == pytest.approx(52.0) and row.std["mAP"] == pytest.approx(_pop_std(run_map))
+    assert row.mean["mINP"] == pytest.approx(26.0)
+    assert row.seeds == ["0", "1", "2"] and row.trials == "3 seeds (0,1,2) × 3 trials"
+    assert row.commit == "c000000000,c100000000,c200000000"
+    assert row.source.endswith("runs/{agw_seed0,agw_seed1,agw_seed2}/results_sysu_mm01.json")
+    out = tmp_path / "LB.md"
+    build_leaderboard([str(runs)], None, str(out), str(tmp_path / "LB.csv"))
+    line = next(ln for ln in out.read_text().splitlines() if "ours: agw_resnet18" in ln)
+    assert f"{sum(run_r1) / 3:.2f} ± {_pop_std(run_r1):.2f}" in line and "3 seeds (0,1,2)" in line
+    (rec,) = list(csv.DictReader(open(tmp_path / "LB.csv")))
+    assert rec["seeds"] == "0;1;2" and rec["R1_std"] == f"{_pop_std(run_r1):.2f}"
+
+
+def test_seed_rows_never_mix_protocols_flip_approximate_or_test_sets(tmp_path):
+    from vdreid.tools.leaderboard import FLIP_FLAG as FLIP_TTA
+
+    runs = tmp_path / "runs"
+    base = ([40.0, 40.0], [50.0, 50.0])
+    for seed in (0, 1):
+        _seeded(runs / f"a{seed}" / "r.json", seed, *base)
+        # the same setting on the indoor protocol: its own table
+        _seeded(runs / f"in{seed}" / "r.json", seed, [90.0, 90.0], [80.0, 80.0],
+                protocol="sysu/ir2vis/indoor/single-shot/agw/10 trials")
+        # flip test-time augmentation, an approximate index, another synthetic tree, another test-set size
+        _seeded(runs / f"f{seed}" / "r.json", seed, [60.0, 60.0], [61.0, 61.0], flip=True)
+        _seeded(runs / f"x{seed}" / "r.json", seed, [20.0, 20.0], [21.0, 21.0], approximate=True)
+        _seeded(runs / f"t{seed}" / "r.json", seed, [10.0, 10.0], [11.0, 11.0], root="datasets/other_tree")
+        _seeded(runs / f"q{seed}" / "r.json", seed, [5.0, 5.0], [6.0, 6.0], num_query=500)
+    rows = rows_from_results(find_results([str(runs)]))
+    assert len(rows) == 6 and all(r.seeds == ["0", "1"] for r in rows)
+    by_r1 = {r.mean["R1"]: r for r in rows}
+    assert sorted(by_r1) == [5.0, 10.0, 20.0, 40.0, 60.0, 90.0]  # no row averages two settings
+    assert by_r1[90.0].protocol == "sysu/ir2vis/indoor/single-shot/agw/10 trials"
+    assert by_r1[60.0].flip is True and FLIP_TTA in by_r1[60.0].flags and FLIP_TTA not in by_r1[40.0].flags
+    assert "approx-search" in by_r1[20.0].flags and "approx-search" not in by_r1[40.0].flags
+
+
+def test_a_single_seed_and_results_without_seed_group_stay_rows_of_their_own(tmp_path):
+    runs = tmp_path / "runs"
+    _seeded(runs / "one" / "r.json", 3, [40.0, 44.0], [50.0, 50.0])
+    # written before seed_group existed: two seeds of one setting are two rows, as before
+    for seed in (0, 1):
+        p = runs / f"old{seed}" / "r.json"
+        _seeded(p, seed, [20.0 + seed, 22.0 + seed], [30.0, 30.0], model="vd_resnet18")
+        d = json.loads(p.read_text())
+        del d["seed_group"]
+        p.write_text(json.dumps(d))
+    rows = rows_from_results(find_results([str(runs)]))
+    assert len(rows) == 3 and all(r.seeds == [] for r in rows)
+    one = next(r for r in rows if r.model == "agw_resnet18")
+    assert one.trials == "2 trials" and one.mean["R1"] == 42.0 and one.std["R1"] == pytest.approx(2.0)
+
+
+def test_a_seed_evaluated_twice_counts_once_newest_file(tmp_path):
+    import os
+
+    runs = tmp_path / "runs"
+    _seeded(runs / "s0" / "r.json", 0, [40.0], [50.0])
+    old = _seeded(runs / "s1_old" / "r.json", 1, [10.0], [10.0])
+    new = _seeded(runs / "s1_new" / "r.json", 1, [20.0], [30.0])
+    os.utime(old, (1_000_000, 1_000_000))
+    os.utime(new, (2_000_000, 2_000_000))
+    (row,) = rows_from_results(find_results([str(runs)]))
+    assert row.seeds == ["0", "1"] and row.mean["R1"] == pytest.approx(30.0) and row.std["R1"] == pytest.approx(10.0)
+    # sampler seed differing from train seed is another seed pair, labelled train/sampler
+    _seeded(runs / "s2" / "r.json", 1, [60.0], [60.0], sampler_seed=7)
+    (row,) = rows_from_results(find_results([str(runs)]))
+    assert row.seeds == ["0", "1", "1/7"] and row.mean["R1"] == pytest.approx(40.0)
+
+
+def test_regdb_seeds_of_complete_split_sets_average_their_split_means(tmp_path):
+    runs = tmp_path / "runs"
+    split_r1 = {0: [70.0 + 2 * t for t in range(10)], 1: [60.0 + t for t in range(10)]}
+    for seed, r1s in split_r1.items():
+        for t, r1 in enumerate(r1s, 1):
+            _seeded(runs / f"s{seed}_t{t}" / "results_regdb.json", seed, [r1], [r1 - 5],
+                    protocol=f"regdb/vis2ir/trial-{t}", dataset="regdb", trial=t, synthetic=False,
+                    model="vd_resnet50", method="vd", recipe="paper")
+    # a third seed with split 1 only: a one-split row of its own, never in the 10-split average
+    _seeded(runs / "s2_t1" / "results_regdb.json", 2, [1.0], [1.0], protocol="regdb/vis2ir/trial-1", dataset="regdb",
+            trial=1, synthetic=False, model="vd_resnet50", method="vd", recipe="paper")
+    rows = rows_from_results(find_results([str(runs)]))
+    ten = next(r for r in rows if r.protocol == "regdb/vis2ir/10 splits")
+    means = [sum(v) / 10 for v in split_r1.values()]  # 79.0, 64.5
+    assert ten.mean["R1"] == pytest.approx(sum(means) / 2)
+    assert ten.std["R1"] == pytest.approx(_pop_std(means)) and ten.std["R1"] == pytest.approx(7.25)
+    assert ten.mean["mAP"] == pytest.approx(sum(means) / 2 - 5)
+    assert ten.seeds == ["0", "1"] and ten.trials.startswith("2 seeds (0,1) × 10 splits")
+    (single,) = [r for r in rows if r.protocol == "regdb/vis2ir/split 1"]
+    assert single.mean["R1"] == 1.0 and single.seeds == []
+    assert len(rows) == 2
+
+
+def test_provenance_seed_group_ignores_only_seeds_and_the_regdb_split():
+    from vdreid import builders
+    from vdreid.config import get_default_config
+
+    def prov(**changes):
+        cfg = get_default_config()
+        for key, value in changes.items():
+            node = cfg
+            *parents, leaf = key.split("__")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return builders.provenance(cfg)
+
+    base = prov()
+    seeded = prov(train__seed=7, sampler__seed=9)
+    split = prov(data__regdb__trial=4)
+    assert seeded["seed_group"] == base["seed_group"] == split["seed_group"]
+    assert seeded["config_group"] != base["config_group"] and seeded["config_hash"] != base["config_hash"]
+    assert split["config_group"] == base["config_group"]
+    assert prov(train__lr=0.5)["seed_group"] != base["seed_group"]
+    assert prov(test__flip=True)["seed_group"] != base["seed_group"]

@@ -170,12 +170,24 @@ def group_hash(cfg: CN) -> str:
     return config_hash(c)
 
 
+def seed_group_hash(cfg: CN) -> str:
+    """Config hash without the seeds (``train.seed``, ``sampler.seed``) and without the RegDB split: runs of one
+    setting repeated over seeds share it, and the leaderboard reports them as one row (mean +/- std over seeds)."""
+    c = cfg.clone()
+    c.defrost()
+    c.data.regdb.trial = 1
+    c.train.seed = 0
+    c.sampler.seed = 0
+    return config_hash(c)
+
+
 def provenance(cfg: CN) -> dict[str, Any]:
     """What goes into checkpoints and results JSON besides the evaluator's own fields."""
     regdb = any(n.startswith("regdb") for n in cfg.data.targets)
     return {
         "config_hash": config_hash(cfg),
         "config_group": group_hash(cfg),
+        "seed_group": seed_group_hash(cfg),
         "model": cfg.model.backbone or cfg.model.name,
         "seed": cfg.train.seed,
         "dataset": ",".join(cfg.data.targets),

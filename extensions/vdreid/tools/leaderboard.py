@@ -12,6 +12,14 @@ their current names (``sysu/ir2vis/all/...``, ``regdb/vis2ir/...``): :func:`cano
 RegDB needs one training per split. Results that differ only in the split (``trial`` provenance field and the split
 number in the protocol string) and share a config group are averaged into one row: mean +/- std over the splits
 (population std, ``ddof=0``, as numpy and the AGW evaluator's averaging use), protocol ``regdb/<dir>/N splits``.
+
+Seeds: runs whose configuration differs only in ``train.seed`` / ``sampler.seed`` share the ``seed_group`` provenance
+field (the config hash without the seeds and the RegDB split). Such runs with the same protocol string, test set and
+setting (test feature, re-ranking, recipe, model, flip, approximate search, selection; synthetic data root) form one
+row: the mean over runs of each run's mean metric, +/- the population std over runs (the seed spread, not the
+gallery-draw spread), with "N seeds (s1,s2,...)" in the trials column. For RegDB, seeds that each have the same set
+of splits form one row: mean +/- std over seeds of each seed's split mean. Results without ``seed_group`` (written
+before it existed) stay rows of their own.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from vdreid.errors import LeaderboardError
 METRICS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 _SPLIT_RE = re.compile(r"(?:split|trial)[ =_-]?(\d+)$")
 FLIP_FLAG = "flip-tta"
+#: a run of ours whose ranked lists came from an approximate index (HNSW/IVF): its numbers may be lower than exact
+APPROX_FLAG = "approx-search"
 _SYSU_MODES = ("all", "indoor")
 _REGDB_DIRECTIONS = {"v2t": "vis2ir", "t2v": "ir2vis"}
 
@@ -75,6 +85,8 @@ class Row:
     source: str = ""
     #: features of the image and its horizontal flip combined (test-time augmentation); None: the source does not say
     flip: bool | None = False
+    #: seeds of the runs averaged into this row (``train.seed``, or ``train/sampler`` when they differ); empty: one run
+    seeds: list[str] = field(default_factory=list)
 
     @property
     def table_key(self) -> str:
@@ -154,51 +166,156 @@ def _method_label(d: dict[str, Any]) -> str:
     return "ours: " + " ".join(b for b in bits if b)
 
 
+def _seed_of(d: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``(train.seed, sampler.seed)`` of a run (from its recorded config; ``seed`` provenance as a fallback)."""
+    cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    sampler = cfg.get("sampler") if isinstance(cfg.get("sampler"), dict) else {}
+    return train.get("seed", d.get("seed")), sampler.get("seed")
+
+
+def _seed_label(seed: tuple[int | None, int | None]) -> str:
+    t, s = seed
+    return str(t) if s is None or s == t else f"{t}/{s}"
+
+
+def _seed_sort(seed: tuple[int | None, int | None]) -> tuple[int, int]:
+    return tuple(-1 if v is None else int(v) for v in seed)  # type: ignore[return-value]
+
+
+def _setting_key(d: dict[str, Any]) -> tuple:
+    """What must agree, besides the protocol and the config group, for runs to share one row: the test feature,
+    re-ranking, recipe, model and method, data kind, flip test-time augmentation, approximate search, the selection
+    rule, and for synthetic data the data root (two synthetic trees are two test sets)."""
+    cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    return (
+        d.get("feature_mode"),
+        bool(d.get("rerank")),
+        d.get("recipe"),
+        d.get("model"),
+        d.get("method"),
+        bool(d.get("synthetic")),
+        bool(d.get("flip")),
+        bool(d.get("approximate")),
+        d.get("selection"),
+        data.get("root") if d.get("synthetic") else None,
+    )
+
+
+def _test_set_key(d: dict[str, Any]) -> tuple:
+    """The size of the test set a SYSU-style run was evaluated on (queries, gallery size of each trial)."""
+    info = d.get("protocol_info") if isinstance(d.get("protocol_info"), dict) else {}
+    return info.get("num_query"), tuple(info.get("gallery_sizes") or ())
+
+
+def _newest(ds: list[dict[str, Any]], key) -> dict[Any, dict[str, Any]]:
+    """``{key(d): d}``, keeping the newest file where a key occurs twice (a run evaluated again)."""
+    out: dict[Any, dict[str, Any]] = {}
+    for d in ds:
+        k = key(d)
+        if k not in out or osp.getmtime(d["_path"]) >= osp.getmtime(out[k]["_path"]):
+            out[k] = d
+    return out
+
+
+def _mean_std(per: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and population std (``ddof=0``) of each metric every entry has."""
+    common = [k for k in METRICS if all(k in p for p in per)]
+    return ({k: float(np.mean([p[k] for p in per])) for k in common},
+            {k: float(np.std([p[k] for p in per])) for k in common})
+
+
+def _sources(paths: list[str]) -> str:
+    """Several result files in one cell: ``parent/{a,b,c}/name`` when they differ only in their folder."""
+    rel = [osp.relpath(p) for p in paths]
+    names = {osp.basename(p) for p in rel}
+    parents = {osp.dirname(osp.dirname(p)) for p in rel}
+    if len(rel) > 1 and len(names) == 1 and len(parents) == 1:
+        folders = ",".join(osp.basename(osp.dirname(p)) for p in rel)
+        return osp.join(parents.pop(), "{" + folders + "}", names.pop())
+    return ", ".join(rel)
+
+
 def rows_from_results(results: list[dict[str, Any]]) -> list[Row]:
-    """One row per SYSU-style result; RegDB results with the same config group averaged over their splits."""
+    """Our results as leaderboard rows.
+
+    * A SYSU-style result (one run gives the protocol's trials) is one row, mean +/- std over its trials; runs that
+      differ only in their seeds (same ``seed_group``, protocol, test set and setting) form one row instead: the mean
+      over runs of each run's mean metric +/- the population std over runs (the seed spread), "N seeds".
+    * RegDB results (one run per split) of one setting are averaged over their splits. Several seeds with the same
+      set of splits form one row: mean +/- std over seeds of each seed's split mean.
+
+    Results written before ``seed_group`` existed stay rows of their own (RegDB: grouped by ``config_group``)."""
     rows: list[Row] = []
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    seeded: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    split_groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for d in results:
         d["protocol"] = canonical_protocol(str(d["protocol"]))
-        split = _split_of(d)
-        if split is None:
-            rows.append(_row(d, _as_percent(d["mean"], d["_path"]), _as_percent(d.get("std") or {}, d["_path"]),
-                             f"{d.get('num_trials', len(d['per_trial']))} trials", d["protocol"]))
+        if _split_of(d) is None:
+            if d.get("seed_group"):
+                seeded[(d["protocol"], d["seed_group"], _test_set_key(d), _setting_key(d))].append(d)
+            else:
+                rows.append(_single_row(d))
             continue
-        key = (
-            _base_protocol(d["protocol"]),
-            d.get("config_group") or d.get("config_hash"),
-            d.get("feature_mode"),
-            bool(d.get("rerank")),
-            d.get("recipe"),
-            d.get("model"),
-            bool(d.get("synthetic")),
-            bool(d.get("flip")),
-        )
-        groups[key].append(d)
-    for key, ds in groups.items():
-        by_split: dict[int, dict[str, Any]] = {}
-        for d in ds:  # a split evaluated twice: keep the newest file
-            s = _split_of(d)
-            if s not in by_split or osp.getmtime(d["_path"]) >= osp.getmtime(by_split[s]["_path"]):
-                by_split[s] = d
-        splits = sorted(by_split)
-        per = [_as_percent(by_split[s]["mean"], by_split[s]["_path"]) for s in splits]
-        common = [k for k in METRICS if all(k in p for p in per)]
-        mean = {k: float(np.mean([p[k] for p in per])) for k in common}
-        std = {k: float(np.std([p[k] for p in per])) for k in common}
-        protocol = f"{key[0]}/{_splits_label(splits)}"
-        rows.append(_row(by_split[splits[-1]], mean, std, f"{len(splits)} splits ({','.join(map(str, splits))})",
-                         protocol))
+        group = d.get("seed_group") or d.get("config_group") or d.get("config_hash")
+        split_groups[(_base_protocol(d["protocol"]), group, _setting_key(d))].append(d)
+    for ds in seeded.values():
+        by_seed = _newest(ds, _seed_of)
+        seeds = sorted(by_seed, key=_seed_sort)
+        if len(seeds) == 1:
+            rows.append(_single_row(by_seed[seeds[0]]))
+            continue
+        runs = [by_seed[s] for s in seeds]
+        mean, std = _mean_std([_as_percent(r["mean"], r["_path"]) for r in runs])
+        n_trials = runs[-1].get("num_trials", len(runs[-1]["per_trial"]))
+        trials = f"{len(seeds)} seeds ({','.join(map(_seed_label, seeds))}) × {n_trials} trials"
+        rows.append(_row(runs[-1], mean, std, trials, runs[-1]["protocol"], runs=runs, seeds=seeds))
+    for (base, _, _), ds in split_groups.items():
+        by_seed_split = _newest(ds, lambda d: (_seed_of(d), _split_of(d)))
+        by_seed: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
+        for (seed, split), d in by_seed_split.items():
+            by_seed[seed][split] = d
+        # seeds with the same set of splits are averaged together; another set of splits is another protocol
+        by_splits: dict[tuple[int, ...], list[tuple]] = defaultdict(list)
+        for seed, per_split in by_seed.items():
+            by_splits[tuple(sorted(per_split))].append(seed)
+        for splits, seeds in by_splits.items():
+            seeds = sorted(seeds, key=_seed_sort)
+            protocol = f"{base}/{_splits_label(list(splits))}"
+            split_list = f"{len(splits)} splits ({','.join(map(str, splits))})"
+            split_means = []
+            for seed in seeds:
+                split_means.append(_mean_std([_as_percent(by_seed[seed][s]["mean"], by_seed[seed][s]["_path"])
+                                              for s in splits]))
+            last = by_seed[seeds[-1]][splits[-1]]
+            if len(seeds) == 1:
+                rows.append(_row(last, *split_means[0], split_list, protocol))
+                continue
+            mean, std = _mean_std([m for m, _ in split_means])
+            runs = [by_seed[seed][s] for seed in seeds for s in splits]
+            trials = f"{len(seeds)} seeds ({','.join(map(_seed_label, seeds))}) × {split_list}"
+            rows.append(_row(last, mean, std, trials, protocol, runs=runs, seeds=seeds))
     return rows
 
 
-def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trials: str, protocol: str) -> Row:
+def _single_row(d: dict[str, Any]) -> Row:
+    return _row(d, _as_percent(d["mean"], d["_path"]), _as_percent(d.get("std") or {}, d["_path"]),
+                f"{d.get('num_trials', len(d['per_trial']))} trials", d["protocol"])
+
+
+def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trials: str, protocol: str,
+         runs: list[dict[str, Any]] | None = None, seeds: list[tuple] | None = None) -> Row:
+    """A row of ours described by ``d`` (the newest run); ``runs``: every run averaged into it (seed rows)."""
+    runs = runs or [d]
     flags = []
-    if d.get("selection") == "test":
+    if any(r.get("selection") == "test" for r in runs):
         flags.append("selected-on-test")
     if d.get("flip"):
         flags.append(FLIP_FLAG)
+    if any(r.get("approximate") for r in runs):
+        flags.append(APPROX_FLAG)
+    commits = list(dict.fromkeys(str(r.get("git_commit") or "")[:10] for r in runs if r.get("git_commit")))
     return Row(
         method=_method_label(d),
         protocol=protocol,
@@ -210,12 +327,13 @@ def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trial
         rerank=bool(d.get("rerank")),
         recipe=str(d.get("recipe") or ""),
         model=str(d.get("model") or ""),
-        commit=str(d.get("git_commit") or "")[:10],
+        commit=",".join(commits),
         selection=str(d.get("selection") or ""),
         synthetic=bool(d.get("synthetic")),
         flags=flags,
-        source=osp.relpath(d["_path"]) if "_path" in d else "",
+        source=_sources([r["_path"] for r in runs]) if all("_path" in r for r in runs) else "",
         flip=bool(d.get("flip")),
+        seeds=[_seed_label(s) for s in seeds] if seeds else [],
     )
 
 
@@ -306,13 +424,18 @@ def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
         "",
         "Generated by `vdreid leaderboard` (benchmarks/leaderboard.py); do not edit by hand. Metrics in percent,",
         "mean ± std over the protocol's trials (SYSU, LLCM: 10 gallery draws) or splits (RegDB: one model per",
-        "split). Each table holds one protocol string (dataset/direction/...); rows of different protocols are never",
+        "split). Rows whose trials column says \"N seeds\" average N trainings that differ only in their seeds",
+        "(`train.seed`, `sampler.seed`): mean over the runs of each run's mean, ± the std over the runs (the seed",
+        "spread; for RegDB the std over seeds of each seed's 10-split mean). Synthetic-data rows can come from",
+        "different synthetic trees (see the source folder's config.yaml, `data.root`); compare them only on one tree.",
+        "Each table holds one protocol string (dataset/direction/...); rows of different protocols are never",
         "ranked against each other, and LLCM's swapped `test.py` form (`vis2ir_swapped`) has its own table.",
         "The `flip-tta` column says whether features of the image and its flip were combined (test-time",
         "augmentation; `-` where a published source does not say).",
         "Flags: `flip-tta` flip test-time augmentation, `input-HxW` larger input than 256x128, `approx` the source",
         "prints `~`, `regdb-trials-2-9-only` the released VD code evaluates splits 2..9 without a mean,",
-        "`selected-on-test` checkpoint chosen on the test protocol, `mindspore-port` the MindSpore re-implementation.",
+        "`selected-on-test` checkpoint chosen on the test protocol, `mindspore-port` the MindSpore re-implementation,",
+        "`approx-search` our ranked lists came from an approximate (HNSW/IVF) index.",
         "Published numbers come from benchmarks/published.yaml (sources there).",
         "",
     ]
@@ -342,7 +465,8 @@ def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
 
 
 def write_csv(rows: list[Row], path: str) -> None:
-    fields = ["protocol", "rank", "kind", "method", "trials"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")]
+    fields = ["protocol", "rank", "kind", "method", "trials", "seeds"]
+    fields += [f"{k}_{s}" for k in METRICS for s in ("mean", "std")]
     fields += ["feature_mode", "rerank", "flip_tta", "recipe", "model", "selection", "commit", "synthetic", "flags",
                "source"]
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -352,6 +476,7 @@ def write_csv(rows: list[Row], path: str) -> None:
             for i, r in enumerate(rank_rows(table), 1):
                 rec: dict[str, Any] = {
                     "protocol": key, "rank": i, "kind": r.kind, "method": r.method, "trials": r.trials,
+                    "seeds": ";".join(r.seeds),
                     "feature_mode": r.feature_mode, "rerank": r.rerank, "flip_tta": r.flip, "recipe": r.recipe,
                     "model": r.model,
                     "selection": r.selection, "commit": r.commit, "synthetic": r.synthetic,
