@@ -9,6 +9,9 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/rank_speed.py --cases sysu 10k --backend both --threads 2
                                                               # the de-duplicated CMC's top-L from the counting
                                                               # blocks (torch) vs from faiss indexes, side by side
+    .venv/bin/python benchmarks/rank_speed.py --compare-rev e8749fc~1 --threads 2
+                                                              # SYSU size with the SYSU rules: this tree's evaluator
+                                                              # vs the one of an older commit, interleaved
 
 Features: identity-clustered Gaussians (``center[pid] + noise``), so metrics are neither 0 nor 100 and
 positives sit near the top as with a trained model; ``--pure-noise`` makes them i.i.d. (the worst case for our
@@ -200,6 +203,48 @@ def run_case(name, nq, ng, dim, num_ids, trials, others, pure_noise, backend):
     print(f"  process max RSS so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
 
 
+def load_old_evaluator(rev: str):
+    """``evaluate_features`` of commit ``rev`` (its evaluation/core.py, metrics.py, ranking.py, loaded as a
+    separate package next to this tree's), for a side-by-side timing in one process."""
+    import importlib
+    import subprocess
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tmp = tempfile.mkdtemp(prefix="vdreid_old_eval_")
+    pkg = os.path.join(tmp, "vdreid_old_eval")
+    os.makedirs(pkg)
+    open(os.path.join(pkg, "__init__.py"), "w").close()
+    for name in ("core", "metrics", "ranking"):
+        src = subprocess.run(["git", "show", f"{rev}:extensions/vdreid/evaluation/{name}.py"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+        with open(os.path.join(pkg, f"{name}.py"), "w") as f:
+            f.write(src.replace("from vdreid.evaluation.", "from vdreid_old_eval."))
+    sys.path.insert(0, tmp)
+    return importlib.import_module("vdreid_old_eval.ranking").evaluate_features
+
+
+def compare_rev(rev: str, rounds: int = 3) -> None:
+    """SYSU all-search size, 10 trials with the SYSU rules, this tree vs ``rev``, interleaved round by round."""
+    old_fn = load_old_evaluator(rev)
+    feats = [make_features(3803, 301, 2048, 96, seed=t, pure_noise=False) for t in range(10)]
+    kw = dict(metric="cosine", cmc_mode="dedup", exclude_cam_pairs=((2, 1),))
+    best = {"new": np.inf, "old": np.inf}
+    for r in range(rounds):
+        for name, fn in (("new", evaluate_features), ("old", old_fn)):
+            t0 = time.perf_counter()
+            outs = [fn(qf, gf, qp, gp, qc, gc_, **kw) for qf, gf, qp, gp, qc, gc_ in feats]
+            dt = time.perf_counter() - t0
+            best[name] = min(best[name], dt)
+            print(f"  round {r} {name}: {dt:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+            if name == "new":
+                new_outs = outs
+        same = all(a["mAP"] == b["mAP"] and a["mINP"] == b["mINP"] and np.array_equal(a["cmc"], b["cmc"])
+                   for a, b in zip(new_outs, outs))
+    print(f"  SYSU size, 10 trials, SYSU rules: this tree {best['new']:.2f} s, {rev} {best['old']:.2f} s "
+          f"(best of {rounds}); new / old = {best['new'] / best['old']:.2f}; identical metrics: {same}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["sysu", "10k", "1m"], choices=["sysu", "10k", "1m"])
@@ -207,6 +252,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pure-noise", action="store_true", help="i.i.d. features (worst case)")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss", "both"])
     ap.add_argument("--threads", type=int, default=0, help="torch / faiss threads (0: library default)")
+    ap.add_argument("--compare-rev", default=None, help="only: SYSU size, this tree vs the evaluator of a commit")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -218,6 +264,9 @@ def main(argv=None) -> None:
             pass
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}; "
           f"backend {a.backend}; features {'pure noise' if a.pure_noise else 'identity-clustered'}")
+    if a.compare_rev:
+        compare_rev(a.compare_rev)
+        return
     s = 10 if a.quick else 1
     for c in a.cases:
         if c == "sysu":
