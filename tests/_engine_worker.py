@@ -91,8 +91,10 @@ def build_engine(
     sched = build_scheduler(opt, milestones=(100,), warmup_epochs=warmup_epochs, warmup_factor=0.1)
     cls = engine_cls or VDEngine
     prov = {"model": "test_resnet", "num_classes": dm.num_train_pids, "seed": seed, "method": method}
-    if method == "vd":
-        prov["recipe"] = recipe
+    if method == "vd":  # what vdreid.builders.provenance records for VD (the method's resume_keys included)
+        from vdreid.methods import get
+
+        prov.update(recipe=recipe, resume_keys=list(get("vd").resume_keys))
     return cls(dm, model, opt, criterion, sched, amp=amp, selection=selection, eval_freq=eval_freq,
                provenance=prov, progress=False, **engine_kwargs)
 

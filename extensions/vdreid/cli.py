@@ -4,7 +4,7 @@
     vdreid test    [--config-file F] --checkpoint PATH [--trials N] [--feature-mode M] [--rerank] [--visrank]
     vdreid make-synthetic --layout sysu|regdb|llcm --out DIR [--preset demo|tiny|hard] [--seed S] [--style S]
     vdreid leaderboard [--runs DIR ...] [--out benchmarks/LEADERBOARD.md]
-    vdreid tsne    [--config-file F] --checkpoint PATH [--out DIR] [--modes z_ir,z_vis,shared_z]
+    vdreid tsne    [--config-file F] --checkpoint PATH [--out DIR] [--modes M1,M2,...]
     vdreid export  [--config-file F] --checkpoint PATH --out model.onnx [--feature-mode M]
     vdreid plot    --cmc RESULTS.json ... | --train-log train_log.jsonl  --out FILE.png
     vdreid demo    [--config-file configs/quickstart.yaml]
@@ -63,16 +63,10 @@ def _read_checkpoint(path: str | None):
 
 
 def _original_overrides(ckpt) -> list[str]:
-    """Config overrides that describe a checkpoint written by the authors' own code (AGW, released VD)."""
-    from vdreid.models.original import original_model_kwargs
+    """Config overrides describing a checkpoint written by a method's original code (the method decides)."""
+    from vdreid import methods
 
-    kw = original_model_kwargs(ckpt.kind, ckpt.state_dict)
-    if ckpt.kind == "agw":
-        return ["model.method", "agw", "model.name", "agw", "model.backbone", kw["backbone"],
-                "agw.non_local", str(list(kw["non_local"])), "agw.gem", str(kw["gem"])]
-    return ["model.method", "vd", "model.name", "vd_resnet50_official", "model.backbone", kw["backbone"],
-            "vd.recipe", "official", "vd.routing", "official", "vd.bottleneck_dims", str(list(kw["bottleneck_dims"])),
-            "vd.z_classifier_hidden", str(kw["z_classifier_hidden"]), "vd.attention", str(kw["attention"]).lower()]
+    return methods.method_of_original(ckpt.kind).original_overrides(ckpt.kind, ckpt.state_dict)
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -427,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test", help="evaluate a checkpoint on the config's targets")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--trials", type=int, default=0, help="SYSU gallery trials (data.sysu.num_trials)")
-    p.add_argument("--feature-mode", default="", help="test feature (e.g. obs_concat, shared_z, z_concat)")
+    p.add_argument("--feature-mode", default="", help="test feature: one of the method's feature modes "
+                   "(vdreid.methods.get(name).feature_modes)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (recorded in the results)")
     p.add_argument("--visrank", action="store_true", help="write ranked-list pictures")
     p.add_argument("--save-dir", default="")
@@ -458,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="")
     p.add_argument("--target", default="")
-    p.add_argument("--modes", default="shared_z,z_ir,z_vis,shared_v")
-    p.add_argument("--joint-mode", default="shared_z")
+    p.add_argument("--modes", default="", help="feature modes to draw (default: the method's tsne_modes)")
+    p.add_argument("--joint-mode", default="", help="mode of the joint cross-modal picture (default: the first)")
     p.add_argument("--num-ids", type=int, default=12)
     p.add_argument("--per-id", type=int, default=10)
     _add_common(p)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import math
 import os.path as osp
@@ -31,14 +30,7 @@ import torch.distributed as dist
 from vdreid import compat
 from vdreid.engine import distributed as vdist
 from vdreid.engine.amp import AMP
-from vdreid.engine.checkpoint import (
-    check_config_compatible,
-    get_rng_state,
-    load_checkpoint,
-    load_model_weights,
-    set_rng_state,
-    unwrap_model,
-)
+from vdreid.engine.checkpoint import unwrap_model
 from vdreid.engine.hooks import (
     LATEST,
     SELECTIONS,
@@ -52,15 +44,11 @@ from vdreid.engine.hooks import (
     SamplerEpochHook,
     TensorboardHook,
 )
-from vdreid.errors import CheckpointError, ConfigError, NonFiniteLossError
+from vdreid.engine.state import RunStateMixin, _json_safe
+from vdreid.engine.testing import EvaluationMixin
+from vdreid.errors import ConfigError, NonFiniteLossError
 
 logger = logging.getLogger(__name__)
-
-# provenance fields that must agree between a checkpoint and the run that resumes from it
-BASE_RESUME_KEYS = ("method", "model", "num_classes", "recipe", "routing", "bottleneck", "backbone")
-# torchreid ``Engine.test`` keywords and what we do with them (see ``VIEngine.test``)
-_TORCHREID_TEST_KWARGS = ("dist_metric", "normalize_feature", "visrank", "visrank_topk", "save_dir",
-                          "use_metric_cuhk03", "ranks", "rerank")
 
 
 def _output_to_float(obj: Any) -> Any:
@@ -78,11 +66,6 @@ def _output_to_float(obj: Any) -> Any:
     return obj
 
 
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types only (checkpoints load with weights_only=True, which refuses arbitrary objects)."""
-    return json.loads(json.dumps(obj, default=str))
-
-
 def _takes_modality(model: torch.nn.Module) -> bool:
     try:
         return "modality" in inspect.signature(unwrap_model(model).forward).parameters
@@ -90,7 +73,7 @@ def _takes_modality(model: torch.nn.Module) -> bool:
         return False
 
 
-class VIEngine(compat.Engine):
+class VIEngine(RunStateMixin, EvaluationMixin, compat.Engine):
     """Training and evaluation of any registered vdreid method (public surface: torchreid's ``run``, ``train``,
     ``test``).
 
@@ -326,82 +309,6 @@ class VIEngine(compat.Engine):
         return {"epoch": self.epoch + 1, "lr": self.lr, **means,
                 "images_per_s": n_img * self.dist.world_size / max(elapsed, 1e-9), "time_s": elapsed}
 
-    # ------------------------------------------------------------------------------------------------ checkpoints
-    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
-        """Everything a resume needs; ``epoch`` = number of completed epochs (the next epoch to run)."""
-        rng = get_rng_state()
-        if self.dist.is_distributed:
-            states: list[Any] = [None] * self.dist.world_size
-            dist.all_gather_object(states, rng)
-            rng_all = states
-        else:
-            rng_all = [rng]
-        return {
-            "state_dict": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.amp.state_dict(),
-            "criterion": self.criterion.state_dict(),
-            "epoch": int(epoch),
-            "rng": rng_all,
-            "best": dict(self.best),
-            "scheduler_step": self.scheduler_step,
-            "amp": self.amp.mode,
-            "model_class": type(self.net).__name__,
-            "config": self.provenance,
-        }
-
-    def resume_from(self, path: str) -> int:
-        """Restore model, optimiser, scheduler, scaler, criterion, selection state and RNG states from ``path``
-        (``'latest'`` = ``save_dir/latest.pth``). Returns the epoch to start from."""
-        if path in ("latest", "auto"):
-            path = osp.join(self.save_dir, LATEST)
-        ckpt = load_checkpoint(path, map_location=self.device)
-        missing = [k for k in ("state_dict", "optimizer", "epoch", "rng") if k not in ckpt]
-        if missing:
-            raise CheckpointError(
-                f'cannot resume from "{path}": it lacks {missing} (a weights-only file? initialise from it with '
-                "model.load_weights instead of resuming)"
-            )
-        keys = tuple(dict.fromkeys(BASE_RESUME_KEYS + tuple(self.provenance.get("resume_keys", ()))))
-        check_config_compatible(ckpt.get("config"), self.provenance, keys, source=path)
-        saved_cfg, current_cfg = (ckpt.get("config") or {}).get("config"), self.provenance.get("config")
-        if isinstance(saved_cfg, dict) and isinstance(current_cfg, dict):
-            from vdreid.config import get_default_config, to_dict
-            from vdreid.engine.run_dir import check_resume_config
-
-            allowed = check_resume_config(saved_cfg, current_cfg, completed_epochs=int(ckpt["epoch"]),
-                                          defaults=to_dict(get_default_config()), source=f'"{path}"')
-            if allowed:  # recorded with the epoch they took effect: the results say what ran
-                changes = dict(ckpt["config"].get("resume_changes") or {})
-                changes.update({k: {"before": old, "after": new, "from_epoch": int(ckpt["epoch"]) + 1}
-                                for k, (old, new) in allowed.items()})
-                self.provenance["resume_changes"] = _json_safe(changes)
-                self._log("resume changes %s", ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in allowed.items()))
-        saved_step = ckpt.get("scheduler_step", "start" if ckpt.get("scheduler_offbyone") else "end")
-        if saved_step != self.scheduler_step:
-            raise CheckpointError(
-                f'cannot resume from "{path}": it was trained with the scheduler stepped at the {saved_step} of each '
-                f"epoch, this run steps it at the {self.scheduler_step} (train.scheduler_step)"
-            )
-        load_model_weights(self.net, ckpt["state_dict"], source=path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None:
-            if ckpt.get("scheduler") is None:
-                raise CheckpointError(f'cannot resume from "{path}": it holds no scheduler state but this run has one')
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.amp.load_state_dict(ckpt.get("scaler"))
-        if ckpt.get("criterion") is not None:
-            self.criterion.load_state_dict(ckpt["criterion"])
-        self.eval_hook.load_state_dict({"best": ckpt.get("best")})
-        rng = ckpt["rng"]
-        if isinstance(rng, dict):
-            rng = [rng]
-        set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
-        epoch = int(ckpt["epoch"])
-        self._log('resumed from "%s" at epoch %d', path, epoch)
-        return epoch
-
     # ------------------------------------------------------------------------------------------------ run
     def run(
         self,
@@ -479,150 +386,6 @@ class VIEngine(compat.Engine):
             self.writer.close()
             self.writer = None
         return rank1
-
-    def _write_config(self) -> None:
-        """``config.yaml`` of the run: the configuration that runs from now on (written after the run folder and
-        resume checks passed, so a refused start never rewrites it)."""
-        cfg = self.provenance.get("config")
-        if not (self.dist.is_main and self.save_dir and isinstance(cfg, dict)):
-            return
-        import yaml
-
-        from vdreid.atomic import atomic_write
-
-        text = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
-        atomic_write(osp.join(self.save_dir, "config.yaml"), lambda f: f.write(text), binary=False)
-
-    def _log_plan(self) -> None:
-        """The start banner: iterations per epoch and in total, where warm-up ends and the lr decays (epochs and
-        iterations), and the disk the run's checkpoints will take (:mod:`vdreid.engine.plan`)."""
-        from vdreid.engine.plan import CheckpointPolicy, estimate_checkpoint_bytes, log_plan, make_plan
-
-        sampler = getattr(self.train_loader, "sampler", None)
-        policy = CheckpointPolicy(keep_best=self.selection != "final", every=self.checkpoint_hook.every)
-        group = self.optimizer.param_groups[0]
-        plan = make_plan(
-            len(self.train_loader), self.max_epoch, self.start_epoch, schedule=self.schedule, policy=policy,
-            bytes_per_checkpoint=estimate_checkpoint_bytes(self.net, self.optimizer, self.criterion),
-            base_lr=group.get("initial_lr", group["lr"]), epoch_definition=getattr(sampler, "epoch_definition", None),
-            batch_size=getattr(sampler, "batch_size", None),
-        )
-        if self.dist.is_main:
-            log_plan(plan, logger)
-        self.provenance["plan"] = _json_safe(plan.as_dict())
-
-    # ----------------------------------------------------------------------------------------------- testing
-    @torch.no_grad()
-    def evaluate(self, split: str = "test", rerank: bool = False, metric: str | None = None) -> dict[str, Any]:
-        """Run the protocol evaluator on every target of ``split`` (``'test'`` or ``'val'``).
-
-        Each image is extracted once (under DDP in shards by every rank, gathered); rank 0 ranks and scores them
-        (the other ranks return ``{}``). The features stay in ``last_features[target]`` for ranked lists and plots.
-        Returns ``{target: EvalReport}``.
-        """
-        from vdreid.evaluation.evaluator import run_protocol
-
-        if split == "test":
-            loaders, protocols = self.test_loader, self.datamanager.protocols
-        else:
-            loaders, protocols = self.datamanager.val_loader, self.datamanager.val_protocols
-        reports: dict[str, Any] = {}
-        net = self.net
-        was_training = net.training
-        net.eval()
-        vdist.broadcast_buffers(net, self.dist)
-        amp_dtype = self.amp.dtype if self.eval_amp else None
-        extra = {"flip": True} if self.flip else {}
-        for name in loaders:
-            if name not in protocols:
-                raise KeyError(f"VIEngine.evaluate: no {split} protocol for target {name!r}")
-            t0 = time.perf_counter()
-            ir = self.datamanager.ir_camids_of(name)
-            q = vdist.extract_features_sharded(net, loaders[name]["query"], self.device, ir, self.dist, amp_dtype,
-                                               desc=f"{split} query features", **extra)
-            g = vdist.extract_features_sharded(net, loaders[name]["gallery"], self.device, ir, self.dist, amp_dtype,
-                                               desc=f"{split} gallery features", **extra)
-            if not self.dist.is_main:
-                continue
-            (qf, qp, qc), (gf, gp, gc) = q, g
-            rep = run_protocol(protocols[name], qf, gf, qp, gp, qc, gc, metric=metric or self.metric,
-                               backend=self.backend, rerank=rerank, max_rank=self.max_rank, flip=self.flip)
-            rep.wall_time_s = time.perf_counter() - t0
-            reports[name] = rep
-            if split == "test":
-                self.last_features[name] = (qf, gf, qp, gp, qc, gc)
-            self._log("##### %s: %s (%s) #####\n%s", split, name, protocols[name].name, rep.table())
-            if self.writer is not None:
-                step = self.epoch + 1
-                self.writer.add_scalar(f"{split.capitalize()}/{name}/rank1", float(rep.rank1), step)
-                for key in ("mAP", "mINP"):
-                    if key in rep.mean:
-                        self.writer.add_scalar(f"{split.capitalize()}/{name}/{key}", float(rep.mean[key]), step)
-        net.train(was_training)
-        vdist.barrier()
-        return reports
-
-    def test(self, save_dir: str = "", rerank: bool = False, selection_info: dict | None = None,
-             **torchreid_kwargs: Any) -> float | None:
-        """Evaluate the current model on every test target with its protocol, log the tables, write
-        ``save_dir/results_<target>.json`` with provenance (including which model was selected and how), and return
-        the first target's rank-1 (percent).
-
-        torchreid's keywords are honoured or refused, never ignored: ``dist_metric`` ('cosine' | 'euclidean')
-        replaces the configured metric for this call; ``normalize_feature=True`` ranks L2-normalised features (the
-        same ranking as cosine); ``visrank``/``visrank_topk`` write ranked-list pictures; ``ranks`` are logged from the
-        CMC; ``use_metric_cuhk03=True`` is refused (not a VI protocol); ``rerank`` applies k-reciprocal re-ranking.
-        """
-        from vdreid.evaluation import provenance_defaults
-
-        unknown = sorted(set(torchreid_kwargs) - set(_TORCHREID_TEST_KWARGS))
-        if unknown:
-            raise TypeError(f"VIEngine.test: unexpected keyword arguments {unknown}")
-        if torchreid_kwargs.get("use_metric_cuhk03"):
-            raise ConfigError("VIEngine.test: use_metric_cuhk03=True is CUHK03's metric; VI datasets use their own "
-                              "protocol (protocol.eval_kwargs())")
-        metric = torchreid_kwargs.get("dist_metric") or self.metric
-        if metric not in ("cosine", "euclidean"):
-            raise ConfigError(f"VIEngine.test: dist_metric must be 'cosine' or 'euclidean', got {metric!r}")
-        if torchreid_kwargs.get("normalize_feature"):
-            metric = "cosine"  # squared Euclidean distance of unit vectors is 2 - 2 cos: the cosine ranking
-        rerank = bool(rerank or torchreid_kwargs.get("rerank"))
-        save_dir = save_dir or torchreid_kwargs.get("save_dir") or self.save_dir
-        reports = self.evaluate(split="test", rerank=rerank, metric=metric)
-        self.last_reports = reports
-        rank1 = None
-        if self.dist.is_main:
-            info = {"selection": "final", "selected_epoch": self.epoch + 1, **(selection_info or {})}
-            prov = {**provenance_defaults(), **self.provenance, **info, "amp": self.amp.mode,
-                    "world_size": self.dist.world_size}
-            for name, rep in reports.items():
-                rank1 = float(rep.rank1) if rank1 is None else rank1
-                ranks = torchreid_kwargs.get("ranks")
-                if ranks:
-                    cmc = rep.cmc_mean
-                    self._log("CMC %s: %s", name, ", ".join(f"rank-{r} {cmc[min(r, len(cmc)) - 1]:.2f}%"
-                                                            for r in ranks))
-                if save_dir:
-                    rep.to_json(osp.join(save_dir, f"results_{name}.json"), **_json_safe(prov))
-                if torchreid_kwargs.get("visrank") and save_dir:
-                    self.write_ranked_lists(name, save_dir, topk=int(torchreid_kwargs.get("visrank_topk", 10)))
-        return vdist.broadcast_object(rank1)
-
-    def write_ranked_lists(self, name: str, save_dir: str, topk: int = 10, max_queries: int = 24) -> str:
-        """Ranked-list pictures of target ``name`` from the features the last test extracted (the one writer:
-        :func:`vdreid.evaluation.save_ranked_lists_for_protocol`)."""
-        from vdreid.evaluation import save_ranked_lists_for_protocol
-
-        if name not in self.last_features:
-            raise ValueError(f"write_ranked_lists: no test features of {name!r}; run test() first")
-        qf, gf, *_ = self.last_features[name]
-        dm = self.datamanager
-        out_dir = osp.join(save_dir, f"ranked_{name}")
-        save_ranked_lists_for_protocol(
-            dm.protocols[name], qf, gf, dm.test_dataset[name]["query"], dm.test_dataset[name]["gallery"], out_dir,
-            metric=self.metric, topk=topk, max_queries=max_queries,
-        )
-        return out_dir
 
 
 #: the name every test, benchmark and user script knows

@@ -51,7 +51,16 @@ def method_of_model(model_name: str) -> Method | None:
     return None
 
 
-__all__ = ["Method", "all_methods", "get", "method_of_model", "names", "register"]
+def method_of_original(kind: str) -> Method:
+    """The method whose original code writes checkpoints of layout ``kind`` ('agw', 'vd_official')."""
+    for m in _REGISTRY.values():
+        if kind in m.original_kinds:
+            return m
+    raise ConfigError(f"no method maps original checkpoints of kind {kind!r}; known: "
+                      f"{sorted(k for m in _REGISTRY.values() for k in m.original_kinds)}")
+
+
+__all__ = ["Method", "all_methods", "get", "method_of_model", "method_of_original", "names", "register"]
 
 
 

@@ -31,6 +31,7 @@ class AGW(Method):
     default_feature_mode = "bn"
     tsne_modes = ("bn", "pool")
     resume_keys = ("model", "num_classes", "backbone", "non_local", "gem")
+    original_kinds = ("agw",)
 
     @classmethod
     def model_factories(cls) -> dict[str, Any]:
@@ -117,6 +118,14 @@ class AGW(Method):
         if extra:
             groups.append({"params": extra, "lr_mult": 1.0})
         return groups
+
+    def original_overrides(self, kind: str, state_dict: dict[str, Any]) -> list[str]:
+        """A checkpoint of AGW's code: its backbone and non-local blocks read from its keys."""
+        from vdreid.models.original import original_model_kwargs
+
+        kw = original_model_kwargs(kind, state_dict)
+        return ["model.method", "agw", "model.name", "agw", "model.backbone", kw["backbone"],
+                "agw.non_local", str(list(kw["non_local"])), "agw.gem", str(kw["gem"])]
 
     def provenance(self, cfg: CN) -> dict[str, Any]:
         a = cfg.agw

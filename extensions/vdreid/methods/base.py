@@ -44,6 +44,8 @@ class Method(ABC):
     tsne_modes: ClassVar[tuple[str, ...]] = ()
     #: provenance keys that must agree between a checkpoint and a run resuming from it
     resume_keys: ClassVar[tuple[str, ...]] = ()
+    #: checkpoint layouts of the method's original code that ``vdreid.models.from_original`` maps (e.g. 'agw')
+    original_kinds: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------------------------------------ config
     @classmethod
@@ -98,6 +100,11 @@ class Method(ABC):
     def find_unused_parameters(self, cfg: CN) -> bool:
         """Whether DDP must look for parameters without gradients (branches or heads some steps do not use)."""
         return False
+
+    def original_overrides(self, kind: str, state_dict: dict[str, Any]) -> list[str]:
+        """``KEY VALUE`` config overrides describing the model of an original-code checkpoint of ``kind`` (one of
+        :attr:`original_kinds`), read from its keys."""
+        raise ConfigError(f"method '{self.name}' maps no original-code checkpoints (got kind {kind!r})")
 
     # ------------------------------------------------------------------------------------------------ records
     def provenance(self, cfg: CN) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class VD(Method):
     tsne_modes = ("shared_z", "z_ir", "z_vis", "shared_v")
     resume_keys = ("model", "num_classes", "recipe", "routing", "bottleneck", "backbone", "branches",
                    "bottleneck_branches")
+    original_kinds = ("vd_official",)
 
     @classmethod
     def model_factories(cls) -> dict[str, Any]:
@@ -229,6 +230,16 @@ class VD(Method):
         built = set(cfg.vd.branches)
         return any(float(w) == 0 for name, w in zip(BRANCH_ORDER, cfg.vd.branch_weights)
                    if ("shared" if name.startswith("shared") else name) in built)
+
+    def original_overrides(self, kind: str, state_dict: dict[str, Any]) -> list[str]:
+        """A checkpoint of the released VD code: the official recipe's network, sizes read from its keys."""
+        from vdreid.models.original import original_model_kwargs
+
+        kw = original_model_kwargs(kind, state_dict)
+        return ["model.method", "vd", "model.name", "vd_resnet50_official", "model.backbone", kw["backbone"],
+                "vd.recipe", "official", "vd.routing", "official",
+                "vd.bottleneck_dims", str(list(kw["bottleneck_dims"])),
+                "vd.z_classifier_hidden", str(kw["z_classifier_hidden"]), "vd.attention", str(kw["attention"]).lower()]
 
     # ------------------------------------------------------------------------------------------------ records
     def provenance(self, cfg: CN) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """t-SNE pictures of the embedding (paper Fig. 5 and Fig. 6) with scikit-learn.
 
-* Fig. 6: the joint embedding of the shared branch's representation for both modalities (``z_sh^I`` of infrared
-  images, ``z_sh^V`` of visible images): colour = identity, marker = modality.
-* Fig. 5: one panel per branch and feature (e.g. ``z_ir``, ``z_vis``, ``shared_z``, ``shared_v``), same encoding.
+* Fig. 6: the joint embedding of one feature for both modalities (for VD, the shared branch's representation of
+  infrared and visible images): colour = identity, marker = modality.
+* Fig. 5: one panel per feature mode (the method's ``tsne_modes`` by default), same encoding.
 
 Images come from a test target (query = infrared, gallery = visible on SYSU-MM01 / RegDB), restricted to the first
 ``num_ids`` test identities so clusters stay readable.
