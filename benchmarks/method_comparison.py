@@ -17,8 +17,8 @@ Two model keys are set to the quickstart's choices so that the networks see the 
 and one learning rate for every parameter (``agw.backbone_lr_mult 1``: AGW's 0.1 backbone factor belongs to
 fine-tuning ImageNet weights with SGD at lr 0.1, not to Adam from scratch). ``vdreid train`` refuses keys of another
 method's section, so for AGW and BNNeck the script writes the quickstart without its ``vd`` section (and without a VD
-``test.feature_mode``) as ``<out-dir>/configs/<method>.yaml`` and trains that file; the run folders' ``config.yaml``
-record every value.
+``test.feature_mode``) as ``<out-dir>/configs/<method>.yaml`` and trains that file (VD's file is the quickstart as it
+was when the script started); the run folders' ``config.yaml`` record every value.
 
 What each method's own published recipe would do differently (not done here; CPU budget):
 
@@ -139,13 +139,11 @@ def matched_overrides(q: dict[str, Any], method: str) -> list[str]:
 
 
 def write_method_configs(q: dict[str, Any], out_dir: str) -> dict[str, dict[str, Any]]:
-    """``{method: {path, dropped}}``: the quickstart as each method's config file (VD: the quickstart itself)."""
+    """``{method: {path, dropped}}``: the quickstart as each method's config file, written once at the start (VD's
+    too: a snapshot, so that every run of the comparison trains the same quickstart even if the file changes)."""
     out = {}
     os.makedirs(osp.join(out_dir, "configs"), exist_ok=True)
     for method in METHODS:
-        if method == "vd" and (q.get("model") or {}).get("method", "vd") == "vd":
-            out[method] = {"path": QUICKSTART, "dropped": []}
-            continue
         cfg, dropped = method_config(q, method)
         path = osp.join(out_dir, "configs", f"{method}.yaml")
         with open(path, "w", encoding="utf-8") as f:
