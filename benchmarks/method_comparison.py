@@ -337,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.time()
+    wait = wait_quiet(args.wait_quiet * 60) if args.wait_quiet > 0 else None
     info: dict[str, Any] = {
+        "wait": wait,
         "quickstart_commit": git("log", "-1", "--format=%h", "--", "configs/quickstart.yaml"),
         "quickstart_dirty": " + uncommitted edits" if git("status", "--porcelain", "configs/quickstart.yaml") else "",
         "commit": git("rev-parse", "--short", "HEAD"),
@@ -352,12 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     info["recipe"] = (f"{data.get('height')}x{data.get('width')}, "
                       f"{args.epochs or tr.get('max_epoch')} epochs, {tr.get('optim', 'adam')} lr {tr.get('lr')}, "
                       f"batch {sampler.get('num_ids')} ids x ({sampler.get('num_instances')} visible + "
-                      f"{sampler.get('num_instances')} infrared), from scratch")
+                      f"{sampler.get('num_instances')} infrared), train transforms "
+                      f"{data.get('transforms', 'the default')}, from scratch")
     configs = write_method_configs(q, args.out_dir)
     train_root = transfer.make_trees(osp.join(args.root, "train"), ["hard"], transfer.TRAIN_SEED)["hard"]
     shift_root = transfer.make_trees(osp.join(args.root, "test"), ["shift"], transfer.TEST_SEED)["shift"]
     info["chance"] = {"own": transfer.chance(train_root), "shift": transfer.chance(shift_root)}
-    info["wait"] = wait_quiet(args.wait_quiet * 60) if args.wait_quiet > 0 else None
 
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:
