@@ -313,6 +313,9 @@ def test_seed_rows_never_mix_protocols_flip_approximate_or_test_sets(tmp_path):
     assert by_r1[90.0].protocol == "sysu/ir2vis/indoor/single-shot/agw/10 trials"
     assert by_r1[60.0].flip is True and FLIP_TTA in by_r1[60.0].flags and FLIP_TTA not in by_r1[40.0].flags
     assert "approx-search" in by_r1[20.0].flags and "approx-search" not in by_r1[40.0].flags
+    # synthetic rows name their tree: two trees are two test sets sharing one table title
+    assert by_r1[10.0].method == "ours: agw_resnet18 (data: datasets/other_tree)"
+    assert by_r1[40.0].method == "ours: agw_resnet18 (data: datasets/synthetic)"
 
 
 def test_a_single_seed_and_results_without_seed_group_stay_rows_of_their_own(tmp_path):

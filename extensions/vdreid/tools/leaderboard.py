@@ -162,8 +162,13 @@ def _splits_label(splits: list[int]) -> str:
 
 
 def _method_label(d: dict[str, Any]) -> str:
+    """``ours: <model> <recipe>``; synthetic runs also name their data root (two synthetic trees are two test sets,
+    and the table title cannot tell them apart)."""
     bits = [str(d.get("model") or "model?"), str(d.get("recipe") or "")]
-    return "ours: " + " ".join(b for b in bits if b)
+    label = "ours: " + " ".join(b for b in bits if b)
+    cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
+    root = (cfg.get("data") or {}).get("root") if isinstance(cfg.get("data"), dict) else None
+    return label + (f" (data: {root})" if d.get("synthetic") and root else "")
 
 
 def _seed_of(d: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -426,8 +431,8 @@ def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
         "mean ± std over the protocol's trials (SYSU, LLCM: 10 gallery draws) or splits (RegDB: one model per",
         "split). Rows whose trials column says \"N seeds\" average N trainings that differ only in their seeds",
         "(`train.seed`, `sampler.seed`): mean over the runs of each run's mean, ± the std over the runs (the seed",
-        "spread; for RegDB the std over seeds of each seed's 10-split mean). Synthetic-data rows can come from",
-        "different synthetic trees (see the source folder's config.yaml, `data.root`); compare them only on one tree.",
+        "spread; for RegDB the std over seeds of each seed's 10-split mean). Synthetic-data rows name their data root:",
+        "rows on different synthetic trees were tested on different people; compare rows of one tree only.",
         "Each table holds one protocol string (dataset/direction/...); rows of different protocols are never",
         "ranked against each other, and LLCM's swapped `test.py` form (`vis2ir_swapped`) has its own table.",
         "The `flip-tta` column says whether features of the image and its flip were combined (test-time",
