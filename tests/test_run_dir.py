@@ -300,8 +300,9 @@ def test_keys_that_may_change_on_resume_are_returned():
     cur["vd"]["feature_mode"] = "shared_z"
     cur["train"]["eval_freq"] = 10
     allowed = check_resume_config(saved, cur, completed_epochs=300)
+    default_direction = saved["data"]["regdb"]["direction"]  # the default config's (vis2ir)
     assert allowed == {"train.max_epoch": (300, 400), "test.batch_size": (128, 32), "data.workers": (4, 0),
-                       "data.root": ("datasets", "/mnt/elsewhere"), "data.regdb.direction": ("v2t", "t2v"),
+                       "data.root": ("datasets", "/mnt/elsewhere"), "data.regdb.direction": (default_direction, "t2v"),
                        "vd.feature_mode": ("obs_concat", "shared_z"), "train.eval_freq": (0, 10)}
     cur["train"]["max_epoch"] = 200
     with pytest.raises(ConfigError, match="train.max_epoch 200 is below the 250 epochs"):
