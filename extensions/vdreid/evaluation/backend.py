@@ -6,14 +6,14 @@ Two paths, chosen separately because they do different work:
   the CMC top-L when asked for faiss). faiss serves them through its flat indexes (``IndexFlatIP`` /
   ``IndexFlatL2``) on the CPU, or its brute-force GPU kNN when faiss sees a GPU. ``'auto'`` picks faiss whenever
   it is installed, except when torch sees a GPU that faiss does not (a CPU-only faiss next to CUDA torch): torch on
-  the GPU is then the faster device. The side-by-side timings are in ``benchmarks/RESULTS.md`` (section "faiss
-  search and re-ranking"; command ``benchmarks/rank_speed.py --cases search``).
+  the GPU is then the faster device. On the CPU faiss was 1.24x faster than torch's GEMM blocks for the top-20 of
+  10k x 1M (``benchmarks/search_speed.py``; ``benchmarks/RESULTS.md``, section "faiss search and re-ranking").
 * ``'rank'``: the exact counting of :func:`vdreid.evaluation.evaluate_features` reads every distance of a query
   row (mAP needs the rank of every positive), so it runs dense float32 GEMM blocks, which torch computes (faiss
   has no dense inner-product block routine: its ``pairwise_distances`` is a numpy product for that metric). The
   de-duplicated CMC also needs each row's top-L: with ``backend='faiss'`` a faiss index supplies it; with
   ``'auto'`` torch takes it from the blocks the counting computed anyway, because a separate faiss search repeats
-  the whole matrix product (measured in ``benchmarks/RESULTS.md``, ``benchmarks/rank_speed.py --cases sysu 10k``).
+  the whole matrix product (2.2-5.8x slower, ``benchmarks/rank_speed.py --backend both``, same RESULTS section).
 
 Without faiss installed everything runs through torch; a warning says so once per process.
 """
