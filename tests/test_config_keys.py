@@ -96,6 +96,7 @@ ALTERNATIVE = {
     "agw.last_stride": "2",
     "bnneck.last_stride": "2",
     "test.max_rank": "10",
+    "test.approximate": "hnsw",
 }
 
 

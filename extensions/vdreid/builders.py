@@ -221,6 +221,7 @@ def engine_kwargs(cfg: CN, training: bool = True) -> dict[str, Any]:
         backend=cfg.test.backend,
         max_rank=cfg.test.max_rank,
         flip=cfg.test.flip,
+        approximate=cfg.test.approximate or None,
         feature_mode=m.feature_mode(cfg),
         provenance={**provenance(cfg), "resume_keys": list(m.resume_keys)},
         sync_bn=cfg.train.sync_bn,

@@ -139,6 +139,8 @@ def get_default_config() -> CN:
     cfg.test.max_rank = 20
     cfg.test.feature_mode = ""  # empty: the method's recipe default (e.g. vd.feature_mode)
     cfg.test.flip = False  # flip test-time augmentation (flagged on the leaderboard)
+    # "" (exact, every reported metric) | hnsw | ivf: approximate search for huge galleries, flagged as approximate
+    cfg.test.approximate = ""
 
     # ---------------------------------------------------------------- methods (one section each)
     from vdreid import methods
@@ -438,6 +440,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train.scheduler_step": ("end", "start"),
     "test.dist_metric": ("cosine", "euclidean"),
     "test.backend": ("auto", "faiss", "torch"),
+    "test.approximate": ("", "hnsw", "ivf"),
 }
 
 

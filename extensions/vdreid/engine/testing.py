@@ -59,7 +59,8 @@ class EvaluationMixin:
                 continue
             (qf, qp, qc), (gf, gp, gc) = q, g
             rep = run_protocol(protocols[name], qf, gf, qp, gp, qc, gc, metric=metric or self.metric,
-                               backend=self.backend, rerank=rerank, max_rank=self.max_rank, flip=self.flip)
+                               backend=self.backend, rerank=rerank, max_rank=self.max_rank, flip=self.flip,
+                               approximate=self.approximate)
             rep.wall_time_s = time.perf_counter() - t0
             reports[name] = rep
             if split == "test":
@@ -133,6 +134,7 @@ class EvaluationMixin:
         out_dir = osp.join(save_dir, f"ranked_{name}")
         save_ranked_lists_for_protocol(
             dm.protocols[name], qf, gf, dm.test_dataset[name]["query"], dm.test_dataset[name]["gallery"], out_dir,
-            metric=self.metric, topk=topk, max_queries=max_queries,
+            metric=self.metric, topk=topk, max_queries=max_queries, backend=self.backend, width=dm.width,
+            height=dm.height,
         )
         return out_dir

@@ -97,8 +97,9 @@ class VIEngine(RunStateMixin, EvaluationMixin, compat.Engine):
         eval_freq, eval_start: periodic evaluation every ``eval_freq`` epochs from epoch ``eval_start`` (0 = none).
         schedule: the :class:`~vdreid.engine.optim.ScheduleSpec` of ``scheduler``, for the start banner's lr events
             (optional).
-        metric, backend, max_rank, flip: passed to the evaluator (``'cosine'|'euclidean'``,
-            ``'auto'|'faiss'|'torch'``, the CMC length, flip test-time augmentation).
+        metric, backend, max_rank, flip, approximate: passed to the evaluator (``'cosine'|'euclidean'``,
+            ``'auto'|'faiss'|'torch'``, the CMC length, flip test-time augmentation, None or an approximate index
+            ``'hnsw'|'ivf'``, flagged in the results).
         feature_mode: the model's test feature (``model.feature_mode``); None keeps the model's.
         provenance: JSON-able run description stored in checkpoints and results JSON.
         sync_bn, find_unused_parameters: DDP options (used only when WORLD_SIZE > 1).
@@ -128,6 +129,7 @@ class VIEngine(RunStateMixin, EvaluationMixin, compat.Engine):
         backend: str = "auto",
         max_rank: int = 20,
         flip: bool = False,
+        approximate: str | None = None,
         feature_mode: str | None = None,
         provenance: dict | None = None,
         sync_bn: bool = False,
@@ -166,6 +168,7 @@ class VIEngine(RunStateMixin, EvaluationMixin, compat.Engine):
         self.grad_clip = float(grad_clip)
         self.selection = selection
         self.metric, self.backend, self.max_rank, self.flip = metric, backend, int(max_rank), bool(flip)
+        self.approximate = approximate or None
         self.eval_amp = eval_amp
         self.progress = progress
         self.provenance = _json_safe(dict(provenance or {}))
