@@ -299,8 +299,9 @@ def images_from_input(extractor: Any, input: Any) -> torch.Tensor:
         images = one(input).unsqueeze(0)
     elif isinstance(input, torch.Tensor):
         images = input.unsqueeze(0) if input.dim() == 3 else input
-    else:
-        raise NotImplementedError
+    else:  # torchreid's FeatureExtractor accepts the same four input types
+        raise TypeError(f"FeatureExtractor input must be an image path, a numpy image, a list of them or a tensor, "
+                        f"got {type(input).__name__}")
     return images.to(extractor.device)
 
 
