@@ -41,10 +41,11 @@ import torch
 from torch import Tensor, nn
 
 from vdreid.models.backbones import _is_timm_resnet, create_timm_backbone, set_last_stride_one
+from vdreid.models.common import SingleWidthFeatureModes, check_num_classes, resolve_pretrained, torchreid_factory
 from vdreid.models.neck import NeckOutput, bnneck
 from vdreid.models.nonlocal_block import NonLocalBlock
 from vdreid.models.pooling import AveragePooling, GeneralizedMeanPooling
-from vdreid.models.weights import PretrainedWeightsError, hub_state_dict, load_backbone_state, read_state_dict
+from vdreid.models.weights import hub_state_dict, load_backbone_state, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def _check_modality(modality: Any, batch: int) -> Tensor:
     return m
 
 
-class AGWNet(nn.Module):
+class AGWNet(SingleWidthFeatureModes, nn.Module):
     """AGW's two-stream network (module docstring).
 
     Args:
@@ -147,22 +148,6 @@ class AGWNet(nn.Module):
         self.config = dict(config or {})
 
     # ----------------------------------------------------------------- feature modes
-    @property
-    def feature_mode(self) -> str:
-        return self._feature_mode
-
-    @feature_mode.setter
-    def feature_mode(self, mode: str) -> None:
-        if mode not in FEATURE_MODES:
-            raise ValueError(f"AGWNet feature_mode must be one of {FEATURE_MODES}, got {mode!r}")
-        self._feature_mode = mode
-
-    def feature_dim(self, mode: str | None = None) -> int:
-        """Width of the eval feature (the same for 'bn' and 'pool')."""
-        mode = self.feature_mode if mode is None else mode
-        if mode not in FEATURE_MODES:
-            raise ValueError(f"AGWNet feature mode must be one of {FEATURE_MODES}, got {mode!r}")
-        return self.out_dim
 
     # ----------------------------------------------------------------- forward
     def stems(self, x: Tensor, is_ir: Tensor) -> Tensor:
@@ -258,8 +243,7 @@ def build_agw(
         feature_mode: eval output, 'bn' (default) or 'pool'.
         timm_kwargs: passed to ``timm.create_model``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int (number of training identities), got {num_classes!r}")
+    check_num_classes(num_classes)
     non_local = tuple(int(n) for n in non_local)
     if len(non_local) != 4 or any(n < 0 for n in non_local):
         raise ValueError(f"non_local must give 4 non-negative block counts (one per stage), got {non_local!r}")
@@ -267,16 +251,7 @@ def build_agw(
         raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
     if feature_mode not in FEATURE_MODES:
         raise ValueError(f"feature_mode must be one of {FEATURE_MODES}, got {feature_mode!r}")
-    if isinstance(pretrained, str):
-        if pretrained_path and pretrained_path != pretrained:
-            raise ValueError(f"pretrained={pretrained!r} and pretrained_path={pretrained_path!r} name different files")
-        pretrained_path, pretrained = pretrained, True
-    pretrained_path = str(pretrained_path) if pretrained_path else None
-    if pretrained_path and not pretrained:
-        raise ValueError(
-            f"pretrained=False but pretrained_path={pretrained_path!r} was given: set pretrained=True to load it, "
-            "or drop the path"
-        )
+    pretrained, pretrained_path = resolve_pretrained(pretrained, pretrained_path)
     timm_name = imagenet_tag(backbone)
     # Three ResNets as in AGW (independent random initialisation); only the stems of the first two are kept.
     stem_vis = Stem(_resnet(timm_name, **timm_kwargs))
@@ -319,22 +294,6 @@ AGW_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_agw_factory(name: str):
-    """torchreid-style factory ``f(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs)``.
-
-    ``loss`` and ``use_gpu`` are accepted for torchreid's ``build_model`` and ignored: AGW needs each image's
-    modality, which torchreid's engines do not pass, so it trains with vdreid's trainer. ``pretrained`` may be a
-    local file path. ``kwargs`` override the preset and go to :func:`build_agw`.
-    """
-    preset = AGW_PRESETS[name]
-
-    def factory(
-        num_classes: int, loss: str = "softmax", pretrained: bool | str = True, use_gpu: bool = True, **kwargs: Any
-    ) -> AGWNet:
-        try:
-            return build_agw(num_classes=num_classes, pretrained=pretrained, **{**preset, **kwargs})
-        except PretrainedWeightsError as exc:
-            raise PretrainedWeightsError(f"{name}: {exc}") from exc
-
-    factory.__name__ = name
-    factory.__doc__ = f"torchreid factory for '{name}' (preset {preset})."
-    return factory
+    """torchreid factory of preset ``name`` (:func:`~vdreid.models.common.torchreid_factory`): ``loss`` is ignored,
+    AGW needs each image's modality, which torchreid's engines do not pass, so it trains with vdreid's trainer."""
+    return torchreid_factory(name, AGW_PRESETS[name], build_agw)

@@ -22,14 +22,15 @@ from torch import Tensor, nn
 
 from vdreid.models.agw import imagenet_tag
 from vdreid.models.backbones import Encoder
+from vdreid.models.common import SingleWidthFeatureModes, check_num_classes, resolve_pretrained, torchreid_factory
 from vdreid.models.neck import NeckOutput
-from vdreid.models.weights import PretrainedWeightsError, read_state_dict
+from vdreid.models.weights import read_state_dict
 
 FEATURE_MODES = ("bn", "pool")
 OUTPUTS = ("vdreid", "softmax", "triplet")
 
 
-class BNNeckNet(nn.Module):
+class BNNeckNet(SingleWidthFeatureModes, nn.Module):
     """One shared encoder (timm CNN -> GAP -> BNNeck -> classifier); module docstring for the outputs.
 
     Args:
@@ -53,21 +54,6 @@ class BNNeckNet(nn.Module):
         self.feature_mode = feature_mode
         self.config = dict(config or {})
 
-    @property
-    def feature_mode(self) -> str:
-        return self._feature_mode
-
-    @feature_mode.setter
-    def feature_mode(self, mode: str) -> None:
-        if mode not in FEATURE_MODES:
-            raise ValueError(f"BNNeckNet feature_mode must be one of {FEATURE_MODES}, got {mode!r}")
-        self._feature_mode = mode
-
-    def feature_dim(self, mode: str | None = None) -> int:
-        mode = self.feature_mode if mode is None else mode
-        if mode not in FEATURE_MODES:
-            raise ValueError(f"BNNeckNet feature mode must be one of {FEATURE_MODES}, got {mode!r}")
-        return self.out_dim
 
     def forward(self, x: Tensor, modality: Tensor | None = None) -> NeckOutput | Tensor | tuple[Tensor, Tensor]:
         """Training: see the module docstring (by ``loss``). Eval: the (B, D) test feature. ``modality`` is
@@ -112,22 +98,12 @@ def build_bnneck(
         loss: training output: 'vdreid' (NeckOutput), 'softmax' (logits) or 'triplet' ((logits, pool)).
         timm_kwargs: passed to ``timm.create_model``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int (number of training identities), got {num_classes!r}")
+    check_num_classes(num_classes)
     if feature_mode not in FEATURE_MODES:
         raise ValueError(f"feature_mode must be one of {FEATURE_MODES}, got {feature_mode!r}")
     if loss not in OUTPUTS:
         raise ValueError(f"loss must be one of {OUTPUTS} (training output), got {loss!r}")
-    if isinstance(pretrained, str):
-        if pretrained_path and pretrained_path != pretrained:
-            raise ValueError(f"pretrained={pretrained!r} and pretrained_path={pretrained_path!r} name different files")
-        pretrained_path, pretrained = pretrained, True
-    pretrained_path = str(pretrained_path) if pretrained_path else None
-    if pretrained_path and not pretrained:
-        raise ValueError(
-            f"pretrained=False but pretrained_path={pretrained_path!r} was given: set pretrained=True to load it, "
-            "or drop the path"
-        )
+    pretrained, pretrained_path = resolve_pretrained(pretrained, pretrained_path)
     timm_name = imagenet_tag(backbone)
     encoder = Encoder(timm_name, num_classes, last_stride=last_stride, **timm_kwargs)
     if pretrained:
@@ -155,22 +131,6 @@ BNNECK_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_bnneck_factory(name: str):
-    """torchreid-style factory ``f(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs)``.
-
-    ``loss`` picks the training output: torchreid's 'softmax' / 'triplet' contracts, or 'vdreid' (vdreid's trainer).
-    ``use_gpu`` is ignored (the engine places the model). ``pretrained`` may be a local file path. ``kwargs``
-    override the preset and go to :func:`build_bnneck`.
-    """
-    preset = BNNECK_PRESETS[name]
-
-    def factory(
-        num_classes: int, loss: str = "softmax", pretrained: bool | str = True, use_gpu: bool = True, **kwargs: Any
-    ) -> BNNeckNet:
-        try:
-            return build_bnneck(num_classes=num_classes, pretrained=pretrained, loss=loss, **{**preset, **kwargs})
-        except PretrainedWeightsError as exc:
-            raise PretrainedWeightsError(f"{name}: {exc}") from exc
-
-    factory.__name__ = name
-    factory.__doc__ = f"torchreid factory for '{name}' (preset {preset})."
-    return factory
+    """torchreid factory of preset ``name`` (:func:`~vdreid.models.common.torchreid_factory`): ``loss`` picks the
+    training output, torchreid's 'softmax' / 'triplet' contracts or 'vdreid' (vdreid's trainer)."""
+    return torchreid_factory(name, BNNECK_PRESETS[name], build_bnneck, pass_loss=True)

@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from vdreid.models.backbones import Encoder
 from vdreid.models.bottleneck import BOTTLENECK_FORMS, InformationBottleneck
+from vdreid.models.common import check_num_classes, resolve_pretrained, torchreid_factory
 from vdreid.models.outputs import BranchOutput, VDOutput, gray_view
-from vdreid.models.weights import PretrainedWeightsError, read_state_dict
+from vdreid.models.weights import read_state_dict
 
 ROUTINGS = ("official", "modality")
 BRANCHES = ("ir", "vis", "shared")
@@ -358,24 +359,14 @@ def build_vd_net(
         bottleneck_branches: the branches that get an information bottleneck ``B`` (default: every built branch).
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int (number of training identities), got {num_classes!r}")
+    check_num_classes(num_classes)
     if routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
     if bottleneck not in BOTTLENECK_FORMS:
         raise ValueError(f"bottleneck must be one of {BOTTLENECK_FORMS}, got {bottleneck!r}")
     if feature_mode not in FEATURE_MODES:
         raise ValueError(f"feature_mode must be one of {FEATURE_MODES}, got {feature_mode!r}")
-    if isinstance(pretrained, str):
-        if pretrained_path and pretrained_path != pretrained:
-            raise ValueError(f"pretrained={pretrained!r} and pretrained_path={pretrained_path!r} name different files")
-        pretrained_path, pretrained = pretrained, True
-    pretrained_path = str(pretrained_path) if pretrained_path else None
-    if pretrained_path and not pretrained:
-        raise ValueError(
-            f"pretrained=False but pretrained_path={pretrained_path!r} was given: set pretrained=True to load it, "
-            "or drop the path"
-        )
+    pretrained, pretrained_path = resolve_pretrained(pretrained, pretrained_path)
     names = [b for b in BRANCHES if b in set(branches)]
     unknown = sorted(set(branches) - set(BRANCHES))
     if unknown or not names:
@@ -437,22 +428,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_factory(name: str):
-    """torchreid-style factory ``f(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs)``.
-
-    ``loss`` and ``use_gpu`` are accepted for torchreid's ``build_model`` and ignored (VDNet returns every output;
-    the engine places the model). ``pretrained`` may be a local file path. ``kwargs`` override the preset and go
-    to :func:`build_vd_net`.
-    """
-    preset = PRESETS[name]
-
-    def factory(
-        num_classes: int, loss: str = "softmax", pretrained: bool | str = True, use_gpu: bool = True, **kwargs: Any
-    ) -> VDNet:
-        try:
-            return build_vd_net(num_classes=num_classes, pretrained=pretrained, **{**preset, **kwargs})
-        except PretrainedWeightsError as exc:
-            raise PretrainedWeightsError(f"{name}: {exc}") from exc
-
-    factory.__name__ = name
-    factory.__doc__ = f"torchreid factory for '{name}' (preset {preset})."
-    return factory
+    """torchreid factory of preset ``name`` (:func:`~vdreid.models.common.torchreid_factory`): ``loss`` is ignored
+    (VDNet returns every output; its trainer takes them all); ``kwargs`` override the preset and go to
+    :func:`build_vd_net`."""
+    return torchreid_factory(name, PRESETS[name], build_vd_net)

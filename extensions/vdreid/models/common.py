@@ -1,0 +1,79 @@
+"""Plumbing every vdreid model shares: argument checks of the builders, the torchreid factory wrapper, and the
+``feature_mode`` attribute of models whose test features all have one width (AGW, the BNNeck baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from vdreid.models.weights import PretrainedWeightsError
+
+
+def check_num_classes(num_classes: Any) -> int:
+    """The number of training identities, a positive int."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int (number of training identities), got {num_classes!r}")
+    return num_classes
+
+
+def resolve_pretrained(pretrained: bool | str, pretrained_path: str | None) -> tuple[bool, str | None]:
+    """``(load ImageNet weights?, local file or None)``. ``pretrained`` may itself be a file path (torchreid's
+    factories pass what the user gave); a path with ``pretrained=False`` is a contradiction, not silently dropped."""
+    if isinstance(pretrained, str):
+        if pretrained_path and pretrained_path != pretrained:
+            raise ValueError(f"pretrained={pretrained!r} and pretrained_path={pretrained_path!r} name different files")
+        pretrained_path, pretrained = pretrained, True
+    pretrained_path = str(pretrained_path) if pretrained_path else None
+    if pretrained_path and not pretrained:
+        raise ValueError(
+            f"pretrained=False but pretrained_path={pretrained_path!r} was given: set pretrained=True to load it, "
+            "or drop the path"
+        )
+    return bool(pretrained), pretrained_path
+
+
+def torchreid_factory(name: str, preset: dict[str, Any], build: Callable[..., nn.Module],
+                      pass_loss: bool = False) -> Callable[..., nn.Module]:
+    """A torchreid model factory ``f(num_classes, loss='softmax', pretrained=True, use_gpu=True, **kwargs)`` that
+    calls ``build(num_classes=..., pretrained=..., **{**preset, **kwargs})``. ``loss`` goes to ``build`` only with
+    ``pass_loss`` (models with torchreid's training outputs); ``use_gpu`` is ignored (the engine places the model).
+    ``pretrained`` may be a local file path. Weight errors name the registered model."""
+
+    def factory(num_classes: int, loss: str = "softmax", pretrained: bool | str = True, use_gpu: bool = True,
+                **kwargs: Any) -> nn.Module:
+        extra = {"loss": loss} if pass_loss else {}
+        try:
+            return build(num_classes=num_classes, pretrained=pretrained, **extra, **{**preset, **kwargs})
+        except PretrainedWeightsError as exc:
+            raise PretrainedWeightsError(f"{name}: {exc}") from exc
+
+    factory.__name__ = name
+    factory.__doc__ = f"torchreid factory for '{name}' (preset {preset})."
+    return factory
+
+
+class SingleWidthFeatureModes:
+    """``feature_mode`` (checked against ``feature_modes``) and ``feature_dim()`` for models whose test features
+    all have ``out_dim`` channels."""
+
+    feature_modes: tuple[str, ...] = ()
+    out_dim: int
+
+    @property
+    def feature_mode(self) -> str:
+        return self._feature_mode
+
+    @feature_mode.setter
+    def feature_mode(self, mode: str) -> None:
+        if mode not in self.feature_modes:
+            raise ValueError(f"{type(self).__name__} feature_mode must be one of {self.feature_modes}, got {mode!r}")
+        self._feature_mode = mode
+
+    def feature_dim(self, mode: str | None = None) -> int:
+        """Width of the eval feature (the same for every mode)."""
+        mode = self.feature_mode if mode is None else mode
+        if mode not in self.feature_modes:
+            raise ValueError(f"{type(self).__name__} feature mode must be one of {self.feature_modes}, got {mode!r}")
+        return self.out_dim
