@@ -68,14 +68,6 @@ class AGW(Method):
         if a.ce == 0 and a.metric_weight == 0:
             raise ConfigError("config keys 'agw.ce' and 'agw.metric_weight' are both 0: nothing would be trained")
 
-    def feature_mode(self, cfg: CN) -> str:
-        mode = cfg.test.feature_mode or cfg.agw.feature_mode
-        key = "test.feature_mode" if cfg.test.feature_mode else "agw.feature_mode"
-        if mode not in self.feature_modes:
-            raise ConfigError(f"config key '{key}': {mode!r} is not an AGW feature mode; choose one of "
-                              f"{list(self.feature_modes)}")
-        return mode
-
     def model_kwargs(self, cfg: CN) -> dict[str, Any]:
         a = cfg.agw
         kw: dict[str, Any] = dict(

@@ -62,13 +62,14 @@ class Method(ABC):
             )
 
     def feature_mode(self, cfg: CN) -> str:
-        """The test feature: ``test.feature_mode`` when set, else the method's default; checked."""
-        mode = cfg.test.feature_mode or self.default_feature_mode
+        """The test feature: ``test.feature_mode`` when set, else the recipe's ``<section>.feature_mode`` (when the
+        section has that key), else :attr:`default_feature_mode`; checked, the error naming the key that set it."""
+        own = cfg[self.section].get("feature_mode", "") if self.section in cfg else ""
+        mode = cfg.test.feature_mode or own or self.default_feature_mode
+        key = "test.feature_mode" if cfg.test.feature_mode else f"{self.section}.feature_mode"
         if mode not in self.feature_modes:
-            raise ConfigError(
-                f"config key 'test.feature_mode': {mode!r} is not a feature mode of method '{self.name}'; "
-                f"choose one of {list(self.feature_modes)}"
-            )
+            raise ConfigError(f"config key '{key}': {mode!r} is not a feature mode of method '{self.name}'; "
+                              f"choose one of {list(self.feature_modes)}")
         return mode
 
     @classmethod

@@ -57,14 +57,6 @@ class BNNeck(Method):
         if b.ce == 0 and b.triplet == 0:
             raise ConfigError("config keys 'bnneck.ce' and 'bnneck.triplet' are both 0: nothing would be trained")
 
-    def feature_mode(self, cfg: CN) -> str:
-        mode = cfg.test.feature_mode or cfg.bnneck.feature_mode
-        key = "test.feature_mode" if cfg.test.feature_mode else "bnneck.feature_mode"
-        if mode not in self.feature_modes:
-            raise ConfigError(f"config key '{key}': {mode!r} is not a bnneck feature mode; choose one of "
-                              f"{list(self.feature_modes)}")
-        return mode
-
     def model_kwargs(self, cfg: CN) -> dict[str, Any]:
         kw: dict[str, Any] = dict(
             last_stride=int(cfg.bnneck.last_stride), feature_mode=self.feature_mode(cfg), loss="vdreid"

@@ -112,11 +112,8 @@ class VD(Method):
 
     def feature_mode(self, cfg: CN) -> str:
         """``test.feature_mode`` if set, else ``vd.feature_mode``; checked against the branches the run builds."""
-        mode = cfg.test.feature_mode or cfg.vd.feature_mode
+        mode = super().feature_mode(cfg)
         key = "test.feature_mode" if cfg.test.feature_mode else "vd.feature_mode"
-        if mode not in self.feature_modes:
-            raise ConfigError(f"config key '{key}': {mode!r} is not a VD feature mode; choose one of "
-                              f"{list(self.feature_modes)}")
         from vdreid.models.vd_net import mode_branches, mode_reads_z
 
         built, bott = set(cfg.vd.branches), set(cfg.vd.bottleneck_branches)
