@@ -396,3 +396,14 @@ def test_provenance_seed_group_ignores_only_seeds_and_the_regdb_split():
     assert split["config_group"] == base["config_group"]
     assert prov(train__lr=0.5)["seed_group"] != base["seed_group"]
     assert prov(test__flip=True)["seed_group"] != base["seed_group"]
+
+
+def test_runs_selected_on_the_test_set_are_flagged(tmp_path):
+    """The trainer records a test-selected run as selection 'test-selected (...)' and selected_on_test: the
+    leaderboard flags it, and a final-epoch run stays unflagged."""
+    proto = "sysu/ir2vis/all/single-shot/agw/10 trials"
+    _result(tmp_path / "final" / "r.json", proto, 50.0, 40.0, model="m", selection="final")
+    _result(tmp_path / "test" / "r.json", proto, 55.0, 45.0, model="m2", selected_on_test=True,
+            selection="test-selected (optimistic: chosen on the test set)")
+    rows = {r.mean["R1"]: r for r in rows_from_results(find_results([str(tmp_path)]))}
+    assert rows[55.0].flags == ["selected-on-test"] and rows[50.0].flags == []

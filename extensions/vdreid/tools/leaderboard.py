@@ -304,6 +304,13 @@ def rows_from_results(results: list[dict[str, Any]]) -> list[Row]:
     return rows
 
 
+def _selected_on_test(d: dict[str, Any]) -> bool:
+    """A run whose checkpoint was chosen on the test protocol: the trainer records ``selected_on_test`` and a
+    ``test-selected ...`` selection; published entries say ``selection: test``."""
+    sel = str(d.get("selection") or "")
+    return bool(d.get("selected_on_test")) or sel == "test" or sel.startswith("test-selected")
+
+
 def _single_row(d: dict[str, Any]) -> Row:
     return _row(d, _as_percent(d["mean"], d["_path"]), _as_percent(d.get("std") or {}, d["_path"]),
                 f"{d.get('num_trials', len(d['per_trial']))} trials", d["protocol"])
@@ -314,7 +321,7 @@ def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trial
     """A row of ours described by ``d`` (the newest run); ``runs``: every run averaged into it (seed rows)."""
     runs = runs or [d]
     flags = []
-    if any(r.get("selection") == "test" for r in runs):
+    if any(_selected_on_test(r) for r in runs):
         flags.append("selected-on-test")
     if d.get("flip"):
         flags.append(FLIP_FLAG)
