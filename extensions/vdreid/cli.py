@@ -365,7 +365,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         synthetic.make_sysu(root, preset="demo", seed=0)
     else:
         logger.info("=> using the synthetic SYSU-MM01 tree under %s", root)
-    res = _train_one(cfg, None, progress=not args.no_progress)
+    # a previous demo run in the folder is moved aside into replaced-<time>/ (logged, never deleted)
+    res = _train_one(cfg, None, progress=not args.no_progress, overwrite=True)
     save_dir, engine, dm = res["save_dir"], res["engine"], res["datamanager"]
     published = args.published or published_path()
     board = osp.join(save_dir, "LEADERBOARD.md")
