@@ -29,10 +29,12 @@ What each method's own published recipe would do differently (not done here; CPU
   81 epochs, 8 ids x (4 visible + 4 infrared) per batch;
 * BNNeck (``configs/methods/bnneck_sysu.yaml``): AGW's schedule, sampler and input on one shared ResNet-50.
 
-Data: the trees of ``benchmarks/transfer.py``: training on ``train/hard`` (seed 0, the quickstart's tree); every
-model is evaluated by ``vdreid train`` on that tree's test split (other identities; the number in the results JSON and
-the leaderboard) and, in this process, on the held-out ``test/shift`` tree (seed 1: other people, a generator style
-no recipe was tuned on). Seeds: ``train.seed`` and ``sampler.seed`` both set to each of ``--seeds``.
+Data: the trees of ``benchmarks/transfer.py`` (its ``make_trees``), generated under this script's own ``--root``
+(default ``datasets/method_comparison``) so that nobody regenerating the shared trees can change them between runs:
+training on ``train/hard`` (seed 0, the quickstart's tree); every model is evaluated by ``vdreid train`` on that
+tree's test split (other identities; the number in the results JSON and the leaderboard) and, in this process, on the
+held-out ``test/shift`` tree (seed 1: other people, a generator style no recipe was tuned on). Seeds: ``train.seed``
+and ``sampler.seed`` both set to each of ``--seeds``.
 
 Outputs: each run trains into ``<out-dir>/<method>_seed<k>/`` (checkpoints stay there, untracked); its results JSON
 and ``config.yaml`` are copied to ``benchmarks/runs/method_comparison/<method>_seed<k>/`` (tracked). Then
@@ -267,7 +269,9 @@ def report(runs: dict[str, list[dict]], seeds: list[int], info: dict[str, Any]) 
     lines = [
         "VD, AGW and the plain BNNeck baseline trained with the quickstart recipe (configs/quickstart.yaml at commit "
         f"{info['quickstart_commit']}{info['quickstart_dirty']}: {info['recipe']}) on the same synthetic training "
-        "tree (benchmarks/transfer.py `train/hard`, seed 0); only the method (model + criterion) differs, with "
+        f"tree (`hard` style, seed 0, as benchmarks/transfer.py's `train/hard`, generated under {info['root']} by "
+        f"the generator at commit {info['generator_commit']}{info['generator_dirty']}); only the method (model + "
+        "criterion) differs, with "
         "the quickstart's last stride for all three and one learning rate for every parameter (AGW's backbone "
         "factor 1). All-search single-shot, 10 AGW gallery draws; "
         f"mean ± std over seeds {seeds} (train.seed = sampler.seed; population std over the seeds, not over the "
@@ -324,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=0, help="override train.max_epoch (0: the quickstart's)")
-    p.add_argument("--root", default=osp.join(REPO, "datasets", "transfer"), help="trees (shared with transfer.py)")
+    p.add_argument("--root", default=osp.join(REPO, "datasets", "method_comparison"),
+                   help="where the trees are generated (this script's own: a shared tree may be regenerated mid-run)")
     p.add_argument("--out-dir", default=osp.join(REPO, "log", "method_comparison"), help="run folders (untracked)")
     p.add_argument("--runs-dir", default=osp.join(HERE, "runs", "method_comparison"),
                    help="where results JSON + config.yaml are copied (tracked)")
@@ -343,8 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         "quickstart_commit": git("log", "-1", "--format=%h", "--", "configs/quickstart.yaml"),
         "quickstart_dirty": " + uncommitted edits" if git("status", "--porcelain", "configs/quickstart.yaml") else "",
         "commit": git("rev-parse", "--short", "HEAD"),
+        "generator_commit": git("log", "-1", "--format=%h", "--", "extensions/vdreid/data/synthetic.py",
+                                "extensions/vdreid/data/synthetic_hard.py"),
+        "generator_dirty": " + uncommitted edits" if git("status", "--porcelain", "extensions/vdreid/data/synthetic.py",
+                                                         "extensions/vdreid/data/synthetic_hard.py") else "",
         "threads": args.threads,
         "runs_dir": osp.relpath(args.runs_dir, REPO),
+        "root": osp.relpath(args.root, REPO),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU used",
     }
     q = quickstart_dict()
