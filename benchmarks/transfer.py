@@ -197,7 +197,7 @@ def evaluate(run_dir: str, test_roots: dict[str, str], modes: tuple[str, ...] | 
         out[style] = {}
         for mode in modes:
             model.feature_mode = mode
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 rep = evaluate_model(model, dm.test_loader[TARGET]["query"], dm.test_loader[TARGET]["gallery"],
                                      dm.protocols[TARGET], "cpu", dm.ir_camids_of(TARGET))
             out[style][mode] = {"R1": rep.mean["R1"], "mAP": rep.mean["mAP"]}

@@ -260,6 +260,14 @@ def test_hard_identity_cues_and_nuisance():
     assert abs(np.corrcoef(up_l, t_up)[0, 1]) < 0.06 and abs(np.corrcoef(lo_l, t_lo)[0, 1]) < 0.06
     assert {p.pattern for p in people} == set(sh.HARD.patterns)
     assert len({p.height for p in people}) == 3000  # continuous shape: no grid of attribute values
+    # the discrete infrared-surviving attributes of 200 people differ pairwise in at least two positions
+    mid = sum(sh.HARD.period) / 2
+    few = sh.make_identities(200, np.random.default_rng(2))
+    keys = np.array([[p.sleeve, p.lower, p.coat, p.carry, p.hat, p.scarf, p.period >= mid and p.pattern != "solid",
+                      sh.HARD.patterns.index(p.pattern)] for p in few])
+    dist = (keys[:, None, :] != keys[None, :, :]).sum(-1)
+    np.fill_diagonal(dist, 99)
+    assert dist.min() >= 2
     rng = np.random.default_rng(1)
     poses = [sh.random_pose(rng) for _ in range(400)]
     assert {p.view for p in poses} == {0, 1, 2, 3} and {p.occluder for p in poses} == {0, 1, 2, 3}

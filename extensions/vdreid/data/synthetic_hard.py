@@ -102,7 +102,7 @@ HARD = Style(
     dx=(-0.06, 0.06),
     dy=(-0.02, 0.04),
     lean=(-0.04, 0.04),
-    period=(0.035, 0.09),
+    period=(0.05, 0.12),
     sysu_cameras=(
         _vis((0.78, 0.74, 0.66), (0.55, 0.45, 0.35), 0.80, 5.0, 3, 0.95, 0.00, 1.0, (1.05, 1.0, 0.92)),
         _vis((0.60, 0.66, 0.72), (0.35, 0.38, 0.42), 0.76, 0.0, 4, 0.88, -0.02, 1.0, (0.94, 1.0, 1.06)),
@@ -126,7 +126,7 @@ SHIFT = Style(
     dx=(-0.07, 0.07),
     dy=(-0.01, 0.05),
     lean=(-0.05, 0.05),
-    period=(0.04, 0.10),
+    period=(0.06, 0.13),
     sysu_cameras=(
         _vis((0.85, 0.82, 0.78), (0.30, 0.28, 0.26), 0.74, 3.0, 4, 0.92, 0.01, 1.0, (1.08, 1.0, 0.88)),
         _vis((0.45, 0.50, 0.58), (0.60, 0.58, 0.52), 0.80, 7.0, 5, 0.86, -0.01, 1.0, (0.90, 0.98, 1.10)),
@@ -212,14 +212,49 @@ def _contrasting(rng: np.random.Generator, base: RGB) -> RGB:
     return (float(r), float(g), float(b))
 
 
+#: discrete attributes that survive the infrared rendering, with their probabilities (pattern: the style's, uniform)
+_DISCRETE_P = {
+    "sleeve": (0.2, 0.4, 0.4),
+    "lower": (0.4, 0.2, 0.2, 0.2),
+    "coat": (0.8, 0.2),
+    "carry": (0.35, 0.2, 0.25, 0.2),
+    "hat": (0.6, 0.2, 0.2),
+    "scarf": (0.8, 0.2),
+    "coarse": (0.5, 0.5),  # pattern period: fine or coarse half of the style's range
+}
+
+
+def _discrete_codes(n: int, rng: np.random.Generator, style: Style) -> np.ndarray:
+    """(n, 8) codes (sleeve, lower, coat, carry, hat, scarf, coarse, pattern) whose rows differ pairwise in at least
+    two positions, as the classic style guarantees: greedy acceptance of random draws (distance 1, then any, only
+    when the space runs out)."""
+    sizes = [len(p) for p in _DISCRETE_P.values()] + [len(style.patterns)]
+    probs = [*_DISCRETE_P.values(), tuple([1.0 / len(style.patterns)] * len(style.patterns))]
+    chosen = np.empty((0, len(sizes)), np.int64)
+    for min_dist, tries in ((2, 60 * n + 200), (1, 20 * n + 50), (0, n)):
+        for _ in range(tries):
+            if len(chosen) == n:
+                return chosen
+            row = np.array([rng.choice(k, p=p) for k, p in zip(sizes, probs)], np.int64)
+            if row[-2] and style.patterns[row[-1]] == "solid":
+                row[-2] = 0  # a solid garment has no period
+            if not len(chosen) or int((chosen != row).sum(1).min()) >= min_dist:
+                chosen = np.vstack([chosen, row])
+    return chosen
+
+
 def make_identities(n: int, rng: np.random.Generator, style: Style = HARD) -> list[Identity]:
-    """``n`` people drawn from the style's distributions (continuous shape, so any number of identities)."""
+    """``n`` people drawn from the style's distributions. Their discrete infrared-surviving attributes (sleeves,
+    lower garment, coat, bag, hat, scarf, pattern and its coarseness) differ pairwise in at least two positions while
+    the space allows (:func:`_discrete_codes`); shape, pattern period and infrared levels are continuous on top."""
     people = []
-    for _ in range(n):
-        pattern = str(rng.choice(style.patterns))
-        contrast = 0.0 if pattern == "solid" else float(rng.choice((-1, 1)) * rng.uniform(0.08, 0.25))
+    lo, hi = style.period
+    for sleeve, lower, coat, carry, hat, scarf, coarse, pat in _discrete_codes(n, rng, style):
+        pattern = style.patterns[int(pat)]
+        contrast = 0.0 if pattern == "solid" else float(rng.choice((-1, 1)) * rng.uniform(0.1, 0.25))
         skin = np.clip(_SKIN[rng.integers(len(_SKIN))] * rng.uniform(0.92, 1.08), 0, 1)
         hv = float(rng.uniform(0.05, 0.45))
+        mid = (lo + hi) / 2
         people.append(
             Identity(
                 height=float(rng.uniform(0.80, 1.0)),
@@ -227,15 +262,15 @@ def make_identities(n: int, rng: np.random.Generator, style: Style = HARD) -> li
                 shoulder=float(rng.uniform(0.95, 1.3)),
                 leg=float(rng.uniform(0.42, 0.52)),
                 head=float(rng.uniform(0.065, 0.085)),
-                sleeve=int(rng.choice(3, p=(0.2, 0.4, 0.4))),
-                lower=int(rng.choice(4, p=(0.4, 0.2, 0.2, 0.2))),
-                coat=bool(rng.random() < 0.2),
+                sleeve=int(sleeve),
+                lower=int(lower),
+                coat=bool(coat),
                 pattern=pattern,
-                period=float(rng.uniform(*style.period)),
-                carry=int(rng.choice(4, p=(0.35, 0.2, 0.25, 0.2))),
+                period=float(rng.uniform(mid, hi) if coarse else rng.uniform(lo, mid)),
+                carry=int(carry),
                 carry_side=int(rng.choice((-1, 1))),
-                hat=int(rng.choice(3, p=(0.6, 0.2, 0.2))),
-                scarf=bool(rng.random() < 0.2),
+                hat=int(hat),
+                scarf=bool(scarf),
                 t_upper=float(rng.uniform(0.35, 0.72)),
                 t_pattern=contrast,
                 t_lower=float(rng.uniform(0.30, 0.70)),
