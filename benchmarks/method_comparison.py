@@ -50,6 +50,7 @@ load, command).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -313,7 +314,8 @@ def report(runs: dict[str, list[dict]], seeds: list[int], info: dict[str, Any]) 
         "Synthetic data says how the methods rank on this toy problem at this budget only; it is no stand-in for "
         "SYSU-MM01 (and the recipes are not the methods' own: ResNet-18 from scratch, 64x32 inputs, a few epochs).",
         "",
-        f"Machine: {info['machine']}; trainings one at a time with OMP_NUM_THREADS={info['threads']}, "
+        f"Machine: {info['machine']}; {info.get('jobs', 1)} training(s) at a time, each with "
+        f"OMP_NUM_THREADS={info['threads']}, "
         f"1-minute load average {min(loads):.1f}-{max(loads):.1f} at the starts (other engineers' jobs share the "
         f"box), {waited}; wall time {info['wall_s'] / 60:.0f} min for {sum(len(v) for v in runs.values())} "
         f"trainings. Code: commit {info['commit']} (plus uncommitted work of others in the shared tree).",
@@ -334,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=osp.join(HERE, "runs", "method_comparison"),
                    help="where results JSON + config.yaml are copied (tracked)")
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each training")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run side by side (e.g. 2 with --threads 1)")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="minutes to wait for load < 3 and no other `vdreid train` (0: start at once)")
     p.add_argument("--reuse", action="store_true", help="reuse finished trainings in --out-dir")
@@ -353,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "generator_dirty": " + uncommitted edits" if git("status", "--porcelain", "extensions/vdreid/data/synthetic.py",
                                                          "extensions/vdreid/data/synthetic_hard.py") else "",
         "threads": args.threads,
+        "jobs": args.jobs,
         "runs_dir": osp.relpath(args.runs_dir, REPO),
         "root": osp.relpath(args.root, REPO),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU used",
@@ -372,22 +376,30 @@ def main(argv: list[str] | None = None) -> int:
     info["chance"] = {"own": transfer.chance(train_root), "shift": transfer.chance(shift_root)}
 
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
-    for seed in args.seeds:
-        for method in args.methods:
-            name = f"{method}_seed{seed}"
-            opts = ["train.seed", str(seed), "sampler.seed", str(seed), *matched_overrides(q, method)]
-            if args.epochs:
-                opts += ["train.max_epoch", str(args.epochs)]
-            meta = train(name, configs[method]["path"], train_root, opts, args.out_dir, args.threads, args.reuse)
-            tracked = track(meta["run_dir"], osp.join(args.runs_dir, name))
-            with open(tracked) as f:
-                mean = json.load(f)["mean"]
-            own = {k: float(mean[k]) for k in METRICS}
-            held = evaluate_held_out(meta["run_dir"], shift_root)
-            runs[method].append({"seed": seed, "meta": meta, "own": own, "held_out": held})
-            print(f"{name}: own R1 {own['R1']:.2f} mAP {own['mAP']:.2f} | shift R1 {held['metrics']['R1']:.2f} "
-                  f"mAP {held['metrics']['mAP']:.2f} | {meta['wall_s'] / 60:.1f} min "
-                  f"(load {meta['load_before'][0]:.1f})", flush=True)
+    tasks = [(seed, method) for seed in args.seeds for method in args.methods]
+
+    def run_one(task: tuple[int, str]) -> dict:
+        seed, method = task
+        opts = ["train.seed", str(seed), "sampler.seed", str(seed), *matched_overrides(q, method)]
+        if args.epochs:
+            opts += ["train.max_epoch", str(args.epochs)]
+        return train(f"{method}_seed{seed}", configs[method]["path"], train_root, opts, args.out_dir, args.threads,
+                     args.reuse)
+
+    # --jobs > 1: trainings run side by side (each with --threads); the held-out evaluation follows in this process
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        metas = list(pool.map(run_one, tasks))
+    for (seed, method), meta in zip(tasks, metas):
+        name = f"{method}_seed{seed}"
+        tracked = track(meta["run_dir"], osp.join(args.runs_dir, name))
+        with open(tracked) as f:
+            mean = json.load(f)["mean"]
+        own = {k: float(mean[k]) for k in METRICS}
+        held = evaluate_held_out(meta["run_dir"], shift_root)
+        runs[method].append({"seed": seed, "meta": meta, "own": own, "held_out": held})
+        print(f"{name}: own R1 {own['R1']:.2f} mAP {own['mAP']:.2f} | shift R1 {held['metrics']['R1']:.2f} "
+              f"mAP {held['metrics']['mAP']:.2f} | {meta['wall_s'] / 60:.1f} min "
+              f"(load {meta['load_before'][0]:.1f})", flush=True)
     info["wall_s"] = time.time() - t0
     info["command"] = "python benchmarks/method_comparison.py " + " ".join(sys.argv[1:] if argv is None else argv)
     body = report(runs, args.seeds, info)
