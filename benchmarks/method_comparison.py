@@ -31,7 +31,7 @@ What each method's own published recipe would do differently (not done here; CPU
 
 Data: the trees of ``benchmarks/transfer.py`` (its ``make_trees``), generated under this script's own ``--root``
 (default ``datasets/method_comparison``) so that nobody regenerating the shared trees can change them between runs:
-training on ``train/hard`` (seed 0, the quickstart's tree); every model is evaluated by ``vdreid train`` on that
+training on ``train/hard`` (seed 0, the transfer check's training tree); every model is evaluated by ``vdreid train`` on that
 tree's test split (other identities; the number in the results JSON and the leaderboard) and, in this process, on the
 held-out ``test/shift`` tree (seed 1: other people, a generator style no recipe was tuned on). Seeds: ``train.seed``
 and ``sampler.seed`` both set to each of ``--seeds``.

@@ -3,7 +3,7 @@
 Trees: synthetic SYSU-MM01 trees (real layout, all-search single-shot protocol, 10 AGW gallery draws) of every
 generator style, all of the same size so that a checkpoint evaluates on any of them:
 
-* ``train/<style>`` (seed 0): the training split of the train styles (``--train-styles``; the quickstart demo tree is
+* ``train/<style>`` (seed 0): the training split of the train styles (``--train-styles``; the recipe is tuned on
   ``hard`` seed 0);
 * ``test/<style>`` (seed 1): other people and other image draws; only its test split is evaluated.
 
@@ -54,7 +54,7 @@ sys.path.insert(0, HERE)
 from synthetic_ablation import write_section  # noqa: E402
 
 CONFIG = osp.join(REPO, "configs", "quickstart.yaml")
-#: every tree of the check has the size of the quickstart's tree (so a checkpoint evaluates on any tree)
+#: every tree of the check has one size (so a checkpoint evaluates on any tree)
 TREE = dict(preset="hard")  # 200 ids, 3 images per camera; the style is set per tree
 TRAIN_SEED, TEST_SEED = 0, 1
 TARGET = "sysu_mm01"

@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=("sysu", "regdb", "llcm"), required=True)
     p.add_argument("--out", required=True, help="data root (SYSU-MM01/, RegDB/ or LLCM/ is created inside)")
     p.add_argument("--preset", choices=("demo", "tiny", "hard"), default="demo",
-                   help="size (and style): tiny (tests), demo, hard (the quickstart's tree: hard style, 200 ids)")
+                   help="size (and style): tiny (tests), demo, hard (the transfer check's tree: hard style, 200 ids)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--style", choices=("classic", "hard", "shift"), default=None,
                    help="default the preset's. classic: the fast attribute-grid people; hard: shape/texture/accessory "

@@ -326,7 +326,7 @@ SYSU_PRESETS: dict[str, dict] = {
     "tiny": dict(num_ids=16, images_per_cam=2, height=32, width=16, num_stray=2, rand_perm=False),
     # demo: 110 ids (64 train / 10 val / 36 test) at 128x64, ~2,300 images, a few seconds
     "demo": dict(num_ids=110, images_per_cam=4, height=128, width=64, num_stray=4, rand_perm=True),
-    # the quickstart demo: the hard style, 200 ids (116 train / 18 val / 66 test), ~3,000 images at 128x64
+    # the transfer check (benchmarks/transfer.py): the hard style, 200 ids (116 train / 18 val / 66 test), ~3,000 images at 128x64
     "hard": dict(num_ids=200, images_per_cam=3, height=128, width=64, num_stray=4, rand_perm=True, style="hard"),
 }
 REGDB_PRESETS: dict[str, dict] = {
@@ -452,7 +452,7 @@ def make_sysu(
         root: data root (the folder that will hold ``SYSU-MM01/``).
         num_ids: identities listed in the split files (train/val/test about 58/9/33 %).
         seed: everything (identities, camera coverage, poses, noise) is a function of the seed.
-        preset: ``'tiny'`` (tests), ``'demo'`` or ``'hard'`` (the quickstart's: hard style, 200 identities);
+        preset: ``'tiny'`` (tests), ``'demo'`` or ``'hard'`` (benchmarks/transfer.py's: hard style, 200 identities);
             explicit arguments override the preset.
         images_per_cam: images per (identity, camera) folder.
         height, width: base image size; cameras scale it (surveillance cams 4/5 are smaller).
