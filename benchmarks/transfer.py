@@ -61,12 +61,18 @@ TARGET = "sysu_mm01"
 
 #: the old quickstart (before the retune), restated as overrides of today's configs/quickstart.yaml
 OLD = ["data.height", "64", "data.width", "32", "data.transforms", "['random_flip']", "train.max_epoch", "10",
-       "train.stepsize", "[8]", "vd.feature_mode", "obs_concat", "test.feature_mode", "''"]
+       "train.stepsize", "[8]", "vd.last_stride", "2", "vd.feature_mode", "obs_concat", "test.feature_mode", "''"]
+CHANNEL_AUG = "['random_flip','channel_exchange','channel_adap_gray']"
 
-#: recipe ladder: name -> (what changed, overrides of configs/quickstart.yaml); each adds one change to the one before
-RECIPES: dict[str, tuple[str, list[str]]] = {
-    "old": ("the old quickstart (64x32, flip, obs_concat)", OLD),
-    "quickstart": ("configs/quickstart.yaml as it is", []),
+#: recipe ladder: name -> (what changed, overrides of configs/quickstart.yaml, test feature or None for the
+#: configured one); each adds one change to the one before. Rungs that differ only in the test feature share one
+#: training (the first rung with the same overrides).
+RECIPES: dict[str, tuple[str, list[str], str | None]] = {
+    "old": ("the old quickstart (64x32, flip, last stride 2, obs_concat)", OLD, None),
+    "channel_aug": ("+ CAJ channel augmentation (channel_exchange, channel_adap_gray)",
+                    [*OLD[:4], "data.transforms", CHANNEL_AUG, *OLD[6:]], None),
+    "last_stride_1": ("+ last stride 1 (4x2 final map); same test feature obs_concat", [], "obs_concat"),
+    "quickstart": ("+ test feature shared_v: configs/quickstart.yaml as it is", [], None),
 }
 
 FEATURE_MODES = ("obs_concat", "z_concat", "shared_v", "shared_z", "v_specific", "z_specific", "v_vis", "v_ir")
@@ -207,6 +213,11 @@ def evaluate(run_dir: str, test_roots: dict[str, str], modes: tuple[str, ...] | 
 # ------------------------------------------------------------------------------------------------ main
 
 
+def _quickstart_run(args: argparse.Namespace) -> str:
+    """Run folder name of the quickstart as it is (the first ladder rung without overrides, else ``quickstart``)."""
+    return next((n for n in args.recipes if not RECIPES[n][1]), "quickstart")
+
+
 def fmt(r: dict) -> str:
     return f"{r['R1']:.2f} / {r['mAP']:.2f}"
 
@@ -238,15 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     print("anchors:", json.dumps({"chance": ch, **anc}, indent=1), flush=True)
 
     ladder = {}
+    trained: dict[tuple[str, ...], dict] = {}
     for name in args.recipes:
-        meta = train(name, train_roots["hard"], RECIPES[name][1], args.out_dir, args.threads, args.reuse)
-        ladder[name] = {"meta": meta, "eval": evaluate(meta["run_dir"], test_roots)}
+        _, opts, feature = RECIPES[name]
+        key = tuple(opts)
+        if key not in trained:  # the first rung with these overrides trains; later ones reuse it
+            trained[key] = train(name, train_roots["hard"], opts, args.out_dir, args.threads, args.reuse)
+        meta = trained[key]
+        ladder[name] = {"meta": meta, "eval": evaluate(meta["run_dir"], test_roots, (feature,) if feature else None)}
         print(name, json.dumps(ladder[name]["eval"]), f"{meta['wall_s']:.0f}s", flush=True)
 
     matrix = {}
     if not args.no_matrix:
         for style in args.train_styles:
-            name = "quickstart" if style == "hard" else f"quickstart_on_{style}"
+            name = _quickstart_run(args) if style == "hard" else f"quickstart_on_{style}"
             meta = train(name, train_roots[style], [], args.out_dir, args.threads, True if style == "hard" else
                          args.reuse)
             matrix[style] = {"meta": meta, "eval": evaluate(meta["run_dir"], test_roots)}
@@ -254,11 +270,11 @@ def main(argv: list[str] | None = None) -> int:
 
     modes = {}
     if not args.no_modes:
-        meta = train("quickstart", train_roots["hard"], [], args.out_dir, args.threads, True)
+        meta = train(_quickstart_run(args), train_roots["hard"], [], args.out_dir, args.threads, True)
         modes = evaluate(meta["run_dir"], {s: test_roots[s] for s in ("hard", args.held_out)}, FEATURE_MODES)
 
     # ---- the bar
-    final = train("quickstart", train_roots["hard"], [], args.out_dir, args.threads, True)
+    final = train(_quickstart_run(args), train_roots["hard"], [], args.out_dir, args.threads, True)
     final_eval = evaluate(final["run_dir"], {args.held_out: test_roots[args.held_out]})[args.held_out]
     final_r1 = next(iter(final_eval.values()))["R1"]
     hog_r1 = anc["hog"][args.held_out]["R1"]
