@@ -31,10 +31,10 @@ What each method's own published recipe would do differently (not done here; CPU
 
 Data: the trees of ``benchmarks/transfer.py`` (its ``make_trees``), generated under this script's own ``--root``
 (default ``datasets/method_comparison``) so that nobody regenerating the shared trees can change them between runs:
-training on ``train/hard`` (seed 0, the transfer check's training tree); every model is evaluated by ``vdreid train`` on that
-tree's test split (other identities; the number in the results JSON and the leaderboard) and, in this process, on the
-held-out ``test/shift`` tree (seed 1: other people, a generator style no recipe was tuned on). Seeds: ``train.seed``
-and ``sampler.seed`` both set to each of ``--seeds``.
+training on ``train/hard`` (seed 0, the transfer check's training tree); every model is evaluated by
+``vdreid train`` on that tree's test split (other identities; the number in the results JSON and the leaderboard)
+and, in this process, on the held-out ``test/shift`` tree (seed 1: other people, a generator style no recipe was
+tuned on). Seeds: ``train.seed`` and ``sampler.seed`` both set to each of ``--seeds``.
 
 Outputs: each run trains into ``<out-dir>/<method>_seed<k>/`` (checkpoints stay there, untracked); its results JSON
 and ``config.yaml`` are copied to ``benchmarks/runs/method_comparison/<method>_seed<k>/`` (tracked). Then

@@ -326,7 +326,8 @@ SYSU_PRESETS: dict[str, dict] = {
     "tiny": dict(num_ids=16, images_per_cam=2, height=32, width=16, num_stray=2, rand_perm=False),
     # demo: 110 ids (64 train / 10 val / 36 test) at 128x64, ~2,300 images, a few seconds
     "demo": dict(num_ids=110, images_per_cam=4, height=128, width=64, num_stray=4, rand_perm=True),
-    # the transfer check (benchmarks/transfer.py): the hard style, 200 ids (116 train / 18 val / 66 test), ~3,000 images at 128x64
+    # the transfer check (benchmarks/transfer.py): hard style, 200 ids (116 train / 18 val / 66 test), ~3,000 images
+    # at 128x64
     "hard": dict(num_ids=200, images_per_cam=3, height=128, width=64, num_stray=4, rand_perm=True, style="hard"),
 }
 REGDB_PRESETS: dict[str, dict] = {
