@@ -44,6 +44,7 @@ is written (mean ± std over seeds, population std; train time per run; paramete
 load, command).
 
     python benchmarks/method_comparison.py                         # 3 methods x 3 seeds, the quickstart's epochs
+    python benchmarks/method_comparison.py --threads 1 --jobs 2    # two trainings side by side on a 2-core box
     python benchmarks/method_comparison.py --seeds 0 --epochs 1 --runs-dir /tmp/mc --no-write   # a smoke run
 """
 
