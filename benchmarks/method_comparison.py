@@ -52,13 +52,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
-import io
 import json
 import os
 import os.path as osp
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -213,21 +210,9 @@ def train(name: str, config: str, tree: str, opts: list[str], out_dir: str, thre
            *opts]
     if osp.isdir(run_dir) and os.listdir(run_dir):
         cmd.insert(2, "--overwrite")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     os.makedirs(out_dir, exist_ok=True)
-    load0 = os.getloadavg()
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.time()
-    log_path = osp.join(out_dir, f"{name}.log")
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    wall = time.time() - t0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {log_path}")
-    meta = {"name": name, "run_dir": run_dir, "command": " ".join(cmd[1:]), "wall_s": wall,
-            "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-            "load_before": load0, "load_after": os.getloadavg(), "threads": threads}
+    meta = {"name": name, "run_dir": run_dir, "command": " ".join(cmd[1:]),
+            **transfer.run_cli_training(cmd, osp.join(out_dir, f"{name}.log"), threads)}
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -236,18 +221,11 @@ def train(name: str, config: str, tree: str, opts: list[str], out_dir: str, thre
 def evaluate_held_out(run_dir: str, root: str) -> dict[str, Any]:
     """R1 / mAP / mINP of the run's final checkpoint on another tree (its own test feature), and its parameter count."""
     import torch
-    from vdreid import builders
-    from vdreid.evaluation.evaluator import evaluate_model
 
     torch.set_num_threads(1)
-    ckpt = osp.join(run_dir, "latest.pth")
-    cfg = builders.checkpoint_config(ckpt)
-    model = builders.build_model_from_checkpoint(ckpt, cfg).eval()
-    dm = transfer.datamanager(root, cfg)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
-        rep = evaluate_model(model, dm.test_loader[TARGET]["query"], dm.test_loader[TARGET]["gallery"],
-                             dm.protocols[TARGET], "cpu", dm.ir_camids_of(TARGET))
-    return {"metrics": {k: float(rep.mean[k]) for k in METRICS}, "feature_mode": str(model.feature_mode),
+    model, cfg = transfer.load_run(run_dir)
+    mode = str(model.feature_mode)
+    return {"metrics": transfer.evaluate_loaded(model, cfg, root, mode), "feature_mode": mode,
             "params": int(sum(p.numel() for p in model.parameters()))}
 
 
@@ -315,7 +293,7 @@ def report(runs: dict[str, list[dict]], seeds: list[int], info: dict[str, Any]) 
         "Synthetic data says how the methods rank on this toy problem at this budget only; it is no stand-in for "
         "SYSU-MM01 (and the recipes are not the methods' own: ResNet-18 from scratch, 64x32 inputs, a few epochs).",
         "",
-        f"Machine: {info['machine']}; {info.get('jobs', 1)} training(s) at a time, each with "
+        f"Machine: {info['machine']}; {info['jobs']} training(s) at a time, each with "
         f"OMP_NUM_THREADS={info['threads']}, "
         f"1-minute load average {min(loads):.1f}-{max(loads):.1f} at the starts (other engineers' jobs share the "
         f"box), {waited}; wall time {info['wall_s'] / 60:.0f} min for {sum(len(v) for v in runs.values())} "

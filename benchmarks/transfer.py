@@ -40,7 +40,6 @@ import json
 import os
 import os.path as osp
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -157,6 +156,24 @@ def anchors(train_roots: dict[str, str], test_roots: dict[str, str]) -> dict:
 # ------------------------------------------------------------------------------------------------ models
 
 
+def run_cli_training(cmd: list[str], log_path: str, threads: int) -> dict:
+    """Run one ``vdreid train`` command line with ``OMP_NUM_THREADS=threads``, output to ``log_path``.
+
+    Returns wall and CPU time and the load around it. The CPU time is the child's own (``os.wait4``), so it stays
+    right when several trainings run side by side from threads of one process."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    load0 = os.getloadavg()
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training failed (exit {proc.returncode}); see {log_path}")
+    return {"wall_s": time.time() - t0, "cpu_s": usage.ru_utime + usage.ru_stime, "load_before": load0,
+            "load_after": os.getloadavg(), "threads": threads}
+
+
 def train(name: str, tree: str, opts: list[str], out_dir: str, threads: int, reuse: bool) -> dict:
     """Train one model by the command line; returns its run folder and timing."""
     run_dir = osp.join(out_dir, name)
@@ -167,55 +184,63 @@ def train(name: str, tree: str, opts: list[str], out_dir: str, threads: int, reu
             return json.load(f)
     cmd = [osp.join(REPO, ".venv", "bin", "vdreid"), "train", "--config-file", CONFIG, "data.root", tree,
            "data.save_dir", run_dir, "test.visrank", "false", *opts]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     os.makedirs(run_dir, exist_ok=True)
-    load0 = os.getloadavg()
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.time()
-    with open(osp.join(run_dir, "transfer_train.log"), "w") as log:
-        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    wall = time.time() - t0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {run_dir}/transfer_train.log")
-    meta = {"name": name, "run_dir": run_dir, "tree": tree, "opts": opts, "wall_s": wall,
-            "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-            "load_before": load0, "load_after": os.getloadavg(), "threads": threads}
+    meta = {"name": name, "run_dir": run_dir, "tree": tree, "opts": opts,
+            **run_cli_training(cmd, osp.join(run_dir, "transfer_train.log"), threads)}
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=1)
     return meta
 
 
-def evaluate(run_dir: str, test_roots: dict[str, str], modes: tuple[str, ...] | None = None) -> dict:
-    """``{style: {mode: {R1, mAP}}}`` of the checkpoint in ``run_dir`` (``modes`` None: its configured feature)."""
-    import torch
+def load_run(run_dir: str):
+    """The final model of a run folder (eval mode), rebuilt from its checkpoint's stored config, and that config."""
     from vdreid import builders
-    from vdreid.evaluation.evaluator import evaluate_model
 
-    torch.set_num_threads(1)
     ckpt = osp.join(run_dir, "latest.pth")
     cfg = builders.checkpoint_config(ckpt)
-    model = builders.build_model_from_checkpoint(ckpt, cfg).eval()
+    return builders.build_model_from_checkpoint(ckpt, cfg).eval(), cfg
+
+
+def evaluate_loaded(model, cfg, root: str, mode: str, dm=None) -> dict[str, float]:
+    """R1 / mAP / mINP of ``model`` under feature ``mode`` on the test split of the tree at ``root`` (``dm``: that
+    tree's data manager when the caller already has one)."""
+    from vdreid.evaluation.evaluator import evaluate_model
+
+    dm = dm or datamanager(root, cfg)
+    model.feature_mode = mode
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
+        rep = evaluate_model(model, dm.test_loader[TARGET]["query"], dm.test_loader[TARGET]["gallery"],
+                             dm.protocols[TARGET], "cpu", dm.ir_camids_of(TARGET))
+    return {k: float(rep.mean[k]) for k in ("R1", "mAP", "mINP")}
+
+
+#: (run folder, checkpoint mtime, tree, feature) -> metrics: the ladder, matrix, feature table and bar evaluate the
+#: quickstart's model on the same trees more than once; each (model, tree, feature) is extracted and ranked once
+_EVALUATED: dict[tuple[str, float, str, str], dict[str, float]] = {}
+
+
+def evaluate(run_dir: str, test_roots: dict[str, str], modes: tuple[str, ...] | None = None) -> dict:
+    """``{style: {mode: {R1, mAP, mINP}}}`` of the checkpoint in ``run_dir`` (``modes`` None: its configured one)."""
+    import torch
+
+    torch.set_num_threads(1)
+    model, cfg = load_run(run_dir)
     modes = modes or (model.feature_mode,)
+    stamp = osp.getmtime(osp.join(run_dir, "latest.pth"))
     out: dict = {}
     for style, root in test_roots.items():
-        dm = datamanager(root, cfg)
         out[style] = {}
+        dm = None
         for mode in modes:
-            model.feature_mode = mode
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                rep = evaluate_model(model, dm.test_loader[TARGET]["query"], dm.test_loader[TARGET]["gallery"],
-                                     dm.protocols[TARGET], "cpu", dm.ir_camids_of(TARGET))
-            out[style][mode] = {"R1": rep.mean["R1"], "mAP": rep.mean["mAP"]}
+            key = (osp.abspath(run_dir), stamp, osp.abspath(root), mode)
+            if key not in _EVALUATED:
+                dm = dm or datamanager(root, cfg)
+                _EVALUATED[key] = evaluate_loaded(model, cfg, root, mode, dm)
+            out[style][mode] = _EVALUATED[key]
     return out
 
 
 # ------------------------------------------------------------------------------------------------ main
-
-
-def _quickstart_run(args: argparse.Namespace) -> str:
-    """Run folder name of the quickstart as it is (the first ladder rung without overrides, else ``quickstart``)."""
-    return next((n for n in args.recipes if not RECIPES[n][1]), "quickstart")
 
 
 def fmt(r: dict) -> str:
@@ -254,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         _, opts, feature = RECIPES[name]
         key = tuple(opts)
         if key not in trained:  # the first rung with these overrides trains; later ones reuse it
-            trained[key] = train(name, train_roots["hard"], opts, args.out_dir, args.threads, args.reuse)
+            run = "quickstart" if not opts else name
+            trained[key] = train(run, train_roots["hard"], opts, args.out_dir, args.threads, args.reuse)
         meta = trained[key]
         ladder[name] = {"meta": meta, "eval": evaluate(meta["run_dir"], test_roots, (feature,) if feature else None)}
         print(name, json.dumps(ladder[name]["eval"]), f"{meta['wall_s']:.0f}s", flush=True)
@@ -262,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     matrix = {}
     if not args.no_matrix:
         for style in args.train_styles:
-            name = _quickstart_run(args) if style == "hard" else f"quickstart_on_{style}"
+            name = "quickstart" if style == "hard" else f"quickstart_on_{style}"
             meta = train(name, train_roots[style], [], args.out_dir, args.threads, True if style == "hard" else
                          args.reuse)
             matrix[style] = {"meta": meta, "eval": evaluate(meta["run_dir"], test_roots)}
@@ -270,11 +296,11 @@ def main(argv: list[str] | None = None) -> int:
 
     modes = {}
     if not args.no_modes:
-        meta = train(_quickstart_run(args), train_roots["hard"], [], args.out_dir, args.threads, True)
+        meta = train("quickstart", train_roots["hard"], [], args.out_dir, args.threads, True)
         modes = evaluate(meta["run_dir"], {s: test_roots[s] for s in ("hard", args.held_out)}, FEATURE_MODES)
 
     # ---- the bar
-    final = train(_quickstart_run(args), train_roots["hard"], [], args.out_dir, args.threads, True)
+    final = train("quickstart", train_roots["hard"], [], args.out_dir, args.threads, True)
     final_eval = evaluate(final["run_dir"], {args.held_out: test_roots[args.held_out]})[args.held_out]
     final_r1 = next(iter(final_eval.values()))["R1"]
     hog_r1 = anc["hog"][args.held_out]["R1"]
