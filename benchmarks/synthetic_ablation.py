@@ -15,6 +15,7 @@ benchmarks/RESULTS.md, whatever the outcome.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import os.path as osp
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=["", "obs_concat"],
                    help="test features to report ('' = the quickstart's own test feature)")
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each training")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run side by side (e.g. 2 with --threads 1)")
     p.add_argument("--out-dir", default=osp.join(REPO, "log", "synthetic_ablation"))
     p.add_argument("--reuse", action="store_true", help="reuse trainings already in --out-dir")
     p.add_argument("--results", default=osp.join(HERE, "RESULTS.md"))
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     metas: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    jobs = []  # (seed, setting, run name, overrides)
     for seed in args.seeds:
         for name, extra in SETTINGS.items():
             tag = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
@@ -81,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.epochs:
                 opts += ["train.max_epoch", str(args.epochs)]
             opts += list(args.opts or [])
-            meta = transfer.train(f"{tag}_seed{seed}", train_root, opts, args.out_dir, args.threads, args.reuse)
+            jobs.append((seed, name, f"{tag}_seed{seed}", opts))
+    # --jobs > 1: trainings run side by side (each with --threads); evaluations follow in this process, in order
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(transfer.train, run, train_root, opts, args.out_dir, args.threads, args.reuse)
+                   for _, _, run, opts in jobs]
+        for (seed, name, _, _), fut in zip(jobs, futures):
+            meta = fut.result()
             r = transfer.evaluate(meta["run_dir"], test_roots, modes)
             results[name].append(r)
             metas[name].append(meta)
@@ -118,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         *tables,
         f"Machine: 2-core CPU dev box, no GPU ({platform.processor() or platform.machine()}, shared with other jobs; "
         f"1-minute load average {min(loads):.1f}-{max(loads):.1f} at the starts); trainings with OMP_NUM_THREADS="
-        f"{args.threads}, {min(walls) / 60:.1f}-{max(walls) / 60:.1f} min each; wall time {wall / 60:.1f} min for "
+        f"{args.threads}, {args.jobs} at a time, {min(walls) / 60:.1f}-{max(walls) / 60:.1f} min each; "
+        f"wall time {wall / 60:.1f} min for "
         f"{len(args.seeds) * len(SETTINGS)} trainings.",
         f"Command: `{cmd.strip()}`",
     ])

@@ -58,20 +58,28 @@ TREE = dict(preset="hard")  # 200 ids, 3 images per camera; the style is set per
 TRAIN_SEED, TEST_SEED = 0, 1
 TARGET = "sysu_mm01"
 
-#: the old quickstart (before the retune), restated as overrides of today's configs/quickstart.yaml
-OLD = ["data.height", "64", "data.width", "32", "data.transforms", "['random_flip']", "train.max_epoch", "10",
-       "train.stepsize", "[8]", "vd.last_stride", "2", "vd.feature_mode", "obs_concat", "test.feature_mode", "''"]
+#: the first retune of the quickstart (commit a8ca375: vd_resnet18, 10 epochs, decay at 8), restated as overrides of
+#: today's configs/quickstart.yaml
+PREV = ["model.name", "vd_resnet18", "train.max_epoch", "10", "train.stepsize", "[8]"]
+#: the old quickstart (before any retune), restated as overrides of today's configs/quickstart.yaml
+OLD = [*PREV, "data.height", "64", "data.width", "32", "data.transforms", "['random_flip']", "vd.last_stride", "2",
+       "vd.feature_mode", "obs_concat", "test.feature_mode", "''"]
 CHANNEL_AUG = "['random_flip','channel_exchange','channel_adap_gray']"
 
 #: recipe ladder: name -> (what changed, overrides of configs/quickstart.yaml, test feature or None for the
 #: configured one); each adds one change to the one before. Rungs that differ only in the test feature share one
-#: training (the first rung with the same overrides).
+#: training (the first rung with the same overrides trains into a folder of its name; the quickstart, with no
+#: overrides, into ``quickstart``). What each part of the last step bought alone: the exploration table of
+#: benchmarks/RESULTS.md ("Transfer").
 RECIPES: dict[str, tuple[str, list[str], str | None]] = {
-    "old": ("the old quickstart (64x32, flip, last stride 2, obs_concat)", OLD, None),
+    "old": ("the old quickstart (vd_resnet18, 64x32, flip, last stride 2, obs_concat, 10 epochs)", OLD, None),
     "channel_aug": ("+ CAJ channel augmentation (channel_exchange, channel_adap_gray)",
-                    [*OLD[:4], "data.transforms", CHANNEL_AUG, *OLD[6:]], None),
-    "last_stride_1": ("+ last stride 1 (4x2 final map); same test feature obs_concat", [], "obs_concat"),
-    "quickstart": ("+ test feature shared_v: configs/quickstart.yaml as it is", [], None),
+                    [*PREV, "data.height", "64", "data.width", "32", "data.transforms", CHANNEL_AUG, "vd.last_stride",
+                     "2", "vd.feature_mode", "obs_concat", "test.feature_mode", "''"], None),
+    "last_stride_1": ("+ last stride 1 (4x2 final map); same test feature obs_concat", PREV, "obs_concat"),
+    "shared_v": ("+ test feature shared_v (the first retune)", PREV, None),
+    "quickstart": ("+ ResNet-10-T encoders (`vd_resnet10t`), 20 epochs with the decay at 16: configs/quickstart.yaml "
+                   "as it is", [], None),
 }
 
 FEATURE_MODES = ("obs_concat", "z_concat", "shared_v", "shared_z", "v_specific", "z_specific", "v_vis", "v_ir")
@@ -181,7 +189,11 @@ def train(name: str, tree: str, opts: list[str], out_dir: str, threads: int, reu
     meta_path = osp.join(run_dir, "transfer_meta.json")
     if reuse and osp.isfile(ckpt) and osp.isfile(meta_path):
         with open(meta_path) as f:
-            return json.load(f)
+            meta = json.load(f)
+        if meta["opts"] != opts or osp.abspath(meta["tree"]) != osp.abspath(tree):
+            raise RuntimeError(f"--reuse: {run_dir} was trained with overrides {meta['opts']} on {meta['tree']}, "
+                               f"not {opts} on {tree}; move it away or drop --reuse")
+        return meta
     cmd = [osp.join(REPO, ".venv", "bin", "vdreid"), "train", "--config-file", CONFIG, "data.root", tree,
            "data.save_dir", run_dir, "test.visrank", "false", *opts]
     os.makedirs(run_dir, exist_ok=True)

@@ -82,7 +82,7 @@ def batch():
 # ----------------------------------------------------------------------------- registry
 def test_registry_names_and_factory_signature():
     reg = compat._model_registry()
-    for name in ("vd_resnet50", "vd_resnet50_official", "vd_resnet18"):
+    for name in ("vd_resnet50", "vd_resnet50_official", "vd_resnet18", "vd_resnet10t"):
         assert name in reg
     m = compat.models.build_model("vd_resnet18", num_classes=C, loss="triplet", pretrained=False, use_gpu=False)
     assert isinstance(m, VDNet)
@@ -94,6 +94,19 @@ def test_registry_names_and_factory_signature():
     )
     assert m2.routing == "modality" and m2.branches["ir"].bottleneck.form == "gaussian"
     assert m2.config["backbone"] == BACKBONE and m2.config["bottleneck_dims"] == (512, 256, 128)
+
+
+def test_vd_resnet10t_preset_is_timm_resnet10t_with_the_paper_bottleneck():
+    """The quickstart's model: three timm ResNet-10-T encoders (one basic block per stage, 512-d output), each with
+    the paper's 1024-512-256 bottleneck; parameters counted independently from timm's own model."""
+    import timm
+
+    m = compat.models.build_model("vd_resnet10t", num_classes=C, pretrained=False, use_gpu=False)
+    assert m.config["backbone"] == "resnet10t" and m.config["bottleneck_dims"] == (1024, 512, 256)
+    body = timm.create_model("resnet10t", pretrained=False, num_classes=0)
+    assert sum(p.numel() for p in body.parameters()) == sum(
+        p.numel() for p in m.branches["shared"].encoder.body.parameters())
+    assert body.num_features == 512
 
 
 def _resnet50_backbone_params() -> int:

@@ -363,8 +363,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not osp.isdir(osp.join(root, "SYSU-MM01", "exp")):
         logger.info("=> generating the synthetic SYSU-MM01 demo tree under %s", root)
         synthetic.make_sysu(root, preset="demo", seed=0)
+    elif osp.isfile(osp.join(root, "SYSU-MM01", synthetic.MARKER)):
+        try:  # an identical demo tree: nothing to do
+            synthetic.make_sysu(root, preset="demo", seed=0)
+            logger.info("=> using the synthetic SYSU-MM01 demo tree under %s", root)
+        except FileExistsError:  # e.g. an older version's demo tree, or another preset: used as it is, never deleted
+            logger.warning(
+                "=> %s holds a synthetic tree made with other generator arguments than today's demo preset; the demo "
+                "trains on it as it is (its time and numbers differ from the README's). For today's demo tree: "
+                "vdreid make-synthetic --layout sysu --preset demo --out %s --overwrite", root, root)
     else:
-        logger.info("=> using the synthetic SYSU-MM01 tree under %s", root)
+        logger.info("=> using the SYSU-MM01 tree under %s", root)
     # a previous demo run in the folder is moved aside into replaced-<time>/ (logged, never deleted)
     res = _train_one(cfg, None, progress=not args.no_progress, overwrite=True)
     save_dir, engine, dm = res["save_dir"], res["engine"], res["datamanager"]

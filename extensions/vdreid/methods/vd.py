@@ -37,7 +37,7 @@ class VD(Method):
     name = "vd"
     section = "vd"
     extra_sections = ("loss",)  # L_cls and L_metric of Eq. 17
-    model_names = ("vd_resnet50", "vd_resnet50_official", "vd_resnet18")
+    model_names = ("vd_resnet50", "vd_resnet50_official", "vd_resnet18", "vd_resnet10t")
     feature_modes = (
         "obs_concat", "z_concat", "shared_v", "shared_z", "v_vis", "v_ir", "z_vis", "z_ir", "v_specific", "z_specific",
     )

@@ -424,6 +424,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # small model for CPU tests and demos
     "vd_resnet18": dict(backbone="resnet18", bottleneck="deterministic", bottleneck_dims=(512, 256, 128)),
+    # the quickstart's CPU model (configs/quickstart.yaml): timm's ResNet-10-T (deep stem, one block per stage),
+    # with the paper's 1024-512-256 bottleneck
+    "vd_resnet10t": dict(backbone="resnet10t", bottleneck="deterministic", bottleneck_dims=(1024, 512, 256)),
 }
 
 
