@@ -1,12 +1,13 @@
 """Method comparison on synthetic data: VD vs AGW vs the plain BNNeck baseline under one protocol, three seeds each.
 
-What is compared. Each method trains the quickstart recipe (``configs/quickstart.yaml``, the CPU demo) on the SAME
+What is compared. Each method trains the quickstart recipe (``configs/quickstart.yaml``, the CPU demo; at the length
+of ``SCHEDULE``, 10 epochs, with ResNet-18 encoders for every method) on the SAME
 synthetic training tree: the same input size, epochs, sampler (identities x instances per modality, AGW's epoch),
 batch, augmentation, optimiser, learning rate, warm-up and decay, initial weights (none: from scratch) and evaluation
 (all-search single-shot, 10 AGW gallery draws). Only the method differs: its model and its criterion.
 
-* ``vd``: ``vd_resnet18``, the quickstart exactly (three ResNet-18 branches with information bottlenecks, the VD loss
-  of the quickstart's recipe, its test feature);
+* ``vd``: ``vd_resnet18``, the quickstart with ResNet-18 encoders (three ResNet-18 branches with information
+  bottlenecks, the VD loss of the quickstart's recipe, its test feature);
 * ``agw``: ``agw_resnet18`` (two-stream stems, shared stages with non-local blocks, GeM, BNNeck; identity loss +
   weighted regularized triplet; test feature ``bn``);
 * ``bnneck``: ``bnneck_resnet18`` (one shared ResNet-18, GAP, BNNeck; label-smoothed identity loss + batch-hard
@@ -82,6 +83,10 @@ METHODS: dict[str, tuple[str, str]] = {
     "agw": ("agw", "agw_resnet18"),
     "bnneck": ("bnneck", "bnneck_resnet18"),
 }
+#: the schedule every method trains: the quickstart's length when the recorded table (benchmarks/RESULTS.md) was made
+#: (commit a8ca375; the quickstart has since moved to vd_resnet10t and 20 epochs). Every method uses ResNet-18, so the
+#: encoders match across methods.
+SCHEDULE = {"max_epoch": 10, "stepsize": [8]}
 LABELS = {"vd": "VD (vd_resnet18)", "agw": "AGW (agw_resnet18)", "bnneck": "BNNeck baseline (bnneck_resnet18)"}
 METRICS = ("R1", "mAP", "mINP")
 
@@ -124,6 +129,7 @@ def method_config(q: dict[str, Any], method: str) -> tuple[dict[str, Any], list[
         test.pop("feature_mode")
     cfg["test"] = test
     cfg["model"] = {**(cfg.get("model") or {}), "method": name, "name": model}
+    cfg["train"] = {**(cfg.get("train") or {}), **SCHEDULE}
     return cfg, dropped
 
 

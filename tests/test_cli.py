@@ -76,7 +76,7 @@ def test_leaderboard_command(trained, tmp_path):
     assert p.returncode == 0, p.stderr
     text = out.read_text()
     assert "## synthetic data: sysu/ir2vis/all/single-shot/agw/10 trials" in text
-    assert "ours: vd_resnet18 paper" in text
+    assert "ours: vd_resnet10t paper" in text  # the quickstart's model
     assert osp.isfile(tmp_path / "LB.csv")
 
 
@@ -154,3 +154,28 @@ def test_bad_input_errors_exit_2_without_traceback(capsys, sysu_root, tmp_path):
     assert main(args) == 2  # 16 ids per batch, the tiny tree has fewer: a ValueError that names the fix
     err = capsys.readouterr().err
     assert "num_ids" in err and "Traceback" not in err
+
+
+def test_demo_tree_generates_reuses_and_never_replaces_another_tree(tmp_path, caplog):
+    """`vdreid demo`'s data step: writes today's demo preset into an empty root, reuses it as it is, and trains on a
+    synthetic tree of other generator arguments (e.g. an older version's demo tree) with a warning, never deleting
+    it."""
+    import logging
+
+    from vdreid.cli import _demo_tree
+    from vdreid.data import synthetic
+
+    other = str(tmp_path / "other")
+    synthetic.make_sysu(other, preset="tiny", seed=0)
+    marker = osp.join(other, "SYSU-MM01", synthetic.MARKER)
+    before = open(marker).read()
+    with caplog.at_level(logging.WARNING, logger="vdreid"):
+        assert _demo_tree(other) == "other"
+    assert "--overwrite" in caplog.text and open(marker).read() == before
+    real = tmp_path / "real" / "SYSU-MM01" / "exp"
+    real.mkdir(parents=True)
+    assert _demo_tree(str(tmp_path / "real")) == "real" and os.listdir(real) == []
+    fresh = str(tmp_path / "fresh")
+    assert _demo_tree(fresh) == "generated"
+    assert json.load(open(osp.join(fresh, "SYSU-MM01", synthetic.MARKER)))["images_per_cam"] == 2
+    assert _demo_tree(fresh) == "demo"

@@ -261,7 +261,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     if args.num_ids:
         kw["num_ids"] = args.num_ids
     path = fn(args.out, seed=args.seed, preset=args.preset, **kw)
-    logger.info("wrote synthetic %s tree (%s, %s style, seed %s) to %s", args.layout, args.preset, args.style,
+    style = args.style or ("hard" if args.preset == "hard" else "classic")  # the presets' styles
+    logger.info("wrote synthetic %s tree (preset %s, %s style, seed %s) to %s", args.layout, args.preset, style,
                 args.seed, path)
     return 0
 
@@ -350,9 +351,35 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ demo
+def _demo_tree(root: str) -> str:
+    """Make sure ``root`` holds a SYSU-MM01 tree for the demo; returns what was found.
+
+    ``'generated'``: none was there, today's demo preset was written; ``'demo'``: today's demo tree is there;
+    ``'other'``: a synthetic tree of other generator arguments (an older version's demo tree, another preset), used
+    as it is with a warning (never deleted); ``'real'``: a tree not written by the generator, used as it is."""
+    from vdreid.data import synthetic
+
+    if not osp.isdir(osp.join(root, "SYSU-MM01", "exp")):
+        logger.info("=> generating the synthetic SYSU-MM01 demo tree under %s", root)
+        synthetic.make_sysu(root, preset="demo", seed=0)
+        return "generated"
+    if not osp.isfile(osp.join(root, "SYSU-MM01", synthetic.MARKER)):
+        logger.info("=> using the SYSU-MM01 tree under %s", root)
+        return "real"
+    try:  # an identical demo tree: nothing to do
+        synthetic.make_sysu(root, preset="demo", seed=0)
+    except FileExistsError:
+        logger.warning(
+            "=> %s holds a synthetic tree made with other generator arguments than today's demo preset; the demo "
+            "trains on it as it is (its time and numbers differ from the README's). For today's demo tree: "
+            "vdreid make-synthetic --layout sysu --preset demo --out %s --overwrite", root, root)
+        return "other"
+    logger.info("=> using the synthetic SYSU-MM01 demo tree under %s", root)
+    return "demo"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic SYSU tree -> train quickstart -> all-search 10 trials -> table, leaderboard, pictures."""
-    from vdreid.data import synthetic
     from vdreid.tools.leaderboard import build_leaderboard
     from vdreid.tools.plots import plot_training_curves
     from vdreid.tools.tsne import tsne_from_datamanager
@@ -360,20 +387,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.time()
     cfg = _cfg_from_args(args)
     root = cfg.data.root
-    if not osp.isdir(osp.join(root, "SYSU-MM01", "exp")):
-        logger.info("=> generating the synthetic SYSU-MM01 demo tree under %s", root)
-        synthetic.make_sysu(root, preset="demo", seed=0)
-    elif osp.isfile(osp.join(root, "SYSU-MM01", synthetic.MARKER)):
-        try:  # an identical demo tree: nothing to do
-            synthetic.make_sysu(root, preset="demo", seed=0)
-            logger.info("=> using the synthetic SYSU-MM01 demo tree under %s", root)
-        except FileExistsError:  # e.g. an older version's demo tree, or another preset: used as it is, never deleted
-            logger.warning(
-                "=> %s holds a synthetic tree made with other generator arguments than today's demo preset; the demo "
-                "trains on it as it is (its time and numbers differ from the README's). For today's demo tree: "
-                "vdreid make-synthetic --layout sysu --preset demo --out %s --overwrite", root, root)
-    else:
-        logger.info("=> using the SYSU-MM01 tree under %s", root)
+    _demo_tree(root)
     # a previous demo run in the folder is moved aside into replaced-<time>/ (logged, never deleted)
     res = _train_one(cfg, None, progress=not args.no_progress, overwrite=True)
     save_dir, engine, dm = res["save_dir"], res["engine"], res["datamanager"]
