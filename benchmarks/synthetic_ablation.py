@@ -1,6 +1,6 @@
 """Synthetic ablation: the three-branch baseline vs +VSD vs +VCD+VML vs the full VD, several seeds each.
 
-Every setting trains the quickstart recipe (configs/quickstart.yaml: vd_resnet18 from scratch, CPU) with only the
+Every setting trains the quickstart recipe (configs/quickstart.yaml: its model from scratch, CPU) with only the
 variational terms changed, as in Table 3 rows 6, 11 (VSD), 10 (VCD+VML) and 12 (full VD), but on all three branches,
 on the training tree of ``benchmarks/transfer.py`` (``hard`` style, seed 0; the quickstart's data). Each model is
 evaluated all-search over the 10 AGW gallery draws on two test trees of other people (seed 1): the same ``hard``
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         + (["--first-seed-only", *args.first_seed_only] if args.first_seed_only else []) + list(args.opts or []))
     body = "\n".join([
         "Three-branch network with information bottlenecks, the quickstart recipe (configs/quickstart.yaml: "
-        "vd_resnet18 from scratch, CPU) with only the variational terms changed, trained on the `hard` tree of "
+        "its model from scratch, CPU) with only the variational terms changed, trained on the `hard` tree of "
         "benchmarks/transfer.py (seed 0) and tested on two trees of other people (seed 1): `hard` and the held-out "
         "`shift` style. All-search single-shot, 10 AGW gallery draws, mean ± std over seeds "
         f"{args.seeds} (population std), percent. Chance (1 / gallery identities): hard "
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         *tables,
         f"Machine: 2-core CPU dev box, no GPU ({platform.processor() or platform.machine()}, shared with other jobs; "
         f"1-minute load average {min(loads):.1f}-{max(loads):.1f} at the starts); trainings with OMP_NUM_THREADS="
-        f"{args.threads}, {args.jobs} at a time, {min(walls) / 60:.1f}-{max(walls) / 60:.1f} min each; "
+        f"{','.join(sorted({str(mt['threads']) for ms_ in metas.values() for mt in ms_}))} (as recorded by each run), "
+        f"{args.jobs} at a time in this invocation, {min(walls) / 60:.1f}-{max(walls) / 60:.1f} min each; "
         f"wall time {wall / 60:.1f} min for "
         f"{len(jobs)} trainings.",
         f"Command: `{cmd.strip()}`",
