@@ -261,7 +261,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     if args.num_ids:
         kw["num_ids"] = args.num_ids
     path = fn(args.out, seed=args.seed, preset=args.preset, **kw)
-    style = args.style or ("hard" if args.preset == "hard" else "classic")  # the presets' styles
+    presets = {"sysu": synthetic.SYSU_PRESETS, "regdb": synthetic.REGDB_PRESETS, "llcm": synthetic.LLCM_PRESETS}
+    style = args.style or presets[args.layout].get(args.preset, {}).get("style", "classic")
     logger.info("wrote synthetic %s tree (preset %s, %s style, seed %s) to %s", args.layout, args.preset, style,
                 args.seed, path)
     return 0
