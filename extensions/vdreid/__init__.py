@@ -5,11 +5,10 @@ Importing the package registers the VI datasets and the VD models with torchreid
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from vdreid import compat  # noqa: E402,F401  (torchreid import shim)
 from vdreid.data import register_datasets  # noqa: E402
 from vdreid.models import register_models  # noqa: E402
+from vdreid.version import __version__  # noqa: E402
 
 register_datasets()
 register_models()

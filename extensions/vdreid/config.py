@@ -481,79 +481,81 @@ def check_values(cfg: CN) -> None:
     check_ranges(cfg)
 
 
-def _at_least(lo: float, what: str = "") -> tuple[Callable[[float], bool], str]:
+def at_least(lo: float, what: str = "") -> tuple[Callable[[float], bool], str]:
+    """A range rule (test, expected) for :data:`RANGES` and owners' ``ranges()``: ``v >= lo``."""
     return (lambda v: v >= lo), f"{what or 'a number'} >= {lo}"
 
 
-def _positive(what: str = "a number") -> tuple[Callable[[float], bool], str]:
+def positive(what: str = "a number") -> tuple[Callable[[float], bool], str]:
+    """A range rule: ``v > 0``."""
     return (lambda v: v > 0), f"{what} > 0"
 
 
-def _or_recipe(rule: tuple[Callable[[float], bool], str]) -> tuple[Callable[[float], bool], str]:
+def or_recipe(rule: tuple[Callable[[float], bool], str]) -> tuple[Callable[[float], bool], str]:
     return (lambda v: v == -1 or rule[0](v)), f"{rule[1]}, or -1 for the recipe's default"
 
 
-_INT = "an integer"
+INT = "an integer"
 _SEED = ((lambda v: 0 <= v < 2**31), "an integer in 0..2147483647 (numpy seeds must be non-negative)")
 #: numeric keys and their valid ranges: key -> (test, expected). A list key applies the test to every element.
 #: Keys absent from a config (a method section not built) are skipped.
 RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "data.workers": _at_least(0, _INT),
-    "data.height": _at_least(1, _INT),
-    "data.width": _at_least(1, _INT),
+    "data.workers": at_least(0, INT),
+    "data.height": at_least(1, INT),
+    "data.width": at_least(1, INT),
     "data.norm_mean": ((lambda v: True), "a finite number"),
-    "data.norm_std": _positive(),
-    "data.sysu.num_trials": _at_least(1, _INT),
+    "data.norm_std": positive(),
+    "data.sysu.num_trials": at_least(1, INT),
     "data.regdb.trial": ((lambda v: 1 <= v <= 10), "an integer in 1..10 (RegDB has splits 1..10)"),
-    "sampler.num_ids": _at_least(1, _INT),
-    "sampler.num_instances": _at_least(1, _INT),
+    "sampler.num_ids": at_least(1, INT),
+    "sampler.num_instances": at_least(1, INT),
     "sampler.seed": _SEED,
-    "train.lr": _positive(),
-    "train.weight_decay": _at_least(0),
+    "train.lr": positive(),
+    "train.weight_decay": at_least(0),
     "train.momentum": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "train.max_epoch": _at_least(1, _INT),
-    "train.start_epoch": _at_least(0, _INT),
-    "train.stepsize": _at_least(1, "an epoch number"),
-    "train.gamma": _positive(),
-    "train.warmup_epochs": _at_least(0, _INT),
+    "train.max_epoch": at_least(1, INT),
+    "train.start_epoch": at_least(0, INT),
+    "train.stepsize": at_least(1, "an epoch number"),
+    "train.gamma": positive(),
+    "train.warmup_epochs": at_least(0, INT),
     "train.warmup_factor": ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
-    "train.print_freq": _at_least(0, "an integer (0: no per-iteration output)"),
+    "train.print_freq": at_least(0, "an integer (0: no per-iteration output)"),
     "train.seed": _SEED,
-    "train.grad_clip": _at_least(0, "a number (0: no clipping)"),
-    "train.eval_freq": _at_least(0, "an integer (0: only at the end)"),
-    "train.eval_start": _at_least(0, _INT),
-    "train.checkpoint_every": _at_least(0, "an integer (0: only latest.pth and the best)"),
-    "loss.ce": _at_least(0),
+    "train.grad_clip": at_least(0, "a number (0: no clipping)"),
+    "train.eval_freq": at_least(0, "an integer (0: only at the end)"),
+    "train.eval_start": at_least(0, INT),
+    "train.checkpoint_every": at_least(0, "an integer (0: only latest.pth and the best)"),
+    "loss.ce": at_least(0),
     "loss.label_smooth": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "loss.metric_weight": _at_least(0),
-    "loss.triplet_margin": _at_least(0),
-    "test.batch_size": _at_least(1, _INT),
-    "test.visrank_topk": _at_least(1, _INT),
-    "test.max_rank": _at_least(1, _INT),
-    "vd.bottleneck_dims": _at_least(1, _INT),
-    "vd.z_classifier_hidden": _or_recipe(_at_least(0, _INT)),
+    "loss.metric_weight": at_least(0),
+    "loss.triplet_margin": at_least(0),
+    "test.batch_size": at_least(1, INT),
+    "test.visrank_topk": at_least(1, INT),
+    "test.max_rank": at_least(1, INT),
+    "vd.bottleneck_dims": at_least(1, INT),
+    "vd.z_classifier_hidden": or_recipe(at_least(0, INT)),
     "vd.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
-    "vd.beta": _at_least(0),
-    "vd.vsd": _or_recipe(_at_least(0)),
-    "vd.vcd": _or_recipe(_at_least(0)),
-    "vd.vml": _or_recipe(_at_least(0)),
-    "vd.dml": _or_recipe(_at_least(0)),
-    "vd.cml": _or_recipe(_at_least(0)),
-    "vd.temperature": _positive(),
-    "vd.branch_weights": _at_least(0),
-    "vd.ib_baseline": _at_least(0),
-    "agw.non_local": _at_least(0, "a block count"),
+    "vd.beta": at_least(0),
+    "vd.vsd": or_recipe(at_least(0)),
+    "vd.vcd": or_recipe(at_least(0)),
+    "vd.vml": or_recipe(at_least(0)),
+    "vd.dml": or_recipe(at_least(0)),
+    "vd.cml": or_recipe(at_least(0)),
+    "vd.temperature": positive(),
+    "vd.branch_weights": at_least(0),
+    "vd.ib_baseline": at_least(0),
+    "agw.non_local": at_least(0, "a block count"),
     "agw.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
-    "agw.ce": _at_least(0),
-    "agw.metric_weight": _at_least(0),
-    "agw.triplet_margin": _at_least(0),
-    "agw.backbone_lr_mult": _at_least(0),
+    "agw.ce": at_least(0),
+    "agw.metric_weight": at_least(0),
+    "agw.triplet_margin": at_least(0),
+    "agw.backbone_lr_mult": at_least(0),
     "bnneck.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
-    "bnneck.ce": _at_least(0),
+    "bnneck.ce": at_least(0),
     "bnneck.label_smooth": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "bnneck.triplet": _at_least(0),
-    "bnneck.triplet_margin": _at_least(0),
-    "data.llcm.num_trials": _at_least(1, _INT),
+    "bnneck.triplet": at_least(0),
+    "bnneck.triplet_margin": at_least(0),
+    "data.llcm.num_trials": at_least(1, INT),
 }
 #: numeric keys with no range to check (any finite value is valid); every other int/float key must be in RANGES
 FREE_NUMERIC_KEYS: frozenset[str] = frozenset({"data.sysu.shots"})  # data.sysu.shots: a choice, see _CHOICES

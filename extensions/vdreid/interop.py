@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from vdreid.errors import CheckpointMismatchError, ConfigError, EvaluationInputError
+from vdreid.models.common import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,6 @@ _ORIGINAL_METHOD = {"agw": "agw", "vd_official": "vd"}
 
 class TorchreidProtocolWarning(UserWarning):
     """torchreid's ``Engine.test()`` computed a number that is not the dataset protocol's."""
-
-
-def _unwrap(model: Any) -> Any:
-    while isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-        model = model.module
-    return model
 
 
 def _is_torchreid_function(fn: Any) -> bool:
@@ -63,7 +57,7 @@ def check_torchreid_engine(engine: Any, model: Any) -> None:
     """
     if not _is_torchreid_function(getattr(type(engine), "forward_backward", None)):
         return
-    net = _unwrap(model)
+    net = unwrap_model(model)
     ename = f"torchreid.engine.{type(engine).__name__}"
     mname = type(net).__name__
     if getattr(net, "needs_vdreid_engine", False):
@@ -337,7 +331,7 @@ def extract_with_modality(extractor: Any, input: Any, modality: Any, torchreid_c
     """
     from vdreid.evaluation.extract import extract_features
 
-    net = _unwrap(extractor.model)
+    net = unwrap_model(extractor.model)
     setup: ExtractorSetup | None = getattr(extractor, "vdreid", None)
     if modality is None and getattr(net, "test_needs_modality", False):
         mode = getattr(net, "feature_mode", None)

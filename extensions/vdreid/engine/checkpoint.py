@@ -17,6 +17,7 @@ import torch
 from vdreid import compat
 from vdreid.atomic import atomic_write
 from vdreid.errors import CheckpointError, CheckpointMismatchError
+from vdreid.models.common import unwrap_model
 
 
 # ----------------------------------------------------------------------------------------------------- RNG states
@@ -70,15 +71,6 @@ def load_checkpoint(path: str, map_location: str | torch.device | None = "cpu") 
 
 
 # --------------------------------------------------------------------------------------------------- model weights
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DistributedDataParallel / DataParallel wrappers."""
-    while hasattr(model, "module") and isinstance(
-        model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel
-    ):
-        model = model.module
-    return model
-
-
 def _strip_prefix(state_dict: dict[str, Any], prefix: str = "module.") -> dict[str, Any]:
     if state_dict and all(k.startswith(prefix) for k in state_dict):
         return {k[len(prefix) :]: v for k, v in state_dict.items()}

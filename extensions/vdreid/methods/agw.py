@@ -98,7 +98,7 @@ class AGW(Method):
     def param_groups(self, cfg: CN, model: nn.Module, criterion: nn.Module) -> list[dict[str, Any]]:
         """AGW ``train.py``: backbone (stems, shared stages, non-local blocks) at ``agw.backbone_lr_mult``, BNNeck and
         classifier at 1. Frozen parameters (the BNNeck bias) are left out: they never get a gradient."""
-        from vdreid.engine.checkpoint import unwrap_model
+        from vdreid.models.common import unwrap_model
 
         net = unwrap_model(model)
         backbone, head = [], []

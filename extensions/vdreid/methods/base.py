@@ -18,6 +18,7 @@ Contracts every method's parts follow:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import nn
@@ -52,6 +53,33 @@ class Method(ABC):
     def config(cls) -> CN:
         """Defaults of the method's own section (added to the default config as ``cfg.<section>``)."""
         return CN()
+
+    @classmethod
+    def ranges(cls) -> dict[str, tuple[Callable[[Any], bool], str]]:
+        """Valid ranges of the numeric keys of the method's own section(s): dotted key (``'<section>.<key>'``) ->
+        ``(test, expected)``, built with :func:`vdreid.config.at_least`, :func:`vdreid.config.positive`, ... A list
+        key applies the test to every element. Every int/float key of the section needs a rule (or a place in
+        :meth:`free_numeric_keys`); the config check reports a value outside it as one line naming the key."""
+        return {}
+
+    @classmethod
+    def free_numeric_keys(cls) -> frozenset[str]:
+        """Numeric keys of the method's section(s) with no range (any finite value is valid)."""
+        return frozenset()
+
+    # ------------------------------------------------------------------------------------------------ model.*
+    @staticmethod
+    def pretrained_arg(cfg: CN) -> bool | str:
+        """``model.pretrained`` / ``model.pretrained_path`` as the model factories take them: the local weights file
+        when one is named, else ``True`` (timm's hub, a clear error offline) or ``False`` (random initialisation)."""
+        if not cfg.model.pretrained:
+            return False
+        return cfg.model.pretrained_path or True
+
+    @staticmethod
+    def backbone_kwargs(cfg: CN) -> dict[str, Any]:
+        """``{'backbone': model.backbone}`` when the config names a timm encoder, else ``{}`` (the preset's)."""
+        return {"backbone": cfg.model.backbone} if cfg.model.backbone else {}
 
     def check_config(self, cfg: CN) -> None:
         """Value checks of the method's keys; raise :class:`~vdreid.errors.ConfigError` naming the key."""

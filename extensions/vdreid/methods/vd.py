@@ -205,8 +205,8 @@ class VD(Method):
         return VDLossConfig(**lc)
 
     def build_criterion(self, cfg: CN, num_classes: int, model: nn.Module | None = None) -> nn.Module:
-        from vdreid.engine.checkpoint import unwrap_model
         from vdreid.losses import VDLoss
+        from vdreid.models.common import unwrap_model
 
         lcfg = self.loss_config(cfg)
         dims: dict[str, Any] = {}

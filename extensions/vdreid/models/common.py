@@ -77,3 +77,10 @@ class SingleWidthFeatureModes:
         if mode not in self.feature_modes:
             raise ValueError(f"{type(self).__name__} feature mode must be one of {self.feature_modes}, got {mode!r}")
         return self.out_dim
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (the one unwrap of the package)."""
+    while isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        model = model.module
+    return model
