@@ -63,6 +63,12 @@ class Method(ABC):
         return {}
 
     @classmethod
+    def upgrade_config(cls, stored: dict[str, Any]) -> dict[str, Any]:
+        """A config dict stored by an older vdreid (a checkpoint's or a results JSON's), with the method's renamed
+        keys translated to today's names; called before the dict is merged into today's defaults. Default: as is."""
+        return stored
+
+    @classmethod
     def free_numeric_keys(cls) -> frozenset[str]:
         """Numeric keys of the method's section(s) with no range (any finite value is valid)."""
         return frozenset()
