@@ -5,6 +5,7 @@
 network from any timm CNN.
 """
 
+from vdreid.models import agw_original, vd_original  # noqa: F401  (register the original-checkpoint layouts)
 from vdreid.models.agw import AGW_PRESETS, AGWNet, build_agw, make_agw_factory
 from vdreid.models.attention import ShallowCAM
 from vdreid.models.backbones import Encoder, set_last_stride_one
@@ -12,7 +13,15 @@ from vdreid.models.baseline import BNNECK_PRESETS, BNNeckNet, build_bnneck, make
 from vdreid.models.bottleneck import BOTTLENECK_FORMS, InformationBottleneck, gaussian_kl
 from vdreid.models.neck import NeckOutput
 from vdreid.models.nonlocal_block import NonLocalBlock
-from vdreid.models.original import ORIGINAL_KINDS, detect_original, from_original, model_from_original
+from vdreid.models.original import (
+    OriginalLayout,
+    Rule,
+    detect_original,
+    from_original,
+    model_from_original,
+    original_kinds,
+    register_layout,
+)
 from vdreid.models.outputs import BranchOutput, VDOutput, gray_view
 from vdreid.models.pooling import GeneralizedMeanPooling, gem_pool
 from vdreid.models.vd_net import BRANCHES, FEATURE_MODES, PRESETS, ROUTINGS, Branch, VDNet, build_vd_net, make_factory
@@ -40,7 +49,10 @@ __all__ = [
     "GeneralizedMeanPooling",
     "NeckOutput",
     "NonLocalBlock",
-    "ORIGINAL_KINDS",
+    "OriginalLayout",
+    "Rule",
+    "original_kinds",
+    "register_layout",
     "build_agw",
     "build_bnneck",
     "detect_original",

@@ -1,45 +1,32 @@
-"""Checkpoints written by the original authors' code, mapped to vdreid's models.
+"""Checkpoints written by the original authors' code, mapped to vdreid's models: the machinery.
 
-Two layouts are understood (key names as the authors' code writes them; ``docs/baselines.md`` lists them):
-
-* ``'agw'``: mangye16/Cross-Modal-Re-ID-baseline (``model.py`` ``embed_net``), saved by its ``train.py`` as
-  ``{'net': state_dict, 'epoch': ..., 'mAP': ..., ...}``, possibly with a ``module.`` prefix (DataParallel).
-  Keys: ``visible_module.visible.*`` / ``thermal_module.thermal.*`` (a whole ResNet each, of which AGW uses only
-  conv1/bn1), ``base_resnet.base.*`` (a whole ResNet, of which AGW uses layer1..layer4), ``NL_1 .. NL_4``
-  (non-local blocks), ``bottleneck`` (BNNeck), ``classifier``. Maps to :class:`~vdreid.models.agw.AGWNet`; the
-  parts AGW saves but never uses (visible/thermal layer1..4, base conv1/bn1) are dropped.
-* ``'vd_official'``: the released Variational Distillation code (``reid/models/newresnet.py`` ``ft_net``,
-  ``reid/models/baseline.py`` ``Baseline``, ``utlis.py`` ``ChannelCompress``), saved as ``{'model': state_dict,
-  ...}``. Keys ``{IR,RGB,shared}_backbone.*`` (encoders: ``base`` ResNet-50 with its unused ImageNet ``fc``,
-  ``cam_256/512/1024`` channel attention, ``bottleneck`` BNNeck, ``classifier.0``) and ``{IR,RGB,shared}_
-  Bottleneck.*`` (``bottleneck.model`` MLP, ``classifier`` head). Maps to :class:`~vdreid.models.VDNet` as built by
-  ``vd_resnet50_official``: ``IR`` -> branch ``ir`` (it sees the grayscale view), ``RGB`` -> ``vis``, ``shared`` ->
-  ``shared``.
+Each original code base is one :class:`OriginalLayout` (its key-renaming :class:`Rule` list, the architecture its
+keys imply, the vdreid builder, how its keys are recognised), registered with :func:`register_layout` by the module
+beside its model: :mod:`vdreid.models.agw_original` (``'agw'``, mangye16/Cross-Modal-Re-ID-baseline),
+:mod:`vdreid.models.vd_original` (``'vd_official'``, the released VD code), and any layout a method adds
+(``docs/adding-a-method.md``). A method lists the kinds it reads in ``Method.original_kinds``.
 
 Functions: :func:`detect_original` (which layout a state dict has), :func:`from_original` (key renaming with a
 complete check), :func:`original_model_kwargs` (the architecture the keys imply) and :func:`model_from_original`
-(build the vdreid model and load the checkpoint into it).
+(build the vdreid model and load the checkpoint into it). ``docs/baselines.md`` lists the layouts' keys.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vdreid.errors import CheckpointError, CheckpointMismatchError
+from vdreid.errors import CheckpointError, CheckpointMismatchError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-ORIGINAL_KINDS = ("agw", "vd_official")
 _WRAPPERS = ("net", "state_dict", "model", "model_state_dict")
-_VD_BRANCHES = (("IR", "ir"), ("RGB", "vis"), ("shared", "shared"))
-_VD_CAM = (("256", "0"), ("512", "1"), ("1024", "2"))
 _BLOCKS_TO_RESNET = {
     ("basic", (2, 2, 2, 2)): "resnet18",
     ("basic", (3, 4, 6, 3)): "resnet34",
@@ -50,7 +37,7 @@ _BLOCKS_TO_RESNET = {
 
 
 @dataclass(frozen=True)
-class _Rule:
+class Rule:
     """Rename keys starting with ``original`` to ``ours`` (``None``: an unused part, dropped). ``{i}``/``{j}`` are
     integers carried over."""
 
@@ -76,48 +63,53 @@ class _Rule:
         return True, dst.format(**m.groupdict()) + key[m.end() :]
 
 
-_AGW_RULES: tuple[_Rule, ...] = (
-    # unused parts AGW builds and saves: the visible/thermal ResNets beyond their stems, the base ResNet's stem
-    *(_Rule(f"{p}.layer{{i}}.", None) for p in ("visible_module.visible", "thermal_module.thermal")),
-    *(_Rule(f"{p}.fc.", None) for p in ("visible_module.visible", "thermal_module.thermal", "base_resnet.base")),
-    _Rule("base_resnet.base.conv1.", None),
-    _Rule("base_resnet.base.bn1.", None),
-    _Rule("visible_module.visible.conv1.", "stem_vis.conv1."),
-    _Rule("visible_module.visible.bn1.", "stem_vis.bn1."),
-    _Rule("thermal_module.thermal.conv1.", "stem_ir.conv1."),
-    _Rule("thermal_module.thermal.bn1.", "stem_ir.bn1."),
-    _Rule("base_resnet.base.layer{i}.", "shared.layer{i}."),
-    _Rule("NL_{i}.{j}.g.0.", "non_local.layer{i}.{j}.g."),
-    _Rule("NL_{i}.{j}.theta.", "non_local.layer{i}.{j}.theta."),
-    _Rule("NL_{i}.{j}.phi.", "non_local.layer{i}.{j}.phi."),
-    _Rule("NL_{i}.{j}.W.", "non_local.layer{i}.{j}.w_z."),
-    _Rule("bottleneck.", "bnneck."),
-    _Rule("classifier.", "classifier."),
-)
+@dataclass(frozen=True)
+class OriginalLayout:
+    """How checkpoints written by one original code base map to a vdreid model.
 
-_VD_RULES: tuple[_Rule, ...] = tuple(
-    rule
-    for orig, ours in _VD_BRANCHES
-    for rule in (
-        _Rule(f"{orig}_backbone.base.fc.", None),  # ResNet-50's ImageNet classifier, never used
-        _Rule(f"{orig}_backbone.base.", f"branches.{ours}.encoder.body."),
-        *(
-            _Rule(f"{orig}_backbone.cam_{c}._cam_module.", f"branches.{ours}.encoder.attention.{idx}.")
-            for c, idx in _VD_CAM
-        ),
-        _Rule(f"{orig}_backbone.bottleneck.", f"branches.{ours}.encoder.bnneck."),
-        _Rule(f"{orig}_backbone.classifier.0.", f"branches.{ours}.encoder.classifier."),
-        _Rule(f"{orig}_Bottleneck.bottleneck.model.", f"branches.{ours}.bottleneck.mlp."),
-        _Rule(f"{orig}_Bottleneck.classifier.", f"branches.{ours}.bottleneck.classifier."),
-    )
-)
+    Attributes:
+        kind: the layout's name (``from_original(kind, ...)``, ``Method.original_kinds``).
+        rules: key renaming, first match wins (:class:`Rule`).
+        model_kwargs: ``f(state_dict) -> builder kwargs`` (including ``num_classes``) read from the unwrapped keys;
+            raising ``KeyError`` for a missing key is turned into a :class:`CheckpointMismatchError`.
+        build: ``f(**model_kwargs) -> nn.Module``, the vdreid model with random weights (``pretrained=False``).
+        detect: ``f(keys) -> bool``: whether unwrapped keys have this layout; ``None`` for a layout that is never
+            guessed (its keys equal another layout's: the config or the caller names it).
+        name: the code base in a few words, for messages ("the AGW code").
+        source: where that code lives and which class it saves, for messages.
+    """
 
-_RULES = {"agw": _AGW_RULES, "vd_official": _VD_RULES}
+    kind: str
+    rules: tuple[Rule, ...]
+    model_kwargs: Callable[[Mapping[str, Tensor]], dict[str, Any]]
+    build: Callable[..., nn.Module]
+    detect: Callable[[Collection[str]], bool] | None = None
+    name: str = ""
+    source: str = ""
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in ORIGINAL_KINDS:
-        raise ValueError(f"original checkpoint kind must be one of {ORIGINAL_KINDS}, got {kind!r}")
+_LAYOUTS: dict[str, OriginalLayout] = {}
+
+
+def register_layout(layout: OriginalLayout) -> OriginalLayout:
+    """Add an original-checkpoint layout (idempotent for a re-registration of the same kind)."""
+    if not layout.kind:
+        raise ValueError("an original-checkpoint layout needs a kind")
+    _LAYOUTS[layout.kind] = layout
+    return layout
+
+
+def original_kinds() -> tuple[str, ...]:
+    """The registered layouts' kinds, in registration order."""
+    return tuple(_LAYOUTS)
+
+
+def layout(kind: str) -> OriginalLayout:
+    """The registered layout ``kind``; a :class:`CheckpointError` lists the known kinds otherwise."""
+    try:
+        return _LAYOUTS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown original checkpoint kind {kind!r}; known: {list(_LAYOUTS)}") from None
 
 
 def unwrap_original(obj: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -136,28 +128,27 @@ def unwrap_original(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
         raise CheckpointError(
-            f"no state dict found in the checkpoint (top-level keys: {sorted(map(str, obj))[:10]}); expected the "
-            "authors' {'net': state_dict, ...} (AGW) or {'model': state_dict, ...} (released VD code)"
+            f"no state dict found in the checkpoint (top-level keys: {sorted(map(str, obj))[:10]}); expected a "
+            "state dict written by an original code base, e.g. {'net': state_dict, ...} or {'model': state_dict, ...}"
         )
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def detect_original(state_dict: Mapping[str, Any]) -> str | None:
-    """``'agw'`` or ``'vd_official'`` when the keys have that code's layout (wrappers and ``module.`` allowed),
-    else ``None`` (e.g. a vdreid checkpoint)."""
+    """The kind of the first registered layout whose ``detect`` accepts the keys (wrappers and ``module.``
+    allowed), else ``None`` (e.g. a vdreid checkpoint)."""
     try:
         keys = unwrap_original(state_dict).keys()
     except CheckpointError:
         return None
-    if any(k.startswith(("visible_module.visible.", "thermal_module.thermal.", "base_resnet.base.")) for k in keys):
-        return "agw"
-    if any(k.startswith(tuple(f"{o}_backbone." for o, _ in _VD_BRANCHES)) for k in keys):
-        return "vd_official"
+    for lay in _LAYOUTS.values():
+        if lay.detect is not None and lay.detect(keys):
+            return lay.kind
     return None
 
 
 def _rename(kind: str, key: str, forward: bool = True) -> tuple[bool, str | None]:
-    for rule in _RULES[kind]:
+    for rule in layout(kind).rules:
         hit, new = rule.apply(key, forward)
         if hit:
             return True, new
@@ -166,11 +157,11 @@ def _rename(kind: str, key: str, forward: bool = True) -> tuple[bool, str | None
 
 def to_original_key(kind: str, key: str) -> str | None:
     """The original code's name of vdreid key ``key`` (for messages), or None when it has none."""
-    _check_kind(kind)
     return _rename(kind, key, forward=False)[1]
 
 
-def _resnet_of(state: Mapping[str, Tensor], prefix: str, where: str) -> str:
+def resnet_of(state: Mapping[str, Tensor], prefix: str, where: str) -> str:
+    """The torchvision/timm ResNet name (``resnet18`` ... ``resnet152``) whose stages the keys under ``prefix`` hold."""
     counts = []
     for i in range(1, 5):
         idx = {int(m.group(1)) for k in state if (m := re.match(re.escape(f"{prefix}layer{i}.") + r"(\d+)\.", k))}
@@ -186,53 +177,17 @@ def _resnet_of(state: Mapping[str, Tensor], prefix: str, where: str) -> str:
 
 
 def original_model_kwargs(kind: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Builder keyword arguments of the architecture the original keys describe.
-
-    ``'agw'`` -> :func:`~vdreid.models.build_agw` kwargs (backbone, num_classes, non_local; ``gem`` is True when
-    the checkpoint has non-local blocks, as AGW's ``--method agw`` switches both on and ``--method base`` both off:
-    GeM has no weights, so this is the one choice the keys cannot show). ``'vd_official'`` ->
-    :func:`~vdreid.models.build_vd_net` kwargs (backbone, num_classes, attention, bottleneck sizes, z-classifier).
-    """
-    _check_kind(kind)
+    """Builder keyword arguments (including ``num_classes``) of the architecture the original keys describe
+    (the layout's ``model_kwargs``)."""
+    lay = layout(kind)
     sd = unwrap_original(state_dict)
-    where = f"{kind} checkpoint"
     try:
-        if kind == "agw":
-            non_local = tuple(
-                len({int(m.group(1)) for k in sd if (m := re.match(rf"NL_{i}\.(\d+)\.", k))}) for i in range(1, 5)
-            )
-            return dict(
-                backbone=_resnet_of(sd, "base_resnet.base.", where),
-                num_classes=int(sd["classifier.weight"].shape[0]),
-                non_local=non_local,
-                gem=any(non_local),
-                last_stride=1,
-            )
-        mlp = [sd[f"shared_Bottleneck.bottleneck.model.{i}.weight"] for i in (0, 3, 6)]
-        return dict(
-            backbone=_resnet_of(sd, "shared_backbone.base.", where),
-            num_classes=int(sd["shared_backbone.classifier.0.weight"].shape[0]),
-            routing="official",
-            bottleneck="deterministic",
-            bottleneck_dims=tuple(int(w.shape[0]) for w in mlp),
-            z_classifier_hidden=int(sd["shared_Bottleneck.classifier.0.weight"].shape[0]),
-            attention=any(".cam_" in k for k in sd),
-            last_stride=1,
-        )
+        return lay.model_kwargs(sd)
     except KeyError as exc:
         raise CheckpointMismatchError(
-            f"{where}: key {exc.args[0]!r} is missing, so the architecture cannot be read from the checkpoint"
+            f"{kind} checkpoint: key {exc.args[0]!r} is missing, so the architecture cannot be read from the "
+            "checkpoint"
         ) from None
-
-
-def _build(kind: str, kwargs: dict[str, Any]) -> nn.Module:
-    if kind == "agw":
-        from vdreid.models.agw import build_agw
-
-        return build_agw(pretrained=False, **kwargs)
-    from vdreid.models.vd_net import build_vd_net
-
-    return build_vd_net(pretrained=False, feature_mode="obs_concat", **kwargs)
 
 
 def _show(items: list[str], n: int = 10) -> str:
@@ -253,7 +208,7 @@ def from_original(kind: str, state_dict: Mapping[str, Any], model: nn.Module | N
     listing keys that match no rule of the layout, keys the model needs that the checkpoint lacks (named as the
     original code would name them) and shape mismatches.
     """
-    _check_kind(kind)
+    lay = layout(kind)
     sd = unwrap_original(state_dict)
     mapped: dict[str, Tensor] = {}
     unknown: list[str] = []
@@ -268,7 +223,7 @@ def from_original(kind: str, state_dict: Mapping[str, Any], model: nn.Module | N
             mapped[new] = value
     if model is None:
         with torch.device("meta"):
-            model = _build(kind, original_model_kwargs(kind, sd))
+            model = lay.build(**original_model_kwargs(kind, sd))
     reference = model.state_dict()
     unexpected = unknown + [to_original_key(kind, k) or k for k in mapped if k not in reference]
     missing = [k for k in reference if k not in mapped and not k.endswith("num_batches_tracked")]
@@ -288,7 +243,8 @@ def from_original(kind: str, state_dict: Mapping[str, Any], model: nn.Module | N
             parts.append(f"shape mismatches: {_show(shapes, 5)}")
         raise CheckpointMismatchError(
             f"the {kind} checkpoint does not fit {type(model).__name__}: " + "; ".join(parts)
-            + ". Expected a state dict written by the authors' code for this architecture (docs/baselines.md)."
+            + f". Expected a state dict written by {lay.name or 'the original code'} for this architecture "
+            "(docs/baselines.md)."
         )
     for k in reference:  # checkpoints from before PyTorch 0.4.1 have no BatchNorm counters
         if k.endswith("num_batches_tracked") and k not in mapped:
@@ -308,12 +264,11 @@ def model_from_original(
     sd = unwrap_original(checkpoint)
     kind = kind or detect_original(sd)
     if kind is None:
+        guessed = [lay for lay in _LAYOUTS.values() if lay.detect is not None]
         raise CheckpointError(
-            f"not a checkpoint of the AGW code or the released VD code (first keys: {list(sd)[:5]}); "
-            "AGW's keys start with visible_module./thermal_module./base_resnet., VD's with RGB_backbone./IR_backbone."
-        )
-    _check_kind(kind)
-    model = _build(kind, original_model_kwargs(kind, sd))
+            f"not a checkpoint of {' or '.join(lay.name or lay.kind for lay in guessed)} (first keys: "
+            f"{list(sd)[:5]}); known layouts: " + "; ".join(f"{lay.kind}: {lay.source}" for lay in guessed))
+    model = layout(kind).build(**original_model_kwargs(kind, sd))
     model.load_state_dict(from_original(kind, sd, model=model), strict=True)
     if feature_mode is not None:
         model.feature_mode = feature_mode
