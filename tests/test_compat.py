@@ -129,15 +129,17 @@ def test_torchreid_patches_in_the_upstream_layout():
 def test_torchreid_patches_are_installed_once():
     import importlib
 
-    from vdreid import compat
+    from vdreid import compat, interop
 
     targets = [(compat.engine.ImageSoftmaxEngine, "__init__"), (compat.engine.ImageTripletEngine, "__init__"),
                (compat.engine.VideoSoftmaxEngine, "__init__"), (compat.engine.VideoTripletEngine, "__init__"),
                (compat.Engine, "test"), (compat.utils.FeatureExtractor, "__init__"),
                (compat.utils.FeatureExtractor, "__call__")]
     originals = [owner.__dict__[attr].__vdreid_original__ for owner, attr in targets]
-    compat.install_torchreid_patches()
+    interop.install_torchreid_patches()
     importlib.reload(compat)
+    importlib.reload(interop)
+    interop.install_torchreid_patches()  # the shim is a leaf: the wrappers live in interop, installed by vdreid
     for (owner, attr), original in zip(targets, originals):
         fn = owner.__dict__[attr]
         assert fn.__vdreid_original__ is original and fn.__wrapped__ is original, (owner, attr)

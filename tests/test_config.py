@@ -347,7 +347,10 @@ def test_valid_edge_values_pass_the_range_checks():
 
 
 def test_every_numeric_key_has_a_range_or_is_declared_free():
-    from vdreid.config import FREE_NUMERIC_KEYS, RANGES, _get, flat_keys
+    """Each owner declares the ranges of its own keys: the base tree (vdreid.config.RANGES / FREE_NUMERIC_KEYS) and
+    every registered section (a dataset family's ``ranges()``, a method's ``ranges()``); every numeric key has one,
+    and no owner names a key outside its section or one the default config does not have."""
+    from vdreid import config as C
 
     cfg = get_default_config()
 
@@ -356,11 +359,20 @@ def test_every_numeric_key_has_a_range_or_is_declared_free():
             return bool(v) and all(numeric(x) for x in v)
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    keys = set(flat_keys(cfg))
-    unchecked = sorted(k for k in keys if numeric(_get(cfg, k)) and k not in RANGES and k not in FREE_NUMERIC_KEYS)
-    assert not unchecked, f"add a valid range to vdreid.config.RANGES (or FREE_NUMERIC_KEYS) for {unchecked}"
-    stale = sorted(k for k in set(RANGES) | FREE_NUMERIC_KEYS if k not in keys)
-    assert not stale, f"RANGES / FREE_NUMERIC_KEYS name keys the default config no longer has: {stale}"
+    owned: dict[str, set[str]] = {"base": set(C.RANGES) | set(C.FREE_NUMERIC_KEYS)}
+    for spec in C.sections():
+        keys_of = set(spec.ranges) | set(spec.free_numeric)
+        outside = sorted(k for k in keys_of if not k.startswith(spec.path + "."))
+        assert not outside, f"{spec.owner} declares ranges of keys outside its section '{spec.path}': {outside}"
+        assert not any(k.startswith(spec.path + ".") for k in owned["base"]), f"base RANGES name keys of {spec.path}"
+        owned[spec.path] = keys_of
+    declared = set().union(*owned.values())
+    keys = set(C.flat_keys(cfg))
+    unchecked = sorted(k for k in keys if numeric(C._get(cfg, k)) and k not in declared)
+    assert not unchecked, f"add a valid range (the owner's ranges() or vdreid.config.RANGES) for {unchecked}"
+    stale = sorted(k for k in declared if k not in keys)
+    assert not stale, f"ranges / free numeric keys name keys the default config no longer has: {stale}"
+    assert set(C.all_ranges()) | C.free_numeric_keys() == declared
 
 
 # ------------------------------------------------------------------------------------------------ file encodings

@@ -1,18 +1,15 @@
 """The one place that imports torchreid.
 
 The registry package ``torchreid==0.2.5`` is upstream torchreid 1.4 re-packaged under ``torchreid.reid``;
-upstream installs it as ``torchreid``. Everything else in vdreid imports torchreid through this module.
-It also carries the small fixes we need for torchreid on current torch / numpy, each with a comment, and, at import,
-wraps three torchreid entry points so that they never give a silently different result with vdreid's parts
-(:func:`install_torchreid_patches`; the decisions live in :mod:`vdreid.interop`): the engines refuse models they
-cannot train, ``Engine.test()`` warns on vdreid datasets whose protocol it does not compute, ``FeatureExtractor``
-rebuilds vdreid checkpoints as ``vdreid test`` does and takes ``modality=``.
+upstream installs it as ``torchreid``. Everything else in vdreid imports torchreid through this module, and it is the
+only module that touches torchreid's private names. It is a leaf: it imports nothing of vdreid but its errors. It
+also carries the small fixes we need for torchreid on current torch / numpy, each with a comment. The wrappers of
+torchreid's entry points (engines, ``Engine.test()``, ``FeatureExtractor``) live in :mod:`vdreid.interop`, which
+``import vdreid`` installs.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os.path as osp
 import re
@@ -153,98 +150,3 @@ def _load_failure(fpath: str, exc: Exception, weights_only: bool) -> str:
     if "weights_only" in first:  # torch's advice to load unsafely is not passed on
         first = "the safe loader refused the file"
     return f'could not load checkpoint "{fpath}" ({size} bytes): {type(exc).__name__}: {first[:200]}. {hint}'
-
-
-# ---------------------------------------------------------------------------------------- torchreid entry points
-# torchreid's engines, Engine.test() and FeatureExtractor meet vdreid's models and datasets; what they do with them
-# is decided in vdreid.interop and installed here by wrapping torchreid's methods (docs/torchreid.md).
-_ENGINE_CLASSES = ("ImageSoftmaxEngine", "ImageTripletEngine", "VideoSoftmaxEngine", "VideoTripletEngine")
-
-
-def _install(cls: type, attr: str, make: Callable[[Callable], Callable]) -> None:
-    """Replace ``cls.attr`` by ``make(original)``. Idempotent: a second install (or a reloaded compat) wraps
-    torchreid's original again instead of the previous wrapper."""
-    current = cls.__dict__.get(attr)
-    if current is None:
-        return
-    original = getattr(current, "__vdreid_original__", current)
-    wrapper = functools.wraps(original)(make(original))
-    wrapper.__vdreid_original__ = original
-    setattr(cls, attr, wrapper)
-
-
-def _guard_engine_init(original: Callable) -> Callable:
-    sig = inspect.signature(original)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from vdreid.interop import check_torchreid_engine
-
-        bound = sig.bind_partial(self, *args, **kwargs)
-        check_torchreid_engine(self, bound.arguments.get("model"))
-        original(self, *args, **kwargs)
-
-    return __init__
-
-
-def _warn_engine_test(original: Callable) -> Callable:
-    def test(self, *args: Any, **kwargs: Any):
-        from vdreid.interop import warn_torchreid_test
-
-        warned = warn_torchreid_test(self)
-        result = original(self, *args, **kwargs)
-        if warned:  # again below torchreid's printed numbers
-            logger.warning("the rank-1/mAP printed above are not the vdreid protocols' numbers (see the warning "
-                            "before them): vdreid.engine.VIEngine(...).test() or `vdreid test` computes those")
-        return result
-
-    return test
-
-
-def _extractor_init(original: Callable) -> Callable:
-    sig = inspect.signature(original)
-    defaults = {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from vdreid.interop import is_vdreid_model, setup_feature_extractor
-
-        bound = sig.bind(self, *args, **kwargs)
-        passed = {k: v for k, v in bound.arguments.items() if k != "self"}
-        if setup_feature_extractor(self, passed, defaults):
-            return
-        verbose = passed.get("verbose", defaults.get("verbose", True))
-        if verbose and is_vdreid_model(passed.get("model_name", defaults.get("model_name"))):
-            # torchreid's complexity count runs model(x) without a modality, which AGW refuses: count parameters only
-            bound.arguments["verbose"] = False
-            original(*bound.args, **bound.kwargs)
-            logger.info("FeatureExtractor: %s, %s parameters", type(self.model).__name__,
-                        f"{sum(p.numel() for p in self.model.parameters()):,}")
-            return
-        original(self, *args, **kwargs)
-
-    return __init__
-
-
-def _extractor_call(original: Callable) -> Callable:
-    def __call__(self, input: Any, modality: Any = None):
-        from vdreid.interop import extract_with_modality
-
-        return extract_with_modality(self, input, modality, original)
-
-    return __call__
-
-
-def install_torchreid_patches() -> None:
-    """Wrap torchreid's engines' ``__init__`` (refuse models they cannot train), ``Engine.test`` (warn on vdreid
-    datasets) and ``FeatureExtractor`` (vdreid checkpoints, ``modality=``). Idempotent; run at import."""
-    for name in _ENGINE_CLASSES:
-        cls = getattr(engine, name, None)
-        if isinstance(cls, type):
-            _install(cls, "__init__", _guard_engine_init)
-    _install(Engine, "test", _warn_engine_test)
-    extractor = getattr(utils, "FeatureExtractor", None)
-    if isinstance(extractor, type):
-        _install(extractor, "__init__", _extractor_init)
-        _install(extractor, "__call__", _extractor_call)
-
-
-install_torchreid_patches()

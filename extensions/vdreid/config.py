@@ -21,7 +21,8 @@ import hashlib
 import math
 import os
 import os.path as osp
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -41,24 +42,137 @@ __all__ = [
     "explicit_keys",
     "set_explicit_keys",
     "NON_SEMANTIC_KEYS",
+    "SectionSpec",
+    "register_section",
+    "register_check",
+    "register_default",
+    "sections",
+    "all_ranges",
+    "free_numeric_keys",
 ]
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """A config section owned by a component (a dataset family, a method), registered with
+    :func:`register_section`. The config machinery knows sections only through these records.
+
+    Attributes:
+        path: where the section sits in the tree, dotted (``'vd'``, ``'data.sysu'``).
+        defaults: returns the section's defaults (a fresh ``CfgNode``).
+        owner: who reads it, for messages ("method 'agw'", "the SYSU-MM01 dataset family").
+        ranges: numeric range rules of its keys, full dotted key -> ``(test, expected)``.
+        free_numeric: numeric keys with no range (any finite value).
+        list_elements: element type of its list keys whose default is empty (full dotted key -> example value).
+        check: value checks of the section given the whole config (raise :class:`ConfigError` naming the key).
+        selected_by: ``(key, value)``: the section is read only when ``cfg[key] == value`` (a method's section is read
+            only when ``model.method`` picks it); a key of an unselected section set in a file or an override is an
+            error instead of being silently ignored.
+    """
+
+    path: str
+    defaults: Callable[[], CN]
+    owner: str = ""
+    ranges: Mapping[str, Rule] = field(default_factory=dict)
+    free_numeric: frozenset[str] = frozenset()
+    list_elements: Mapping[str, Any] = field(default_factory=dict)
+    check: Callable[[CN], None] | None = None
+    selected_by: tuple[str, str] | None = None
+
+
+_SECTIONS: dict[str, SectionSpec] = {}
+_CHECKS: dict[str, Callable[[CN], None]] = {}
+_DEFAULTS: dict[str, Any] = {}
+_DEFAULT_CACHE: list[CN] = []
+
+
+def register_section(spec: SectionSpec) -> SectionSpec:
+    """Add (or replace, for a re-registration under the same path) a section owned by a component. Datasets and
+    methods register theirs when they register themselves (``vdreid.data.register_dataset``,
+    ``vdreid.methods.register``); the default config is the base tree plus every registered section."""
+    parent = spec.path.rsplit(".", 1)[0] if "." in spec.path else ""
+    if parent and parent not in _base_config():
+        raise ValueError(f"config section '{spec.path}': its parent '{parent}' is not a base section")
+    _SECTIONS[spec.path] = spec
+    _DEFAULT_CACHE.clear()
+    return spec
+
+
+def register_default(key: str, value: Any) -> None:
+    """Set the default of a base key that names a registered component (``model.method``, ``model.name``,
+    ``data.sources``, ``data.targets``): the registries set them (the default method and dataset say so when they
+    register), so this module names none."""
+    if not _has(_base_config(), key):
+        raise ValueError(f"register_default: '{key}' is not a base config key")
+    _DEFAULTS[key] = copy.deepcopy(value)
+    _DEFAULT_CACHE.clear()
+
+
+def register_check(name: str, check: Callable[[CN], None]) -> None:
+    """Add a whole-config value check run by :func:`check_values` (e.g. the selected method's own checks)."""
+    _CHECKS[name] = check
+
+
+def sections() -> list[SectionSpec]:
+    """The registered sections, in registration order."""
+    return list(_SECTIONS.values())
+
+
+def _section_of(key: str) -> SectionSpec | None:
+    for spec in _SECTIONS.values():
+        if key == spec.path or key.startswith(spec.path + "."):
+            return spec
+    return None
+
+
+def all_ranges() -> dict[str, Rule]:
+    """Numeric range rules of every key: the base keys' (:data:`RANGES`) and each registered section's own."""
+    out = dict(RANGES)
+    for spec in _SECTIONS.values():
+        out.update(spec.ranges)
+    return out
+
+
+def free_numeric_keys() -> frozenset[str]:
+    """Numeric keys with no range: the base's (:data:`FREE_NUMERIC_KEYS`) and each section's."""
+    out = set(FREE_NUMERIC_KEYS)
+    for spec in _SECTIONS.values():
+        out |= set(spec.free_numeric)
+    return frozenset(out)
 
 
 
 
 def get_default_config() -> CN:
-    """Every valid key with its default. Defaults follow VD's paper recipe (section 4.2) at full scale.
+    """Every valid key with its default: the base tree (torchreid's section names ``model``, ``data``, ``sampler``,
+    ``train``, ``test``) plus every registered section (:func:`register_section`): one per dataset family under
+    ``data`` (``data.sysu``, ...) and one or more per method (``vd`` and ``loss``, ``agw``, ...). Defaults follow VD's
+    paper recipe (section 4.2) at full scale. Returns a fresh, unfrozen tree."""
+    if not _DEFAULT_CACHE:
+        cfg = _base_config()
+        for spec in _SECTIONS.values():
+            parent, _, leaf = spec.path.rpartition(".")
+            (cfg[parent] if parent else cfg)[leaf] = spec.defaults()
+        for key, value in _DEFAULTS.items():
+            parent, _, leaf = key.rpartition(".")
+            _get(cfg, parent)[leaf] = copy.deepcopy(value)
+        cfg.freeze()
+        _DEFAULT_CACHE.append(cfg)
+    cfg = _DEFAULT_CACHE[0].clone()
+    cfg.defrost()
+    return cfg
 
-    Sections: ``model``, ``data``, ``sampler``, ``train``, ``loss``, ``test`` (torchreid's names), one section per
-    dataset family under ``data`` (owned by the dataset classes: ``data.sysu``, ``data.regdb``, ...) and one section
-    per registered method (owned by the method: ``vd``, ``agw``, ``bnneck``, ...).
-    """
+
+def _base_config() -> CN:
+    """The base tree: the keys every run reads, whatever its method and dataset."""
     cfg = CN()
 
     # ---------------------------------------------------------------- model
     cfg.model = CN()
-    cfg.model.method = "vd"  # the registered method (vdreid.methods.names()): vd | agw | bnneck
-    cfg.model.name = "vd_resnet50"  # a registered torchreid model of that method (its preset)
+    cfg.model.method = ""  # the registered method (vdreid.methods.names()); default: the registry's default method
+    cfg.model.name = ""  # a registered torchreid model of that method (its preset); default: the method's default
     cfg.model.backbone = ""  # optional timm encoder name overriding the preset's backbone
     cfg.model.pretrained = True  # ImageNet weights for the encoders (from pretrained_path when given)
     cfg.model.pretrained_path = ""  # local timm/torchvision weights file (nothing downloads when this is set)
@@ -68,8 +182,8 @@ def get_default_config() -> CN:
     # ---------------------------------------------------------------- data
     cfg.data = CN()
     cfg.data.root = "datasets"  # folder holding SYSU-MM01/, RegDB/, LLCM/
-    cfg.data.sources = ["sysu_mm01"]
-    cfg.data.targets = ["sysu_mm01"]
+    cfg.data.sources = []  # registered dataset names; default: the dataset registry's default dataset
+    cfg.data.targets = []
     cfg.data.workers = 4
     cfg.data.height = 256
     cfg.data.width = 128
@@ -78,8 +192,6 @@ def get_default_config() -> CN:
     cfg.data.norm_std = [0.229, 0.224, 0.225]
     cfg.data.save_dir = "log"
     cfg.data.synthetic = False  # the root is a synthetic tree (recorded in results, kept apart on the leaderboard)
-    for section, node in _dataset_sections().items():
-        cfg.data[section] = node
 
     # ---------------------------------------------------------------- sampler
     cfg.sampler = CN()
@@ -119,14 +231,6 @@ def get_default_config() -> CN:
     cfg.train.checkpoint_every = 0  # also keep epoch_NNN.pth every N epochs (0: only latest.pth and the best)
     cfg.train.use_gpu = True  # use CUDA when available
 
-    # ---------------------------------------------------------------- loss (VD's L_cls and L_metric, Eq. 17)
-    cfg.loss = CN()
-    cfg.loss.ce = 1.0  # identity (label-smoothed cross-entropy) loss weight
-    cfg.loss.label_smooth = 0.1
-    cfg.loss.metric = ""  # "" = the recipe's (paper: ranked_list, official: official_rank) | triplet | none
-    cfg.loss.metric_weight = 1.0
-    cfg.loss.triplet_margin = 0.3
-
     # ---------------------------------------------------------------- test
     cfg.test = CN()
     cfg.test.batch_size = 128
@@ -142,36 +246,7 @@ def get_default_config() -> CN:
     # "" (exact, every reported metric) | hnsw | ivf: approximate search for huge galleries, flagged as approximate
     cfg.test.approximate = ""
 
-    # ---------------------------------------------------------------- methods (one section each)
-    from vdreid import methods
-
-    for m in methods.all_methods():
-        cfg[m.section] = m.config()
     return cfg
-
-
-def _check_dataset_sections(cfg: CN) -> None:
-    """Each dataset family checks its own section (``from_config`` raises a ConfigError naming the key)."""
-    from vdreid.data import DATASET_REGISTRY
-
-    seen: set[str] = set()
-    for cls in DATASET_REGISTRY.values():
-        section = getattr(cls, "config_section", None)
-        if section and section not in seen and hasattr(cls, "from_config") and section in cfg.data:
-            seen.add(section)
-            cls.from_config(cfg.data[section])
-
-
-def _dataset_sections() -> dict[str, CN]:
-    """Config sections of the dataset families, each from its class (``config_section``, ``config()``)."""
-    from vdreid.data import DATASET_REGISTRY
-
-    out: dict[str, CN] = {}
-    for cls in DATASET_REGISTRY.values():
-        section = getattr(cls, "config_section", None)
-        if section and section not in out and hasattr(cls, "config"):
-            out[section] = cls.config()
-    return out
 
 
 # Keys that do not change what is computed (paths, logging, workers); left out of config_hash.
@@ -231,11 +306,15 @@ def _parse_scalar_text(text: str) -> Any:
         return text
 
 
-# element type of list keys whose default is empty
-_LIST_ELEMENT: dict[str, Any] = {"vd.bottleneck_dims": 0, "vd.bottleneck_branches": "", "vd.branches": ""}
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+
+
+def _list_element(key: str) -> Any:
+    """The element type (an example value) of a list key whose default is empty, from its section's owner."""
+    spec = _section_of(key)
+    return spec.list_elements.get(key) if spec is not None else None
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
@@ -295,7 +374,7 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
             value = parsed if isinstance(parsed, (list, tuple)) else [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]  # a single item for a list key
-        elem = default[0] if default else _LIST_ELEMENT.get(key.split("[")[0])
+        elem = default[0] if default else _list_element(key.split("[")[0])
         if elem is not None:
             return [_coerce(f"{key}[{i}]", v, elem, source) for i, v in enumerate(value)]
         return list(value)
@@ -309,7 +388,8 @@ def merge_dict(cfg: CN, data: dict[str, Any], source: str = "", prefix: str = ""
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{_where(source) or 'config'}: expected a mapping of sections, got {type(data).__name__}")
-    all_keys = flat_keys(get_default_config()) + [k for k in _section_paths(get_default_config())]
+    default = get_default_config()
+    all_keys = flat_keys(default) + _section_paths(default)
     for k, v in data.items():
         path = f"{prefix}{k}"
         if k not in cfg:
@@ -457,7 +537,6 @@ def check_values(cfg: CN) -> None:
         v = _get(cfg, key)
         if v not in choices:
             raise ConfigError(f"config key '{key}': {v!r} is not one of {list(choices)}")
-    _check_dataset_sections(cfg)
     for key in ("data.height", "data.width", "sampler.num_ids", "sampler.num_instances", "train.max_epoch"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}': must be positive, got {_get(cfg, key)}")
@@ -467,18 +546,35 @@ def check_values(cfg: CN) -> None:
     if epoch not in ("identities", "images") and not (epoch.isdigit() and int(epoch) > 0):
         raise ConfigError(f"config key 'sampler.epoch': {epoch!r}; expected 'identities' (each training identity "
                           "once per epoch), 'images' (AGW: max(#visible, #infrared) images) or a number of iterations")
-    from vdreid import methods
-
-    method = methods.get(cfg.model.method)
-    method.check_config(cfg)
-    own = {method.section, *method.extra_sections}
-    foreign = {s for m in methods.all_methods() for s in (m.section, *m.extra_sections)} - own
-    stray = sorted(k for k in getattr(cfg, "_explicit_keys", ()) if k.split(".")[0] in foreign)
-    if stray:
-        raise ConfigError(f"config key '{stray[0]}' belongs to another method than model.method "
-                          f"'{method.name}' (which reads {sorted(own)}); remove it"
-                          + (f" (and {len(stray) - 1} more: {stray[1:4]})" if len(stray) > 1 else ""))
+    for check in _CHECKS.values():
+        check(cfg)
+    _check_selected_sections(cfg)
+    for spec in _SECTIONS.values():
+        if spec.check is not None and _has(cfg, spec.path) and _is_selected(cfg, spec):
+            spec.check(cfg)
     check_ranges(cfg)
+
+
+def _is_selected(cfg: CN, spec: SectionSpec) -> bool:
+    return spec.selected_by is None or _get(cfg, spec.selected_by[0]) == spec.selected_by[1]
+
+
+def _check_selected_sections(cfg: CN) -> None:
+    """A key set explicitly in a section that the config does not select (another method's section) is an error
+    naming the key and what selects the section, never silently ignored."""
+    explicit = getattr(cfg, "_explicit_keys", ())
+    for spec in _SECTIONS.values():
+        if _is_selected(cfg, spec):
+            continue
+        stray = sorted(k for k in explicit if k.startswith(spec.path + "."))
+        if stray:
+            key, value = spec.selected_by  # type: ignore[misc]
+            own = sorted(o.path for o in _SECTIONS.values() if o.selected_by and o.selected_by[0] == key
+                         and _is_selected(cfg, o))
+            raise ConfigError(
+                f"config key '{stray[0]}' belongs to {spec.owner or spec.path} (read when {key} is {value!r}), but "
+                f"{key} is {_get(cfg, key)!r}, which reads {own}; remove it"
+                + (f" (and {len(stray) - 1} more: {stray[1:4]})" if len(stray) > 1 else ""))
 
 
 def at_least(lo: float, what: str = "") -> tuple[Callable[[float], bool], str]:
@@ -505,8 +601,6 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "data.width": at_least(1, INT),
     "data.norm_mean": ((lambda v: True), "a finite number"),
     "data.norm_std": positive(),
-    "data.sysu.num_trials": at_least(1, INT),
-    "data.regdb.trial": ((lambda v: 1 <= v <= 10), "an integer in 1..10 (RegDB has splits 1..10)"),
     "sampler.num_ids": at_least(1, INT),
     "sampler.num_instances": at_least(1, INT),
     "sampler.seed": _SEED,
@@ -544,21 +638,9 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "vd.temperature": positive(),
     "vd.branch_weights": at_least(0),
     "vd.ib_baseline": at_least(0),
-    "agw.non_local": at_least(0, "a block count"),
-    "agw.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
-    "agw.ce": at_least(0),
-    "agw.metric_weight": at_least(0),
-    "agw.triplet_margin": at_least(0),
-    "agw.backbone_lr_mult": at_least(0),
-    "bnneck.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
-    "bnneck.ce": at_least(0),
-    "bnneck.label_smooth": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "bnneck.triplet": at_least(0),
-    "bnneck.triplet_margin": at_least(0),
-    "data.llcm.num_trials": at_least(1, INT),
 }
 #: numeric keys with no range to check (any finite value is valid); every other int/float key must be in RANGES
-FREE_NUMERIC_KEYS: frozenset[str] = frozenset({"data.sysu.shots"})  # data.sysu.shots: a choice, see _CHOICES
+FREE_NUMERIC_KEYS: frozenset[str] = frozenset()
 
 
 def _has(cfg: CN, dotted: str) -> bool:
@@ -574,7 +656,7 @@ def check_ranges(cfg: CN) -> None:
     """Numeric range checks (:data:`RANGES`): every int/float must be finite and in its range, otherwise one
     :class:`ConfigError` naming the key, what was expected and the value (torch's own error would name its argument,
     e.g. ``batch_size should be a positive integer``, or nothing at all for a negative learning rate)."""
-    for key, (ok, expected) in RANGES.items():
+    for key, (ok, expected) in all_ranges().items():
         if not _has(cfg, key):
             continue
         value = _get(cfg, key)

@@ -64,6 +64,10 @@ class DiskFullError(VDReIDError, OSError):
     """Writing an output failed for lack of space; the previous file at that path is intact."""
 
 
+class PluginError(VDReIDError, ImportError):
+    """A plug-in named with ``--plugin`` (a .py file or a module) cannot be found or imported."""
+
+
 class EvaluationInputError(VDReIDError, ValueError):
     """Features, ids or options given to the evaluation (metrics, search, re-ranking) are malformed."""
 
@@ -79,6 +83,7 @@ __all__ = [
     "ImageReadError",
     "LeaderboardError",
     "NonFiniteLossError",
+    "PluginError",
     "PretrainedWeightsError",
     "RunDirError",
     "SplitFileError",

@@ -19,6 +19,8 @@ Three torchreid routes meet vdreid models and datasets (``docs/torchreid.md``):
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os.path as osp
 import warnings
@@ -28,16 +30,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.transforms as T
+from PIL import Image
 
+from vdreid import builders, compat, methods
+from vdreid.data.base import VIImageDataset
+from vdreid.engine.checkpoint import read_model_checkpoint
 from vdreid.errors import CheckpointMismatchError, ConfigError, EvaluationInputError
+from vdreid.evaluation.extract import extract_features
 from vdreid.models.common import unwrap_model
+from vdreid.models.original import model_from_original
 
 logger = logging.getLogger(__name__)
 
 #: training outputs of vdreid models that declare one (``model.loss``), and what each torchreid engine unpacks
 _TORCHREID_OUTPUTS = ("softmax", "triplet")
-#: the method that owns the models of each original-code checkpoint kind
-_ORIGINAL_METHOD = {"agw": "agw", "vd_official": "vd"}
 
 
 class TorchreidProtocolWarning(UserWarning):
@@ -72,8 +79,6 @@ def check_torchreid_engine(engine: Any, model: Any) -> None:
         )
     declared = getattr(net, "loss", None)
     if type(net).__module__.startswith("vdreid.") and isinstance(declared, str):
-        from vdreid import compat
-
         expected = "triplet" if isinstance(engine, compat.engine.ImageTripletEngine) else "softmax"
         if declared != expected:
             shape = "(logits, features)" if expected == "triplet" else "the logits"
@@ -119,8 +124,6 @@ def protocol_differences(protocol: Any, num_query: int, num_gallery: int, query_
 
 def _target_protocols(engine: Any) -> list[tuple[str, Any, list[str]]]:
     """(target, protocol, differences) of every test target of ``engine`` that is a vdreid dataset."""
-    from vdreid.data.base import VIImageDataset
-
     dm = engine.datamanager
     protocols = getattr(dm, "protocols", None)
     test_lists = getattr(dm, "test_dataset", None) or {}
@@ -180,8 +183,6 @@ class ExtractorSetup:
 
 def is_vdreid_model(model_name: Any) -> bool:
     """Whether ``model_name`` is a torchreid factory name registered by a vdreid method."""
-    from vdreid import methods
-
     return isinstance(model_name, str) and methods.method_of_model(model_name) is not None
 
 
@@ -199,11 +200,6 @@ def setup_feature_extractor(extractor: Any, args: Mapping[str, Any], defaults: M
     normalisation default to the checkpoint's ``data.height``/``data.width``/``data.norm_mean``/``data.norm_std``
     (given values that differ are used, with a warning); ``test.flip`` is honoured.
     """
-    import torchvision.transforms as T
-
-    from vdreid import builders, methods
-    from vdreid.engine.checkpoint import read_model_checkpoint
-
     model_name = str(_explicit(args, defaults, "model_name") or "")
     path = str(_explicit(args, defaults, "model_path") or "")
     method = methods.method_of_model(model_name)
@@ -244,9 +240,7 @@ def setup_feature_extractor(extractor: Any, args: Mapping[str, Any], defaults: M
         size, mean, std = chosen["image_size"], chosen["pixel_mean"], chosen["pixel_std"]
         flip = bool(cfg.test.flip)
     else:  # the authors' own code
-        from vdreid.models.original import model_from_original
-
-        owner = _ORIGINAL_METHOD[ckpt.kind]
+        owner = methods.method_of_original(ckpt.kind, prefer=method.name).name
         if owner != method.name:
             raise CheckpointMismatchError(
                 f'"{path}" was written by the {ckpt.kind} code (method \'{owner}\'), not a model of method '
@@ -276,8 +270,6 @@ def images_from_input(extractor: Any, input: Any) -> torch.Tensor:
     """The image batch torchreid's ``FeatureExtractor.__call__`` makes of ``input`` (image paths, HxWxC arrays, a
     (C, H, W) / (B, C, H, W) tensor; ``utils/feature_extractor.py``), on the extractor's device. Restated because
     torchreid's ``__call__`` preprocesses and runs the model in one function that takes no modality."""
-    from PIL import Image
-
     def one(element: Any) -> torch.Tensor:
         if isinstance(element, str):
             image = Image.open(element).convert("RGB")
@@ -313,8 +305,6 @@ def _modality_tensor(modality: Any, batch: int) -> torch.Tensor:
 
 
 def _takes_modality(net: Any) -> bool:
-    import inspect
-
     try:
         return "modality" in inspect.signature(net.forward).parameters
     except (TypeError, ValueError):
@@ -329,8 +319,6 @@ def extract_with_modality(extractor: Any, input: Any, modality: Any, torchreid_c
     :func:`vdreid.evaluation.extract_features` (the routine of ``vdreid test``, flip included); any other extractor
     keeps torchreid's call, with ``model(images, modality=...)`` when a modality is given.
     """
-    from vdreid.evaluation.extract import extract_features
-
     net = unwrap_model(extractor.model)
     setup: ExtractorSetup | None = getattr(extractor, "vdreid", None)
     if modality is None and getattr(net, "test_needs_modality", False):
@@ -358,12 +346,97 @@ def extract_with_modality(extractor: Any, input: Any, modality: Any, torchreid_c
     return feats.to(extractor.device)
 
 
+# ---------------------------------------------------------------------------------------- torchreid entry points
+# torchreid's engines, Engine.test() and FeatureExtractor meet vdreid's models and datasets; what they do with them
+# is decided above and installed here by wrapping torchreid's methods (docs/torchreid.md).
+_ENGINE_CLASSES = ("ImageSoftmaxEngine", "ImageTripletEngine", "VideoSoftmaxEngine", "VideoTripletEngine")
+
+
+def _install(cls: type, attr: str, make: Callable[[Callable], Callable]) -> None:
+    """Replace ``cls.attr`` by ``make(original)``. Idempotent: a second install (or a reloaded compat) wraps
+    torchreid's original again instead of the previous wrapper."""
+    current = cls.__dict__.get(attr)
+    if current is None:
+        return
+    original = getattr(current, "__vdreid_original__", current)
+    wrapper = functools.wraps(original)(make(original))
+    wrapper.__vdreid_original__ = original
+    setattr(cls, attr, wrapper)
+
+
+def _guard_engine_init(original: Callable) -> Callable:
+    sig = inspect.signature(original)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = sig.bind_partial(self, *args, **kwargs)
+        check_torchreid_engine(self, bound.arguments.get("model"))
+        original(self, *args, **kwargs)
+
+    return __init__
+
+
+def _warn_engine_test(original: Callable) -> Callable:
+    def test(self, *args: Any, **kwargs: Any):
+        warned = warn_torchreid_test(self)
+        result = original(self, *args, **kwargs)
+        if warned:  # again below torchreid's printed numbers
+            logger.warning("the rank-1/mAP printed above are not the vdreid protocols' numbers (see the warning "
+                            "before them): vdreid.engine.VIEngine(...).test() or `vdreid test` computes those")
+        return result
+
+    return test
+
+
+def _extractor_init(original: Callable) -> Callable:
+    sig = inspect.signature(original)
+    defaults = {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = sig.bind(self, *args, **kwargs)
+        passed = {k: v for k, v in bound.arguments.items() if k != "self"}
+        if setup_feature_extractor(self, passed, defaults):
+            return
+        verbose = passed.get("verbose", defaults.get("verbose", True))
+        if verbose and is_vdreid_model(passed.get("model_name", defaults.get("model_name"))):
+            # torchreid's complexity count runs model(x) without a modality, which AGW refuses: count parameters only
+            bound.arguments["verbose"] = False
+            original(*bound.args, **bound.kwargs)
+            logger.info("FeatureExtractor: %s, %s parameters", type(self.model).__name__,
+                        f"{sum(p.numel() for p in self.model.parameters()):,}")
+            return
+        original(self, *args, **kwargs)
+
+    return __init__
+
+
+def _extractor_call(original: Callable) -> Callable:
+    def __call__(self, input: Any, modality: Any = None):
+        return extract_with_modality(self, input, modality, original)
+
+    return __call__
+
+
+def install_torchreid_patches() -> None:
+    """Wrap torchreid's engines' ``__init__`` (refuse models they cannot train), ``Engine.test`` (warn on vdreid
+    datasets) and ``FeatureExtractor`` (vdreid checkpoints, ``modality=``). Idempotent; run at import."""
+    for name in _ENGINE_CLASSES:
+        cls = getattr(compat.engine, name, None)
+        if isinstance(cls, type):
+            _install(cls, "__init__", _guard_engine_init)
+    _install(compat.Engine, "test", _warn_engine_test)
+    extractor = getattr(compat.utils, "FeatureExtractor", None)
+    if isinstance(extractor, type):
+        _install(extractor, "__init__", _extractor_init)
+        _install(extractor, "__call__", _extractor_call)
+
+
 __all__ = [
     "ExtractorSetup",
     "TorchreidProtocolWarning",
     "check_torchreid_engine",
     "extract_with_modality",
     "images_from_input",
+    "install_torchreid_patches",
     "is_vdreid_model",
     "protocol_differences",
     "setup_feature_extractor",

@@ -1,23 +1,18 @@
-"""VI-ReID datasets (SYSU-MM01, RegDB, LLCM), protocols, cross-modal sampler, synthetic data."""
+"""VI-ReID datasets (SYSU-MM01, RegDB, LLCM), protocols, cross-modal sampler, synthetic data.
 
+Datasets register themselves with :func:`register_dataset` (:mod:`vdreid.data.registry`); importing this package
+imports the built-in ones. A dataset of one's own is one module calling the same function
+(``docs/adding-a-dataset.md``).
+"""
+
+from vdreid.data import llcm, regdb, sysu_mm01  # noqa: F401  (each registers its datasets)
 from vdreid.data.datamanager import CrossModalDataManager
-from vdreid.data.llcm import LLCM, LLCM_REGISTRY
+from vdreid.data.llcm import LLCM
 from vdreid.data.protocol import Protocol
-from vdreid.data.regdb import REGDB_REGISTRY, RegDB
+from vdreid.data.regdb import RegDB
+from vdreid.data.registry import DATASET_REGISTRY, register_dataset, register_datasets
 from vdreid.data.sampler import CrossModalIdentitySampler
-from vdreid.data.sysu_mm01 import SYSU_REGISTRY, SYSUMM01
-
-#: every torchreid name vdreid registers -> dataset class
-DATASET_REGISTRY = {**SYSU_REGISTRY, **REGDB_REGISTRY, **LLCM_REGISTRY}
-
-
-def register_datasets() -> None:
-    """Register the VI datasets with torchreid under the names of :data:`DATASET_REGISTRY` (idempotent)."""
-    from vdreid import compat
-
-    for name, cls in DATASET_REGISTRY.items():
-        compat.register_image_dataset(name, cls)
-
+from vdreid.data.sysu_mm01 import SYSUMM01
 
 __all__ = [
     "DATASET_REGISTRY",
@@ -27,5 +22,6 @@ __all__ = [
     "Protocol",
     "RegDB",
     "SYSUMM01",
+    "register_dataset",
     "register_datasets",
 ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
+
+from yacs.config import CfgNode as CN
 
 from vdreid import compat
 from vdreid.data.errors import read_image_rgb
 from vdreid.data.protocol import Protocol
+from vdreid.data.synthetic_layout import SyntheticLayout
 from vdreid.data.transforms import seeded
 
 logger = logging.getLogger(__name__)
@@ -28,6 +31,46 @@ class VIImageDataset(compat.ImageDataset):
     protocol: Protocol
     #: keyword defaults of a registered preset (e.g. ``sysu_mm01_indoor``); empty for the plain classes
     preset_defaults: dict[str, Any] = {}
+
+    # ---- what a dataset family declares (vdreid.data.registry asks these; docs/adding-a-dataset.md)
+    #: the config section the family owns, ``data.<config_section>`` ("" = no options)
+    config_section: ClassVar[str] = ""
+    #: the family's name in messages ("SYSU-MM01")
+    display_name: ClassVar[str] = ""
+    #: its synthetic layout writer (``vdreid make-synthetic --layout``), or None
+    synthetic: ClassVar[SyntheticLayout | None] = None
+    #: a key of the section selecting one of several train/test splits (``vdreid train --split N``), and its values
+    split_key: ClassVar[str] = ""
+    split_values: ClassVar[tuple[int, ...]] = ()
+    #: keys of the section that may change when a run resumes (evaluation-only options)
+    resume_may_change: ClassVar[tuple[str, ...]] = ()
+    #: fnmatch patterns of the first component of the protocol strings it writes (``'sysu'``, ``'sysu-val'``)
+    protocol_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def config(cls) -> CN:
+        """Defaults of the family's config section (empty: the family has no options)."""
+        return CN()
+
+    @classmethod
+    def from_config(cls, node: CN) -> dict[str, Any]:
+        """Constructor keyword arguments from the family's config section (checked; errors name the key)."""
+        return {k: v for k, v in node.items()}
+
+    @classmethod
+    def ranges(cls) -> dict[str, tuple[Callable[[Any], bool], str]]:
+        """Numeric range rules of the section's keys, by key *within* the section (``{'trial': rule}``)."""
+        return {}
+
+    @classmethod
+    def free_numeric_keys(cls) -> frozenset[str]:
+        """Numeric keys of the section with no range, by key within the section."""
+        return frozenset()
+
+    @classmethod
+    def canonical_protocol(cls, protocol: str) -> str:
+        """The current spelling of a protocol string this family wrote (older spellings translated)."""
+        return protocol
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         """torchreid's item dict. ``index`` is an int, or an ``(index, seed)`` pair from a sampler that yields

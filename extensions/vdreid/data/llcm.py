@@ -39,12 +39,17 @@ import re
 from typing import Any
 
 import numpy as np
+from yacs.config import CfgNode as CN
 
+from vdreid.config import INT, at_least
+from vdreid.data import synthetic as synthetic_trees
 from vdreid.data.base import Item, VIImageDataset, preset_class
 from vdreid.data.errors import DatasetLayoutError, SplitFileError, empty_folder_error, require_dir, require_file
 from vdreid.data.paths import list_inside
 from vdreid.data.protocol import Protocol, canonical_direction
+from vdreid.data.registry import register_dataset
 from vdreid.data.splitfiles import read_id_list, read_idx_file
+from vdreid.data.synthetic_layout import SyntheticLayout
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +92,18 @@ class LLCM(VIImageDataset):
     ir_camids = LLCM_IR_CAMIDS
     #: the config section this class owns: ``data.llcm``
     config_section = "llcm"
+    display_name = "LLCM"
+    synthetic = SyntheticLayout(name="llcm", write=synthetic_trees.make_llcm, folder="LLCM",
+                                presets=synthetic_trees.LLCM_PRESETS, options=("num_ids", "style"))
+    protocol_prefixes = ("llcm",)
 
     @classmethod
-    def config(cls) -> Any:
-        """Defaults of the ``data.llcm`` config section (a yacs ``CfgNode``)."""
-        from yacs.config import CfgNode as CN
+    def ranges(cls) -> dict[str, Any]:
+        return {"num_trials": at_least(1, INT)}
 
+    @classmethod
+    def config(cls) -> CN:
+        """Defaults of the ``data.llcm`` config section (a yacs ``CfgNode``)."""
         node = CN()
         node.direction = "ir2vis"  # ir2vis (published default) | vis2ir | vis2ir_swapped (the authors' test.py form)
         node.num_trials = 10
@@ -259,9 +270,7 @@ LLCMVisToIRSwapped = preset_class(
     direction=SWAPPED,
 )
 
-#: registered torchreid names -> classes
-LLCM_REGISTRY: dict[str, type[LLCM]] = {
-    "llcm": LLCM,
-    "llcm_vis2ir": LLCMVisToIR,
-    "llcm_vis2ir_swapped": LLCMVisToIRSwapped,
-}
+#: registered torchreid names
+register_dataset("llcm", LLCM)
+register_dataset("llcm_vis2ir", LLCMVisToIR)
+register_dataset("llcm_vis2ir_swapped", LLCMVisToIRSwapped)

@@ -117,10 +117,6 @@ class Protocol:
         """Query indices of trial ``trial``."""
         return self.query if self.query_trials is None else self.query_trials[trial]
 
-    def gallery_union(self) -> np.ndarray:
-        """Sorted indices of every gallery image used by any trial (extract each once)."""
-        return np.unique(np.concatenate(self.gallery_trials))
-
     def eval_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`vdreid.evaluation.evaluate` / :func:`~vdreid.evaluation.evaluate_features`
         that define this protocol's metrics: CMC variant, camera-pair exclusions, the same-pid-same-camera rule."""

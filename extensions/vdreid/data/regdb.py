@@ -17,12 +17,16 @@ import os.path as osp
 from typing import Any
 
 import numpy as np
+from yacs.config import CfgNode as CN
 
+from vdreid.data import synthetic as synthetic_trees
 from vdreid.data.base import VIImageDataset, preset_class
 from vdreid.data.errors import require_dir, require_file
 from vdreid.data.modality import REGDB_IR_CAMIDS
 from vdreid.data.protocol import Protocol, canonical_direction
+from vdreid.data.registry import register_dataset
 from vdreid.data.splitfiles import read_idx_file as read_idx
+from vdreid.data.synthetic_layout import SyntheticLayout
 
 VISIBLE, THERMAL = 0, 1
 TRIALS = range(1, 11)
@@ -58,12 +62,28 @@ class RegDB(VIImageDataset):
     ir_camids = REGDB_IR_CAMIDS
     #: the config section this class owns: ``data.regdb``
     config_section = "regdb"
+    display_name = "RegDB"
+    synthetic = SyntheticLayout(name="regdb", write=synthetic_trees.make_regdb, folder="RegDB",
+                                presets=synthetic_trees.REGDB_PRESETS, options=("num_ids", "style"))
+    split_key = "trial"
+    split_values = tuple(TRIALS)
+    protocol_prefixes = ("regdb",)
 
     @classmethod
-    def config(cls) -> Any:
-        """Defaults of the ``data.regdb`` config section (a yacs ``CfgNode``)."""
-        from yacs.config import CfgNode as CN
+    def ranges(cls) -> dict[str, Any]:
+        return {"trial": ((lambda v: v in TRIALS), "an integer in 1..10 (RegDB has splits 1..10)")}
 
+    @classmethod
+    def canonical_protocol(cls, protocol: str) -> str:
+        """RegDB's ``v2t`` / ``t2v`` (older protocol strings) are ``vis2ir`` / ``ir2vis``."""
+        parts = protocol.split("/")
+        if len(parts) > 1 and parts[1] in ("v2t", "t2v"):
+            parts[1] = canonical_direction(parts[1], "protocol")
+        return "/".join(parts)
+
+    @classmethod
+    def config(cls) -> CN:
+        """Defaults of the ``data.regdb`` config section (a yacs ``CfgNode``)."""
         node = CN()
         node.trial = 1  # split 1..10 (each split needs its own training)
         node.direction = "vis2ir"  # vis2ir (= v2t: visible queries, thermal gallery) | ir2vis (= t2v)
@@ -115,5 +135,7 @@ class RegDB(VIImageDataset):
 
 RegDBT2V = preset_class(RegDB, "RegDBT2V", "RegDB trial 1, thermal -> visible.", direction="ir2vis")
 
-#: registered torchreid names -> classes (``regdb_ir2vis`` is ``regdb_t2v`` under the direction name used elsewhere)
-REGDB_REGISTRY: dict[str, type[RegDB]] = {"regdb": RegDB, "regdb_t2v": RegDBT2V, "regdb_ir2vis": RegDBT2V}
+#: registered torchreid names (``regdb_ir2vis`` is ``regdb_t2v`` under the direction name used elsewhere)
+register_dataset("regdb", RegDB)
+register_dataset("regdb_t2v", RegDBT2V)
+register_dataset("regdb_ir2vis", RegDBT2V)

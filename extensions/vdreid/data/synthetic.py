@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from vdreid.data.synthetic_layout import MARKER
+
 # ----------------------------------------------------------------------------------------------- identities
 
 HEIGHTS = (0.80, 0.89, 0.98)  # body height as a fraction of the frame's usable height
@@ -396,7 +398,6 @@ def _image_numbers(n: int, rng: np.random.Generator) -> list[int]:
     return nums
 
 
-MARKER = ".vdreid_synthetic.json"
 
 
 def _prepare(base: str, args: dict, overwrite: bool) -> bool:

@@ -25,13 +25,19 @@ import warnings
 from typing import Any
 
 import numpy as np
+from yacs.config import CfgNode as CN
 
+from vdreid.config import INT, at_least
+from vdreid.data import synthetic as synthetic_trees
 from vdreid.data.base import Item, VIImageDataset, preset_class
 from vdreid.data.errors import DatasetLayoutError, SplitFileError, empty_folder_error, require_dir, require_file
 from vdreid.data.modality import SYSU_IR_CAMIDS, SYSU_IR_CAMS, SYSU_RGB_CAMS
 from vdreid.data.paths import list_inside
 from vdreid.data.protocol import Protocol, canonical_direction
+from vdreid.data.registry import register_dataset
 from vdreid.data.splitfiles import read_id_list
+from vdreid.data.synthetic_layout import SyntheticLayout
+from vdreid.errors import ConfigError
 
 SEARCH_CAMS: dict[str, tuple[int, ...]] = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 QUERY_CAMS: tuple[int, ...] = SYSU_IR_CAMS
@@ -106,12 +112,32 @@ class SYSUMM01(VIImageDataset):
     ir_camids = SYSU_IR_CAMIDS
     #: the config section this class owns: ``data.sysu``
     config_section = "sysu"
+    display_name = "SYSU-MM01"
+    synthetic = SyntheticLayout(name="sysu", write=synthetic_trees.make_sysu, folder="SYSU-MM01",
+                                presets=synthetic_trees.SYSU_PRESETS, options=("num_ids", "style"))
+    resume_may_change = ("search_mode", "shots", "gallery_sampler", "rand_perm_path")
+    protocol_prefixes = ("sysu", "sysu-val")
 
     @classmethod
-    def config(cls) -> Any:
-        """Defaults of the ``data.sysu`` config section (a yacs ``CfgNode``)."""
-        from yacs.config import CfgNode as CN
+    def ranges(cls) -> dict[str, Any]:
+        return {"num_trials": at_least(1, INT)}
 
+    @classmethod
+    def free_numeric_keys(cls) -> frozenset[str]:
+        return frozenset({"shots"})  # a choice (1 or 10), checked by from_config
+
+    @classmethod
+    def canonical_protocol(cls, protocol: str) -> str:
+        """``sysu/all/...`` and ``sysu-val/indoor/...`` (written before SYSU-MM01 had two directions) are the
+        published IR -> RGB protocol, ``sysu/ir2vis/...``."""
+        parts = protocol.split("/")
+        if len(parts) > 1 and parts[1] in SEARCH_CAMS:
+            parts.insert(1, "ir2vis")
+        return "/".join(parts)
+
+    @classmethod
+    def config(cls) -> CN:
+        """Defaults of the ``data.sysu`` config section (a yacs ``CfgNode``)."""
         node = CN()
         node.search_mode = "all"  # all | indoor
         node.shots = 1  # 1 (single-shot) | 10 (multi-shot)
@@ -125,8 +151,6 @@ class SYSUMM01(VIImageDataset):
     @classmethod
     def from_config(cls, node: Any) -> dict[str, Any]:
         """Constructor keyword arguments from a ``data.sysu`` section (values checked, errors name the key)."""
-        from vdreid.errors import ConfigError
-
         for key, value, choices in (("search_mode", node.search_mode, tuple(SEARCH_CAMS)),
                                     ("shots", node.shots, (1, 10)),
                                     ("gallery_sampler", node.gallery_sampler, ("agw", "official"))):
@@ -359,11 +383,6 @@ class SYSUMM01(VIImageDataset):
         return self._build(ids, perm, cams, "sysu-val", mode)
 
 
-def cams_name(cams: tuple[int, ...]) -> str:
-    """The search mode of a gallery camera tuple (either direction)."""
-    return next(k for d in DIRECTION_CAMS.values() for k, v in d[1].items() if v == cams)
-
-
 SYSUMM01Indoor = preset_class(SYSUMM01, "SYSUMM01Indoor", "SYSU-MM01, indoor search.", search_mode="indoor")
 SYSUMM01MultiShot = preset_class(SYSUMM01, "SYSUMM01MultiShot", "SYSU-MM01, all search, multi-shot.", shots=10)
 SYSUMM01IndoorMultiShot = preset_class(
@@ -390,15 +409,13 @@ SYSUMM01Val = preset_class(
     SYSUMM01, "SYSUMM01Val", "SYSU-MM01, all search, train ids only; val ids as val_protocol.", val_for_selection=True
 )
 
-#: registered torchreid names -> classes
-SYSU_REGISTRY: dict[str, type[SYSUMM01]] = {
-    "sysu_mm01": SYSUMM01,
-    "sysu_mm01_indoor": SYSUMM01Indoor,
-    "sysu_mm01_multishot": SYSUMM01MultiShot,
-    "sysu_mm01_indoor_multishot": SYSUMM01IndoorMultiShot,
-    "sysu_mm01_official": SYSUMM01Official,
-    "sysu_mm01_indoor_official": SYSUMM01IndoorOfficial,
-    "sysu_mm01_val": SYSUMM01Val,
-    "sysu_mm01_vis2ir": SYSUMM01VisToIR,
-    "sysu_mm01_indoor_vis2ir": SYSUMM01IndoorVisToIR,
-}
+#: registered torchreid names (the plain name is the default dataset of a config that names none)
+register_dataset("sysu_mm01", SYSUMM01, default=True)
+register_dataset("sysu_mm01_indoor", SYSUMM01Indoor)
+register_dataset("sysu_mm01_multishot", SYSUMM01MultiShot)
+register_dataset("sysu_mm01_indoor_multishot", SYSUMM01IndoorMultiShot)
+register_dataset("sysu_mm01_official", SYSUMM01Official)
+register_dataset("sysu_mm01_indoor_official", SYSUMM01IndoorOfficial)
+register_dataset("sysu_mm01_val", SYSUMM01Val)
+register_dataset("sysu_mm01_vis2ir", SYSUMM01VisToIR)
+register_dataset("sysu_mm01_indoor_vis2ir", SYSUMM01IndoorVisToIR)

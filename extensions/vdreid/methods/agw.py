@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from vdreid.config import at_least
 from vdreid.errors import ConfigError
 from vdreid.methods import register
 from vdreid.methods.base import Method
@@ -52,6 +53,17 @@ class AGW(Method):
         c.backbone_lr_mult = 0.1  # learning-rate factor of everything except BNNeck and classifier
         c.feature_mode = "bn"  # test feature: bn (AGW's "FC") | pool (AGW's "POOL"); test.feature_mode overrides
         return c
+
+    @classmethod
+    def ranges(cls) -> dict[str, Any]:
+        return {
+            "agw.non_local": at_least(0, "a block count"),
+            "agw.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
+            "agw.ce": at_least(0),
+            "agw.metric_weight": at_least(0),
+            "agw.triplet_margin": at_least(0),
+            "agw.backbone_lr_mult": at_least(0),
+        }
 
     def check_config(self, cfg: CN) -> None:
         super().check_config(cfg)

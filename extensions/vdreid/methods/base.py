@@ -47,12 +47,30 @@ class Method(ABC):
     resume_keys: ClassVar[tuple[str, ...]] = ()
     #: checkpoint layouts of the method's original code that ``vdreid.models.from_original`` maps (e.g. 'agw')
     original_kinds: ClassVar[tuple[str, ...]] = ()
+    #: other methods' layouts whose checkpoints hold this method's network too (e.g. a method reusing AGW's network
+    #: reads AGW's layout); chosen for such a file when the config names this method
+    reads_layouts: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------------------------------------ config
     @classmethod
     def config(cls) -> CN:
         """Defaults of the method's own section (added to the default config as ``cfg.<section>``)."""
         return CN()
+
+    @classmethod
+    def extra_config(cls) -> dict[str, CN]:
+        """Defaults of the other top-level sections only this method reads (:attr:`extra_sections`), by name."""
+        return {}
+
+    @classmethod
+    def list_elements(cls) -> dict[str, Any]:
+        """Element type (an example value) of each list key of the method's sections whose default is empty, by
+        dotted key, so that a value given on the command line is converted and checked (``{'vd.branches': ''}``)."""
+        return {}
+
+    def reads_original(self, kind: str) -> bool:
+        """Whether checkpoints of original-code layout ``kind`` hold this method's network."""
+        return kind in self.original_kinds or kind in self.reads_layouts
 
     @classmethod
     def ranges(cls) -> dict[str, tuple[Callable[[Any], bool], str]]:

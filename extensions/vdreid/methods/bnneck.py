@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from vdreid.config import at_least
 from vdreid.errors import ConfigError
 from vdreid.methods import register
 from vdreid.methods.base import Method
@@ -43,6 +44,16 @@ class BNNeck(Method):
         c.triplet_margin = 0.3
         c.feature_mode = "bn"  # test feature: bn | pool; test.feature_mode overrides
         return c
+
+    @classmethod
+    def ranges(cls) -> dict[str, Any]:
+        return {
+            "bnneck.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
+            "bnneck.ce": at_least(0),
+            "bnneck.label_smooth": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+            "bnneck.triplet": at_least(0),
+            "bnneck.triplet_margin": at_least(0),
+        }
 
     def check_config(self, cfg: CN) -> None:
         super().check_config(cfg)

@@ -83,6 +83,21 @@ class VD(Method):
         c.ib_baseline = 0.0  # conventional IB (CIBS, Table 3 rows 7-9): weight of the I(v;z) estimate
         return c
 
+    @classmethod
+    def extra_config(cls) -> dict[str, CN]:
+        """The ``loss`` section: ``L_cls`` and ``L_metric`` of Eq. 17 (torchreid's section name)."""
+        c = CN()
+        c.ce = 1.0  # identity (label-smoothed cross-entropy) loss weight
+        c.label_smooth = 0.1
+        c.metric = ""  # "" = the recipe's (paper: ranked_list, official: official_rank) | triplet | none
+        c.metric_weight = 1.0
+        c.triplet_margin = 0.3
+        return {"loss": c}
+
+    @classmethod
+    def list_elements(cls) -> dict[str, Any]:
+        return {"vd.bottleneck_dims": 0, "vd.bottleneck_branches": "", "vd.branches": ""}
+
     # ------------------------------------------------------------------------------------------------ config
     def check_config(self, cfg: CN) -> None:
         super().check_config(cfg)
@@ -252,4 +267,4 @@ class VD(Method):
         }
 
 
-register(VD())
+register(VD(), default=True)

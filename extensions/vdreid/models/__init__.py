@@ -1,8 +1,8 @@
 """VD network: timm encoders, information bottlenecks, torchreid registry entries.
 
-``import vdreid`` calls :func:`register_models`, after which ``torchreid.models.build_model('vd_resnet50' |
-'vd_resnet50_official' | 'vd_resnet18', num_classes, pretrained=False)`` works; :func:`build_vd_net` builds the
-network from any timm CNN.
+Each method registers its models with torchreid when it registers itself (:func:`vdreid.methods.register`), after
+which ``torchreid.models.build_model('vd_resnet50' | 'agw' | ..., num_classes, pretrained=False)`` works;
+:func:`build_vd_net` builds the VD network from any timm CNN.
 """
 
 from vdreid.models import agw_original, vd_original  # noqa: F401  (register the original-checkpoint layouts)
@@ -26,18 +26,6 @@ from vdreid.models.outputs import BranchOutput, VDOutput, gray_view
 from vdreid.models.pooling import GeneralizedMeanPooling, gem_pool
 from vdreid.models.vd_net import BRANCHES, FEATURE_MODES, PRESETS, ROUTINGS, Branch, VDNet, build_vd_net, make_factory
 from vdreid.models.weights import PretrainedWeightsError, hub_reachable, load_backbone_file, read_state_dict
-
-
-def register_models() -> None:
-    """Register every method's models with torchreid's model factory (idempotent): ``vd_resnet50``,
-    ``vd_resnet50_official``, ``vd_resnet18``, ``agw``, ``agw_resnet18``, ``bnneck_resnet50``, ``bnneck_resnet18``
-    and those of any method added in ``vdreid/methods/`` (``Method.model_factories``)."""
-    from vdreid import compat, methods
-
-    for method in methods.all_methods():
-        for name, factory in method.model_factories().items():
-            compat.register_model(name, factory)
-
 
 __all__ = [
     "AGW_PRESETS",
@@ -79,6 +67,5 @@ __all__ = [
     "load_backbone_file",
     "make_factory",
     "read_state_dict",
-    "register_models",
     "set_last_stride_one",
 ]
