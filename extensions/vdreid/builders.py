@@ -17,40 +17,47 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from vdreid import methods
-from vdreid.config import ConfigError, config_hash, explicit_keys, to_dict
+from vdreid import methods, plugins
+from vdreid.config import (
+    ConfigError,
+    check_values,
+    config_hash,
+    explicit_keys,
+    get_default_config,
+    get_key,
+    merge_dict,
+    merge_from_list,
+    to_dict,
+)
+from vdreid.data import CrossModalDataManager
+from vdreid.data import registry as data_registry
+from vdreid.data.synthetic_layout import is_synthetic_tree
+from vdreid.engine import build_optimizer
+from vdreid.engine.checkpoint import load_model_weights, read_model_checkpoint
+from vdreid.engine.optim import ScheduleSpec, scheduler_from_spec
+from vdreid.errors import CheckpointMismatchError, DatasetLayoutError
+from vdreid.models.original import from_original, original_kinds, original_model_kwargs
 
 logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _section_kwargs(cls: type, node: CN) -> dict[str, Any]:
-    """Constructor kwargs of a dataset class from its config section (the class's ``from_config`` when it has one)."""
-    if hasattr(cls, "from_config"):
-        return dict(cls.from_config(node))
-    kw = {k: v for k, v in node.items()}
-    if "rand_perm_path" in kw:
-        kw["rand_perm_path"] = kw["rand_perm_path"] or None
-    return kw
-
-
 def dataset_kwargs(cfg: CN) -> dict[str, dict[str, Any]]:
-    """Protocol options per dataset name, each from its class's own config section (``data.<section>``).
+    """Protocol options per dataset name, each from its family's own config section (``data.<section>``,
+    ``from_config``).
 
-    A registered preset name (e.g. ``sysu_mm01_indoor``) fixes some options; a config that sets one of those keys
+    A registered preset name (e.g. an indoor-search preset) fixes some options; a config that sets one of those keys
     explicitly to another value is an error naming both, never silently overridden.
     """
-    from vdreid.data import DATASET_REGISTRY
-
     explicit = explicit_keys(cfg)
     out: dict[str, dict[str, Any]] = {}
     for name in list(cfg.data.sources) + list(cfg.data.targets):
-        cls = DATASET_REGISTRY.get(name)
+        cls = data_registry.get_dataset(name)
         if cls is None:
             continue  # another torchreid dataset: it takes no VI protocol options
-        section = getattr(cls, "config_section", None) or _legacy_section(name)
-        kw = _section_kwargs(cls, cfg.data[section])
-        for key, fixed in getattr(cls, "preset_defaults", {}).items():
+        section = cls.config_section
+        kw = dict(cls.from_config(cfg.data[section])) if section else {}
+        for key, fixed in cls.preset_defaults.items():
             if kw.get(key) == fixed:
                 continue
             ckey = f"data.{section}.{key}"
@@ -62,11 +69,6 @@ def dataset_kwargs(cfg: CN) -> dict[str, dict[str, Any]]:
             kw[key] = fixed
         out[name] = kw
     return out
-
-
-def _legacy_section(name: str) -> str:
-    # dataset classes that do not declare config_section yet: their family prefix
-    return name.split("_")[0]
 
 
 def datamanager_kwargs(cfg: CN, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
@@ -96,15 +98,13 @@ def datamanager_kwargs(cfg: CN, rank: int = 0, world_size: int = 1) -> dict[str,
 
 def build_datamanager(cfg: CN, rank: int = 0, world_size: int = 1):
     """``vdreid.data.CrossModalDataManager`` from ``cfg.data`` and ``cfg.sampler``."""
-    from vdreid.data import CrossModalDataManager
-    from vdreid.errors import DatasetLayoutError
-
     kw = datamanager_kwargs(cfg, rank, world_size)
     root = kw["root"]
     if not osp.isdir(root):
         raise DatasetLayoutError(
             f'config key \'data.root\': "{root}" does not exist; point data.root at the folder holding '
-            "SYSU-MM01/, RegDB/ or LLCM/ (for synthetic data: vdreid make-synthetic --layout sysu --out DIR)"
+            f"{', '.join(f'{f.dataset_dir}/' for f in data_registry.families())} (for synthetic data: vdreid "
+            f"make-synthetic --layout {'|'.join(data_registry.synthetic_layouts())} --out DIR)"
         )
     return CrossModalDataManager(**kw)
 
@@ -133,8 +133,6 @@ def build_criterion(cfg: CN, num_classes: int, model: nn.Module | None = None) -
 # ------------------------------------------------------------------------------------------------ optimiser
 def schedule_spec(cfg: CN):
     """The per-epoch lr schedule of ``cfg.train`` and where it is stepped (a ``vdreid.engine.optim.ScheduleSpec``)."""
-    from vdreid.engine.optim import ScheduleSpec
-
     t = cfg.train
     return ScheduleSpec(name=t.lr_scheduler, milestones=tuple(t.stepsize), gamma=t.gamma,
                         warmup_epochs=t.warmup_epochs, warmup_factor=t.warmup_factor, step_at=t.scheduler_step,
@@ -149,9 +147,6 @@ def optimizer_kwargs(cfg: CN) -> dict[str, Any]:
 
 def build_optim(cfg: CN, model: nn.Module, criterion: nn.Module):
     """The optimiser over the method's parameter groups (each at ``train.lr x lr_mult``) and the per-epoch schedule."""
-    from vdreid.engine import build_optimizer
-    from vdreid.engine.optim import scheduler_from_spec
-
     groups = []
     for g in method_of(cfg).param_groups(cfg, model, criterion):
         g = dict(g)
@@ -162,28 +157,52 @@ def build_optim(cfg: CN, model: nn.Module, criterion: nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ provenance
-def group_hash(cfg: CN) -> str:
-    """Config hash without the RegDB split: the ten RegDB trainings of one setting share it (leaderboard)."""
+def _split_keys(cfg: CN) -> list[str]:
+    """Config keys of the split index of every dataset family with splits among the targets (RegDB's trial)."""
+    return [f"data.{f.config_section}.{f.split_key}" for f in data_registry.split_families(list(cfg.data.targets))]
+
+
+def _with_defaults(cfg: CN, keys: list[str]) -> CN:
+    default = get_default_config()
     c = cfg.clone()
     c.defrost()
-    c.data.regdb.trial = 1
-    return config_hash(c)
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = c
+        for part in parent.split("."):
+            node = node[part]
+        node[leaf] = get_key(default, key)
+    return c
+
+
+def group_hash(cfg: CN) -> str:
+    """Config hash without the split index of datasets with several splits: the trainings of one setting on each
+    split share it (the leaderboard averages them)."""
+    return config_hash(_with_defaults(cfg, _split_keys(cfg)))
 
 
 def seed_group_hash(cfg: CN) -> str:
-    """Config hash without the seeds (``train.seed``, ``sampler.seed``) and without the RegDB split: runs of one
+    """Config hash without the seeds (``train.seed``, ``sampler.seed``) and without the split index: runs of one
     setting repeated over seeds share it, and the leaderboard reports them as one row (mean +/- std over seeds)."""
-    c = cfg.clone()
-    c.defrost()
-    c.data.regdb.trial = 1
-    c.train.seed = 0
-    c.sampler.seed = 0
-    return config_hash(c)
+    return config_hash(_with_defaults(cfg, _split_keys(cfg) + ["train.seed", "sampler.seed"]))
+
+
+def synthetic_data(cfg: CN) -> bool:
+    """Whether the run's data is synthetic: ``data.synthetic``, or any of its datasets' folders under ``data.root``
+    holds the synthetic generator's marker (a tree written by ``vdreid make-synthetic`` needs no flag)."""
+    if cfg.data.synthetic:
+        return True
+    root = osp.abspath(osp.expanduser(cfg.data.root))
+    for name in list(cfg.data.sources) + list(cfg.data.targets):
+        fam = data_registry.family_of(name)
+        if fam is not None and is_synthetic_tree(osp.join(root, fam.dataset_dir)):
+            return True
+    return False
 
 
 def provenance(cfg: CN) -> dict[str, Any]:
     """What goes into checkpoints and results JSON besides the evaluator's own fields."""
-    regdb = any(n.startswith("regdb") for n in cfg.data.targets)
+    split = _split_keys(cfg)
     return {
         "config_hash": config_hash(cfg),
         "config_group": group_hash(cfg),
@@ -191,10 +210,11 @@ def provenance(cfg: CN) -> dict[str, Any]:
         "model": cfg.model.backbone or cfg.model.name,
         "seed": cfg.train.seed,
         "dataset": ",".join(cfg.data.targets),
-        "synthetic": bool(cfg.data.synthetic),
-        "trial": cfg.data.regdb.trial if regdb else None,
+        "synthetic": synthetic_data(cfg),
+        "trial": get_key(cfg, split[0]) if split else None,
         "flip": bool(cfg.test.flip),
         **method_of(cfg).provenance(cfg),
+        "plugins": plugins.loaded(),
         "config": to_dict(cfg),
     }
 
@@ -264,30 +284,54 @@ def seed_everything(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def checkpoint_config(ckpt, opts: list[str] | tuple[str, ...] = ()) -> CN:
-    """The configuration a ``vdreid train`` checkpoint stores (merged into today's defaults, ``opts`` applied,
-    checked, frozen). ``ckpt``: a :class:`vdreid.engine.checkpoint.ModelCheckpoint` or a path."""
-    from vdreid.config import check_values, get_default_config, merge_dict, merge_from_list
-    from vdreid.engine.checkpoint import read_model_checkpoint
-
-    if isinstance(ckpt, str):
-        ckpt = read_model_checkpoint(ckpt)
-    if ckpt.config is None:
-        raise ConfigError(f'"{ckpt.path}" stores no vdreid config (a {ckpt.kind} checkpoint): give the configuration '
-                          "it was trained with (--config-file)")
+def config_from_stored(stored: dict[str, Any], opts: list[str] | tuple[str, ...] = (),
+                       source: str = "the checkpoint's stored config") -> CN:
+    """A configuration stored by ``vdreid train`` (a checkpoint's or a run's), merged into today's defaults after the
+    method translated keys an older version named otherwise (``Method.upgrade_config``), ``opts`` applied, checked,
+    frozen."""
+    model = stored.get("model") if isinstance(stored, dict) else None
+    name = model.get("method") if isinstance(model, dict) else None
+    stored = methods.get(name or get_default_config().model.method).upgrade_config(stored)
     cfg = get_default_config()
-    merge_dict(cfg, ckpt.config, "the checkpoint's stored config")
+    merge_dict(cfg, stored, source)
     merge_from_list(cfg, list(opts))
     check_values(cfg)
     cfg.freeze()
     return cfg
 
 
+def checkpoint_config(ckpt, opts: list[str] | tuple[str, ...] = ()) -> CN:
+    """The configuration a ``vdreid train`` checkpoint stores (:func:`config_from_stored`). ``ckpt``: a
+    :class:`vdreid.engine.checkpoint.ModelCheckpoint` or a path."""
+    if isinstance(ckpt, str):
+        ckpt = read_model_checkpoint(ckpt)
+    if ckpt.config is None:
+        raise ConfigError(f'"{ckpt.path}" stores no vdreid config (a {ckpt.kind} checkpoint): give the configuration '
+                          "it was trained with (--config-file)")
+    return config_from_stored(ckpt.config, opts)
+
+
+def is_original(ckpt) -> bool:
+    """Whether a checkpoint was written by a method's original code (a registered layout), not by vdreid/torchreid."""
+    return ckpt is not None and ckpt.kind in original_kinds()
+
+
+def original_overrides(ckpt, prefer: str | None = None) -> list[str]:
+    """Config overrides describing the model of an original-code checkpoint (the method that reads its layout
+    decides; ``prefer``: the config's method, chosen when it reads the layout too)."""
+    return methods.method_of_original(ckpt.kind, prefer).original_overrides(ckpt.kind, ckpt.state_dict)
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """``model.load_weights``: initialise from a vdreid, torchreid or original-code checkpoint (strict)."""
+    ckpt = read_model_checkpoint(path)
+    state = from_original(ckpt.kind, ckpt.state_dict, model) if is_original(ckpt) else ckpt.state_dict
+    load_model_weights(model, state, source=path)
+
+
 def checkpoint_num_classes(ckpt) -> int:
     """Number of training identities of a vdreid/torchreid checkpoint: the recorded one (``vdreid train`` stores it
     in the provenance), else the rows of its identity classifier."""
-    from vdreid.errors import CheckpointMismatchError
-
     recorded = (ckpt.provenance or {}).get("num_classes")
     if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
         return recorded
@@ -307,12 +351,9 @@ def build_model_from_checkpoint(ckpt, cfg: CN | None = None, num_classes: int | 
     code's classifier size, else :func:`checkpoint_num_classes`. The model's ``feature_mode`` is the config's test
     feature. Raises :class:`~vdreid.errors.CheckpointMismatchError` naming every key that does not fit.
     """
-    from vdreid.engine.checkpoint import load_model_weights, read_model_checkpoint
-    from vdreid.models.original import from_original, original_model_kwargs
-
     if isinstance(ckpt, str):
         ckpt = read_model_checkpoint(ckpt)
-    original = ckpt.kind in ("agw", "vd_official")
+    original = is_original(ckpt)
     if cfg is None:
         cfg = checkpoint_config(ckpt)
     if num_classes is None:

@@ -29,6 +29,8 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from vdreid.errors import ConfigError
+from vdreid.recipes import resolve_config
+from vdreid.textfile import decode_text
 
 __all__ = [
     "ConfigError",
@@ -46,6 +48,7 @@ __all__ = [
     "register_section",
     "register_check",
     "register_default",
+    "get_key",
     "sections",
     "all_ranges",
     "free_numeric_keys",
@@ -421,14 +424,14 @@ def _section_paths(cfg: CN, prefix: str = "") -> list[str]:
 
 
 def read_yaml_with_bases(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
-    """Read ``path`` and its ``_base_`` parents; return ``[(file, dict), ...]`` in merge order (parents first)."""
-    path = osp.abspath(osp.expanduser(path))
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'config file not found: "{path}"')
+    """Read ``path`` (a file, or a shipped recipe name such as ``quickstart``) and its ``_base_`` parents; return
+    ``[(file, dict), ...]`` in merge order (parents first).
+
+    A ``_base_`` entry is a path relative to the file when such a file exists, else a shipped recipe name
+    (``_base_: quickstart`` works in a config outside the checkout)."""
+    path = resolve_config(path)
     if path in _seen:
         raise ConfigError(f"'_base_' cycle: {' -> '.join(_seen + (path,))}")
-    from vdreid.data.splitfiles import decode_text  # lazy: vdreid.data imports this module's users
-
     with open(path, "rb") as f:  # a byte-order mark is dropped; other bytes that are not UTF-8 name file:line
         text = decode_text(f.read(), path, "config file", error=ConfigError)
     try:
@@ -443,7 +446,13 @@ def read_yaml_with_bases(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[s
         for b in [bases] if isinstance(bases, str) else list(bases):
             if not isinstance(b, str):
                 raise ConfigError(f'config file "{path}": _base_ entries must be paths, got {b!r}')
-            out.extend(read_yaml_with_bases(osp.join(osp.dirname(path), b), _seen + (path,)))
+            rel = osp.join(osp.dirname(path), osp.expanduser(b))
+            try:
+                parent = rel if osp.isfile(rel) else resolve_config(b)
+            except ConfigError as exc:
+                raise ConfigError(f'config file "{path}": _base_ {b!r} is neither a file next to it nor a shipped '
+                                  f"recipe: {exc}") from None
+            out.extend(read_yaml_with_bases(parent, _seen + (path,)))
     out.append((path, data))
     return out
 
@@ -524,11 +533,15 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _get(cfg: CN, dotted: str) -> Any:
+def get_key(cfg: CN, dotted: str) -> Any:
+    """The value of the dotted key ``dotted`` (``'data.regdb.trial'``) in ``cfg``."""
     node: Any = cfg
     for p in dotted.split("."):
         node = node[p]
     return node
+
+
+_get = get_key
 
 
 def check_values(cfg: CN) -> None:

@@ -64,6 +64,11 @@ class DiskFullError(VDReIDError, OSError):
     """Writing an output failed for lack of space; the previous file at that path is intact."""
 
 
+class SyntheticTreeError(VDReIDError, FileExistsError):
+    """The synthetic generator refuses to write: the folder holds a real dataset, or a synthetic tree made with other
+    arguments (``--overwrite`` replaces the latter)."""
+
+
 class PluginError(VDReIDError, ImportError):
     """A plug-in named with ``--plugin`` (a .py file or a module) cannot be found or imported."""
 
@@ -87,5 +92,6 @@ __all__ = [
     "PretrainedWeightsError",
     "RunDirError",
     "SplitFileError",
+    "SyntheticTreeError",
     "VDReIDError",
 ]

@@ -5,7 +5,7 @@ imports the built-in ones. A dataset of one's own is one module calling the same
 (``docs/adding-a-dataset.md``).
 """
 
-from vdreid.data import llcm, regdb, sysu_mm01  # noqa: F401  (each registers its datasets)
+from vdreid.data import sysu_mm01, regdb, llcm  # noqa: F401,I001  (each registers its datasets, in this order)
 from vdreid.data.datamanager import CrossModalDataManager
 from vdreid.data.llcm import LLCM
 from vdreid.data.protocol import Protocol

@@ -123,10 +123,12 @@ def split_families(names: list[str]) -> list[type[VIImageDataset]]:
 def split_config_key(names: list[str], what: str = "--split") -> str:
     """The one config key holding the split index of the datasets ``names`` (``data.<section>.<split_key>``);
     a :class:`ConfigError` when none or several of them have splits."""
+    names = list(dict.fromkeys(names))
     fams = split_families(names)
     if not fams:
-        raise ConfigError(f"{what} is for datasets with several train/test splits; {names} have none "
-                          f"(datasets with splits: {[n for n in DATASET_REGISTRY if family_of(n).split_key]})")
+        with_splits = [f.display_name or f.__name__ for f in _FAMILIES.values() if f.split_key]
+        raise ConfigError(f"{what} is for {' or '.join(with_splits) or 'datasets'} (datasets with several train/test "
+                          f"splits); this config uses {names}, which have none")
     if len(fams) > 1:
         raise ConfigError(f"{what}: {names} include several datasets with splits "
                           f"({[f.config_section for f in fams]}); train them in separate runs")

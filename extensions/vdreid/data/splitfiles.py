@@ -18,43 +18,19 @@ must stay inside the dataset folder (:func:`vdreid.data.paths.inside_root`).
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os.path as osp
 import re
 
 from vdreid.data.paths import inside_root, where
 from vdreid.errors import DatasetLayoutError, SplitFileError
+from vdreid.textfile import decode_text
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["decode_text", "parse_decimal", "read_id_list", "read_idx_file", "read_text_lines"]
 
 _DECIMAL = re.compile(r"-?[0-9]+")
-_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-
-
-def decode_text(raw: bytes, path: str, what: str = "file", error: type[Exception] = SplitFileError) -> str:
-    """``raw`` (the bytes of ``path``) decoded strictly: UTF-8 with or without a byte-order mark, or UTF-16 with
-    one; anything else raises ``error`` naming ``path:line``, the column and the offending byte."""
-    encoding, start = "utf-8", 0
-    for bom, enc in _BOMS:
-        if raw.startswith(bom):
-            encoding, start = enc, len(bom)
-            break
-    try:
-        return raw[start:].decode(encoding)
-    except UnicodeDecodeError as exc:
-        if encoding != "utf-8":
-            raise error(f"{path}: {what} starts with a {encoding} byte-order mark but is not valid {encoding} "
-                        f"({exc.reason}); save it as UTF-8") from None
-        bad = start + exc.start
-        lineno = raw.count(b"\n", 0, bad) + 1
-        col = bad - (raw.rfind(b"\n", 0, bad) + 1) + 1
-        raise error(
-            f"{path}:{lineno}: byte 0x{raw[bad]:02x} at column {col} is not valid UTF-8 ({exc.reason}); the {what} "
-            "must be plain text (UTF-8 or ASCII): save it again as UTF-8"
-        ) from None
 
 
 def read_text_lines(path: str, what: str = "file") -> list[str]:

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from vdreid.data.synthetic_layout import MARKER
+from vdreid.errors import SyntheticTreeError
 
 # ----------------------------------------------------------------------------------------------- identities
 
@@ -411,7 +412,7 @@ def _prepare(base: str, args: dict, overwrite: bool) -> bool:
     if not osp.isdir(base) or not os.listdir(base):
         return False
     if not osp.isfile(marker):
-        raise FileExistsError(
+        raise SyntheticTreeError(
             f'"{base}" exists and was not written by vdreid.data.synthetic (no {MARKER}); refusing to write a '
             "synthetic tree into it. Choose another root."
         )
@@ -420,9 +421,9 @@ def _prepare(base: str, args: dict, overwrite: bool) -> bool:
     if old == args:
         return True
     if not overwrite:
-        raise FileExistsError(
+        raise SyntheticTreeError(
             f'"{base}" holds a synthetic tree made with different arguments ({old}); pass overwrite=True '
-            "(CLI: --overwrite) to replace it, or choose another root."
+            "(CLI: --overwrite, which deletes that synthetic tree) to replace it, or choose another root."
         )
     shutil.rmtree(base)
     return False

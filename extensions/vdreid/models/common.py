@@ -84,3 +84,18 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         model = model.module
     return model
+
+
+def needs_modality(net: nn.Module, feature_mode: str | None = None) -> bool:
+    """Whether ``net``'s test feature (``feature_mode``, default the current one) needs each image's modality: the
+    model says so through its ``test_needs_modality`` attribute (a two-stream stem, a modality-routed branch); a
+    model without it needs none. Export, t-SNE and feature extraction ask this instead of guessing from names."""
+    net = unwrap_model(net)
+    if feature_mode is None or getattr(net, "feature_mode", None) == feature_mode:
+        return bool(getattr(net, "test_needs_modality", False))
+    old = net.feature_mode
+    try:
+        net.feature_mode = feature_mode
+        return bool(getattr(net, "test_needs_modality", False))
+    finally:
+        net.feature_mode = old

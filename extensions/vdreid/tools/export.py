@@ -1,8 +1,9 @@
 """ONNX export of the test-time feature extractor (the chosen feature mode), checked with onnxruntime.
 
-The exported graph is the eval forward of the VD network: image batch (N, 3, H, W) -> features (N, D), not
-L2-normalised (the evaluator normalises). Feature modes that route by modality (``*_specific``, or any mode with
-``routing='modality'`` that concatenates branches) take a second input ``is_ir`` (N,) bool.
+The exported graph is the eval forward of any registered method's model: image batch (N, 3, H, W) -> features
+(N, D), not L2-normalised (the evaluator normalises). When the model says its test feature needs each image's
+modality (``test_needs_modality``: a two-stream stem, a modality-routed branch), the graph takes a second input
+``is_ir`` (N,) bool.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from vdreid.models.common import needs_modality, unwrap_model
+
 
 class FeatureExtractor(nn.Module):
-    """Eval forward of a VD network with a fixed feature mode (optionally with the modality input)."""
+    """Eval forward of a model with a fixed feature mode (optionally with the modality input)."""
 
     def __init__(self, net: nn.Module, feature_mode: str, with_modality: bool) -> None:
         super().__init__()
@@ -27,12 +30,6 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, x: torch.Tensor, is_ir: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x, modality=is_ir if self.with_modality else None)
-
-
-def needs_modality(net: nn.Module, feature_mode: str) -> bool:
-    if feature_mode.endswith("_specific"):
-        return True
-    return getattr(net, "routing", "official") == "modality" and feature_mode in ("obs_concat", "z_concat")
 
 
 def export_onnx(
@@ -53,7 +50,7 @@ def export_onnx(
     """
     import onnxruntime as ort
 
-    net = getattr(model, "module", model).cpu().eval()
+    net = unwrap_model(model).cpu().eval()
     with_mod = needs_modality(net, feature_mode)
     wrapper = FeatureExtractor(net, feature_mode, with_mod).eval()
     g = torch.Generator().manual_seed(seed)
