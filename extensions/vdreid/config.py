@@ -65,7 +65,7 @@ class SectionSpec:
     Attributes:
         path: where the section sits in the tree, dotted (``'vd'``, ``'data.sysu'``).
         defaults: returns the section's defaults (a fresh ``CfgNode``).
-        owner: who reads it, for messages ("method 'agw'", "the SYSU-MM01 dataset family").
+        owner: who reads it, for messages (e.g. the method's or the dataset family's name).
         ranges: numeric range rules of its keys, full dotted key -> ``(test, expected)``.
         free_numeric: numeric keys with no range (any finite value).
         list_elements: element type of its list keys whose default is empty (full dotted key -> example value).

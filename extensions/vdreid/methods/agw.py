@@ -16,8 +16,12 @@ from yacs.config import CfgNode as CN
 
 from vdreid.config import at_least
 from vdreid.errors import ConfigError
+from vdreid.losses import AGWCriterion
 from vdreid.methods import register
 from vdreid.methods.base import Method
+from vdreid.models.agw import AGW_PRESETS, make_agw_factory
+from vdreid.models.common import unwrap_model
+from vdreid.models.original import original_model_kwargs
 
 AGW_FEATURE_MODES = ("bn", "pool")
 AGW_METRICS = ("wrt", "triplet")
@@ -36,8 +40,6 @@ class AGW(Method):
 
     @classmethod
     def model_factories(cls) -> dict[str, Any]:
-        from vdreid.models.agw import make_agw_factory
-
         return {name: make_agw_factory(name) for name in cls.model_names}
 
     @classmethod
@@ -87,31 +89,23 @@ class AGW(Method):
             gem=bool(a.gem),
             last_stride=int(a.last_stride),
             feature_mode=self.feature_mode(cfg),
+            **self.backbone_kwargs(cfg),
         )
-        if cfg.model.backbone:
-            kw["backbone"] = cfg.model.backbone
         return kw
 
     def build_model(self, cfg: CN, num_classes: int) -> nn.Module:
         """``model.name``'s preset (``agw``: ResNet-50, ``agw_resnet18``), ``model.backbone`` overriding its CNN."""
-        from vdreid.models.agw import AGW_PRESETS, make_agw_factory
-
         name = cfg.model.name if cfg.model.name in AGW_PRESETS else "agw"
-        pretrained = bool(cfg.model.pretrained)
-        path = (cfg.model.pretrained_path or None) if pretrained else None
-        return make_agw_factory(name)(num_classes=num_classes, pretrained=path or pretrained, **self.model_kwargs(cfg))
+        return make_agw_factory(name)(num_classes=num_classes, pretrained=self.pretrained_arg(cfg),
+                                      **self.model_kwargs(cfg))
 
     def build_criterion(self, cfg: CN, num_classes: int, model: nn.Module | None = None) -> nn.Module:
-        from vdreid.losses import AGWCriterion
-
         a = cfg.agw
         return AGWCriterion(ce=a.ce, metric_weight=a.metric_weight, metric=a.metric, triplet_margin=a.triplet_margin)
 
     def param_groups(self, cfg: CN, model: nn.Module, criterion: nn.Module) -> list[dict[str, Any]]:
         """AGW ``train.py``: backbone (stems, shared stages, non-local blocks) at ``agw.backbone_lr_mult``, BNNeck and
         classifier at 1. Frozen parameters (the BNNeck bias) are left out: they never get a gradient."""
-        from vdreid.models.common import unwrap_model
-
         net = unwrap_model(model)
         backbone, head = [], []
         for n, p in net.named_parameters():
@@ -125,8 +119,6 @@ class AGW(Method):
 
     def original_overrides(self, kind: str, state_dict: dict[str, Any]) -> list[str]:
         """A checkpoint of AGW's code: its backbone and non-local blocks read from its keys."""
-        from vdreid.models.original import original_model_kwargs
-
         kw = original_model_kwargs(kind, state_dict)
         return ["model.method", "agw", "model.name", "agw", "model.backbone", kw["backbone"],
                 "agw.non_local", str(list(kw["non_local"])), "agw.gem", str(kw["gem"])]

@@ -15,8 +15,10 @@ from yacs.config import CfgNode as CN
 
 from vdreid.config import at_least
 from vdreid.errors import ConfigError
+from vdreid.losses import BNNeckCriterion
 from vdreid.methods import register
 from vdreid.methods.base import Method
+from vdreid.models.baseline import BNNECK_PRESETS, make_bnneck_factory
 
 
 class BNNeck(Method):
@@ -30,8 +32,6 @@ class BNNeck(Method):
 
     @classmethod
     def model_factories(cls) -> dict[str, Any]:
-        from vdreid.models.baseline import make_bnneck_factory
-
         return {name: make_bnneck_factory(name) for name in cls.model_names}
 
     @classmethod
@@ -72,22 +72,15 @@ class BNNeck(Method):
         kw: dict[str, Any] = dict(
             last_stride=int(cfg.bnneck.last_stride), feature_mode=self.feature_mode(cfg), loss="vdreid"
         )
-        if cfg.model.backbone:
-            kw["backbone"] = cfg.model.backbone
+        kw.update(self.backbone_kwargs(cfg))
         return kw
 
     def build_model(self, cfg: CN, num_classes: int) -> nn.Module:
-        from vdreid.models.baseline import BNNECK_PRESETS, make_bnneck_factory
-
         name = cfg.model.name if cfg.model.name in BNNECK_PRESETS else "bnneck_resnet50"
-        pretrained = bool(cfg.model.pretrained)
-        path = (cfg.model.pretrained_path or None) if pretrained else None
         kw = self.model_kwargs(cfg)
-        return make_bnneck_factory(name)(num_classes=num_classes, pretrained=path or pretrained, **kw)
+        return make_bnneck_factory(name)(num_classes=num_classes, pretrained=self.pretrained_arg(cfg), **kw)
 
     def build_criterion(self, cfg: CN, num_classes: int, model: nn.Module | None = None) -> nn.Module:
-        from vdreid.losses import BNNeckCriterion
-
         b = cfg.bnneck
         return BNNeckCriterion(ce=b.ce, triplet=b.triplet, label_smooth=b.label_smooth, triplet_margin=b.triplet_margin)
 
