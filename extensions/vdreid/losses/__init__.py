@@ -6,6 +6,8 @@ Shared contracts (DESIGN.md): :func:`kl_distill`, :func:`js_divergence`, :func:`
 
 from vdreid.losses.baseline import AGWCriterion, BNNeckCriterion
 from vdreid.losses.composite import BRANCH_ORDER, METRICS, RECIPES, TERM_NAMES, VDLoss, VDLossConfig
+from vdreid.losses.cpm import cross_modal_prototype_loss
+from vdreid.losses.deen import DEENCriterion, orthogonal_loss
 from vdreid.losses.distillation import (
     KL_FORMS,
     js_divergence,
@@ -34,6 +36,9 @@ from vdreid.losses.wrt import weighted_regularized_triplet
 __all__ = [
     "AGWCriterion",
     "BNNeckCriterion",
+    "DEENCriterion",
+    "cross_modal_prototype_loss",
+    "orthogonal_loss",
     "weighted_regularized_triplet",
     "BRANCH_ORDER",
     "KL_FORMS",

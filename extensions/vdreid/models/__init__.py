@@ -5,7 +5,7 @@ which ``torchreid.models.build_model('vd_resnet50' | 'agw' | ..., num_classes, p
 :func:`build_vd_net` builds the VD network from any timm CNN.
 """
 
-from vdreid.models import agw_original, vd_original  # noqa: F401  (register the original-checkpoint layouts)
+from vdreid.models import agw_original, deen_original, vd_original  # noqa: F401  (original-checkpoint layouts)
 from vdreid.models.agw import AGW_PRESETS, AGWNet, build_agw, make_agw_factory
 from vdreid.models.attention import ShallowCAM
 from vdreid.models.backbones import Encoder, set_last_stride_one

@@ -77,6 +77,9 @@ class OriginalLayout:
             guessed (its keys equal another layout's: the config or the caller names it).
         name: the code base in a few words, for messages ("the AGW code").
         source: where that code lives and which class it saves, for messages.
+        unused: ``f(state_dict) -> key prefixes`` of parts this state dict's architecture builds and saves but never
+            runs, dropped like a rule to ``None``; for layouts whose unused parts depend on the variant the keys show
+            (DEEN's RegDB network saves a layer 4 it never runs, its SYSU-MM01 network runs it).
     """
 
     kind: str
@@ -86,6 +89,7 @@ class OriginalLayout:
     detect: Callable[[Collection[str]], bool] | None = None
     name: str = ""
     source: str = ""
+    unused: Callable[[Mapping[str, Tensor]], tuple[str, ...]] | None = None
 
 
 _LAYOUTS: dict[str, OriginalLayout] = {}
@@ -135,16 +139,17 @@ def unwrap_original(obj: Mapping[str, Any]) -> dict[str, Tensor]:
 
 
 def detect_original(state_dict: Mapping[str, Any]) -> str | None:
-    """The kind of the first registered layout whose ``detect`` accepts the keys (wrappers and ``module.``
-    allowed), else ``None`` (e.g. a vdreid checkpoint)."""
+    """The kind of the registered layout whose ``detect`` accepts the keys (wrappers and ``module.`` allowed), else
+    ``None`` (e.g. a vdreid checkpoint). When several accept them (a code base that extends another one's network,
+    as DEEN's extends AGW's), the one whose rules name the most keys; ties go to the first registered."""
     try:
         keys = unwrap_original(state_dict).keys()
     except CheckpointError:
         return None
-    for lay in _LAYOUTS.values():
-        if lay.detect is not None and lay.detect(keys):
-            return lay.kind
-    return None
+    hits = [lay for lay in _LAYOUTS.values() if lay.detect is not None and lay.detect(keys)]
+    if len(hits) > 1:
+        hits.sort(key=lambda lay: -sum(_rename(lay.kind, k)[0] for k in keys))  # stable: ties keep the order
+    return hits[0].kind if hits else None
 
 
 def _rename(kind: str, key: str, forward: bool = True) -> tuple[bool, str | None]:
@@ -213,8 +218,9 @@ def from_original(kind: str, state_dict: Mapping[str, Any], model: nn.Module | N
     mapped: dict[str, Tensor] = {}
     unknown: list[str] = []
     dropped = 0
+    skip = tuple(lay.unused(sd)) if lay.unused is not None else ()
     for key, value in sd.items():
-        hit, new = _rename(kind, key)
+        hit, new = (True, None) if skip and key.startswith(skip) else _rename(kind, key)
         if not hit:
             unknown.append(key)
         elif new is None:
