@@ -285,13 +285,21 @@ def seed_everything(seed: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def config_from_stored(stored: dict[str, Any], opts: list[str] | tuple[str, ...] = (),
-                       source: str = "the checkpoint's stored config") -> CN:
+                       source: str = "the checkpoint's stored config", plugins_used: list[str] | tuple[str, ...] = ()
+                       ) -> CN:
     """A configuration stored by ``vdreid train`` (a checkpoint's or a run's), merged into today's defaults after the
     method translated keys an older version named otherwise (``Method.upgrade_config``), ``opts`` applied, checked,
-    frozen."""
+    frozen. ``plugins_used``: the plug-ins the run had loaded (its provenance), named when its method is unknown."""
     model = stored.get("model") if isinstance(stored, dict) else None
     name = model.get("method") if isinstance(model, dict) else None
-    stored = methods.get(name or get_default_config().model.method).upgrade_config(stored)
+    try:
+        method = methods.get(name or get_default_config().model.method)
+    except ConfigError as exc:
+        missing = [p for p in plugins_used if p not in plugins.loaded()]
+        if not missing:
+            raise
+        raise ConfigError(f"{exc}; {source} was trained with the plug-in(s) {missing}: pass --plugin for each") from None
+    stored = method.upgrade_config(stored)
     cfg = get_default_config()
     merge_dict(cfg, stored, source)
     merge_from_list(cfg, list(opts))
@@ -308,7 +316,7 @@ def checkpoint_config(ckpt, opts: list[str] | tuple[str, ...] = ()) -> CN:
     if ckpt.config is None:
         raise ConfigError(f'"{ckpt.path}" stores no vdreid config (a {ckpt.kind} checkpoint): give the configuration '
                           "it was trained with (--config-file)")
-    return config_from_stored(ckpt.config, opts)
+    return config_from_stored(ckpt.config, opts, plugins_used=(ckpt.provenance or {}).get("plugins") or ())
 
 
 def is_original(ckpt) -> bool:

@@ -56,15 +56,21 @@ DEMO_RECIPE = "quickstart"
 
 
 # ------------------------------------------------------------------------------------------------ config
-def _cfg_from_args(args: argparse.Namespace, extra: list[str] | None = None, ckpt_config: dict | None = None,
+def _cfg_from_args(args: argparse.Namespace, extra: list[str] | None = None, ckpt=None,
                    first: list[str] | None = None) -> CN:
+    """The run's configuration: ``--config-file`` (a path or a shipped recipe name) or, without one, the config a
+    vdreid checkpoint ``ckpt`` stores; ``first``, the command's overrides and ``extra`` applied in that order."""
     opts = list(first or []) + list(args.opts or []) + list(extra or [])
     if getattr(args, "config_file", None):
-        return load_config(args.config_file, opts)  # a path, or a shipped recipe name
-    if ckpt_config is not None:
-        return builders.config_from_stored(ckpt_config, opts)
-    raise ConfigError("--config-file is required (or a --checkpoint written by `vdreid train`, which stores its "
-                      "config)")
+        return load_config(args.config_file, opts)
+    if ckpt is not None and ckpt.config is not None:
+        return builders.config_from_stored(ckpt.config, opts,
+                                           plugins_used=(ckpt.provenance or {}).get("plugins") or ())
+    if ckpt is None:  # `vdreid export` without a checkpoint: a graph check of the default config + overrides
+        logger.info("no --config-file: the default configuration with the command line's overrides")
+        return load_config(None, opts)
+    raise ConfigError(f'--config-file is required: "{ckpt.path}" is a {ckpt.kind} checkpoint and stores no vdreid '
+                      "config (a checkpoint written by `vdreid train` does)")
 
 
 def _read_checkpoint(path: str | None):
@@ -248,7 +254,7 @@ def _build_for_checkpoint(args: argparse.Namespace, extra: list[str]):
                           f"(a recipe of method {' or '.join(readers)}, e.g. `vdreid recipes`); the model is read "
                           "from the checkpoint")
     first = builders.original_overrides(ckpt, _config_method(args)) if original else None
-    cfg = _cfg_from_args(args, extra, ckpt.config if ckpt is not None else None, first=first)
+    cfg = _cfg_from_args(args, extra, ckpt, first=first)
     dm = builders.build_datamanager(cfg)
     if ckpt is None:
         c = cfg.clone()
@@ -335,7 +341,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = _read_checkpoint(args.checkpoint)
     original = builders.is_original(ckpt)
     extra = ["test.feature_mode", args.feature_mode] if args.feature_mode else []
-    cfg = _cfg_from_args(args, extra, ckpt.config if ckpt is not None else None,
+    cfg = _cfg_from_args(args, extra, ckpt,
                          first=builders.original_overrides(ckpt, _config_method(args)) if original else None)
     num_classes = args.num_classes
     if num_classes is None and ckpt is not None:

@@ -479,16 +479,32 @@ def load_config(config_file: str | None = None, opts: list[str] | None = None, f
 
     The keys set by a file or an override are remembered (:func:`explicit_keys`), so that a component can tell a
     value the user wrote from a default (a registered dataset preset must never silently override the former).
+
+    A key of a section the config does not select (another method's), set in the file itself or on the command line,
+    is an error; set only in a ``_base_`` parent (a recipe of another method inherited for its data and schedule), it
+    is reset to its default: the parent's choices for another method mean nothing here.
     """
     cfg = get_default_config()
     explicit: set[str] = set()
+    inherited: set[str] = set()
     if config_file:
-        for path, data in read_yaml_with_bases(config_file):
+        chain = read_yaml_with_bases(config_file)
+        for i, (path, data) in enumerate(chain):
             merge_dict(cfg, data, f'"{os.path.relpath(path)}"')
-            explicit |= _dict_keys(data)
+            keys = _dict_keys(data)
+            explicit |= keys
+            inherited = (inherited | keys) if i < len(chain) - 1 else inherited - keys
     if opts:
         merge_from_list(cfg, list(opts))
         explicit |= set(opts[0::2])
+        inherited -= set(opts[0::2])
+    dropped = _unselected_keys(cfg, inherited)
+    if dropped:
+        default = get_default_config()
+        for key in dropped:
+            parent, _, leaf = key.rpartition(".")
+            get_key(cfg, parent)[leaf] = copy.deepcopy(get_key(default, key))
+        explicit -= dropped
     set_explicit_keys(cfg, explicit)
     check_values(cfg)
     if freeze:
@@ -570,6 +586,15 @@ def check_values(cfg: CN) -> None:
 
 def _is_selected(cfg: CN, spec: SectionSpec) -> bool:
     return spec.selected_by is None or _get(cfg, spec.selected_by[0]) == spec.selected_by[1]
+
+
+def _unselected_keys(cfg: CN, keys: set[str]) -> set[str]:
+    """The keys among ``keys`` that lie in a section ``cfg`` does not select."""
+    out = set()
+    for spec in _SECTIONS.values():
+        if not _is_selected(cfg, spec):
+            out |= {k for k in keys if k.startswith(spec.path + ".")}
+    return out
 
 
 def _check_selected_sections(cfg: CN) -> None:
