@@ -36,7 +36,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check extensions tests benchmarks
+	$(PY) -m ruff check extensions tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) log datasets/synthetic *.egg-info extensions/*.egg-info

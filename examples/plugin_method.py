@@ -26,13 +26,12 @@ from typing import Any
 import timm
 import torch
 from torch import Tensor, nn
-from yacs.config import CfgNode as CN
-
 from vdreid.config import at_least
 from vdreid.errors import ConfigError
 from vdreid.losses import label_smooth_ce, triplet_loss
 from vdreid.methods import Method, register
 from vdreid.models import GeneralizedMeanPooling, NeckOutput, set_last_stride_one
+from yacs.config import CfgNode as CN
 
 FEATURE_MODES = ("bn", "pool")
 

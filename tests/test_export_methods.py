@@ -8,7 +8,6 @@ from __future__ import annotations
 import os.path as osp
 
 import pytest
-
 from vdreid import methods
 from vdreid.cli import main
 from vdreid.models.common import needs_modality

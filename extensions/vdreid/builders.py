@@ -298,7 +298,8 @@ def config_from_stored(stored: dict[str, Any], opts: list[str] | tuple[str, ...]
         missing = [p for p in plugins_used if p not in plugins.loaded()]
         if not missing:
             raise
-        raise ConfigError(f"{exc}; {source} was trained with the plug-in(s) {missing}: pass --plugin for each") from None
+        raise ConfigError(f"{exc}; {source} was trained with the plug-in(s) {missing}: pass --plugin for "
+                          "each") from None
     stored = method.upgrade_config(stored)
     cfg = get_default_config()
     merge_dict(cfg, stored, source)

@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from yacs.config import CfgNode as CN
-
 from vdreid.config import at_least
 from vdreid.data import Protocol, register_dataset
 from vdreid.data.base import VIImageDataset
 from vdreid.data.synthetic_layout import MARKER, SyntheticLayout
 from vdreid.errors import DatasetLayoutError, SyntheticTreeError
+from yacs.config import CfgNode as CN
 
 VIS, IR = 0, 1  # camids: one visible and one infrared camera
 
