@@ -23,7 +23,8 @@ DESIGN_NOTES = osp.join(ROOT, "docs", "design-notes.md")
 LAZY_OK = {"faiss", "onnx", "onnxruntime", "matplotlib", "sklearn", "tensorboard", "torch.utils.tensorboard",
            "scipy", "psutil", "timm", "PIL", "safetensors", "safetensors.torch", "huggingface_hub"}
 #: string literals naming a method or a dataset (the core asks the registries instead)
-NAME_LITERAL = re.compile(r"""["'](agw|vd_official|bnneck|caj|deen|regdb[a-z_0-9]*|sysu[a-z_0-9-]*|llcm[a-z_0-9]*)["']""")
+NAME_LITERAL = re.compile(
+    r"""["'](agw|vd_official|bnneck|caj|deen|regdb[a-z_0-9]*|sysu[a-z_0-9-]*|llcm[a-z_0-9]*)["']""")
 CORE = re.compile(r"vdreid\.(cli|builders|config|interop|engine|evaluation|tools)(\.|$)")
 
 
