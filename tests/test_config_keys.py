@@ -15,6 +15,8 @@ import math
 
 import pytest
 import torch
+from vdreid import config as C
+from vdreid import methods
 from vdreid.config import flat_keys, get_default_config, load_config
 
 #: keys recorded in results and provenance only, and why that is all they should do
@@ -28,7 +30,8 @@ TESTED_ELSEWHERE = {
 }
 
 #: the method each section's keys are walked with, and the configuration that makes a key matter
-SECTION_METHOD = {"vd": "vd", "loss": "vd", "agw": "agw", "bnneck": "bnneck"}
+SECTION_METHOD = {spec.path: spec.selected_by[1] for spec in C.sections()
+                  if spec.selected_by and spec.selected_by[0] == "model.method"}
 CONTEXT = {
     "loss.triplet_margin": ["loss.metric", "triplet"],
     "data.sysu.rand_perm_path": ["data.sysu.gallery_sampler", "official"],
@@ -42,7 +45,16 @@ for _k in ("data.regdb.trial", "data.regdb.direction"):
     CONTEXT[_k] = ["data.sources", "['regdb']", "data.targets", "['regdb']"]
 for _k in ("data.llcm.direction", "data.llcm.num_trials"):
     CONTEXT[_k] = ["data.sources", "['llcm']", "data.targets", "['llcm']"]
-METHOD_MODEL = {"vd": "vd_resnet18", "agw": "agw_resnet18", "bnneck": "bnneck_resnet18"}
+
+
+
+def _small_model(method: str) -> str:
+    """The method's smallest registered preset (ResNet-18-sized), for cheap builds."""
+    names = methods.get(method).model_names
+    return next((n for n in names if any(t in n for t in ("resnet18", "resnet10t", "_r18"))), names[0])
+
+
+METHOD_MODEL = {m: _small_model(m) for m in methods.names()}
 
 #: a value other than the default for keys the generic rule cannot guess
 ALTERNATIVE = {
@@ -58,6 +70,7 @@ ALTERNATIVE = {
     "data.save_dir": "log/other",
     "data.norm_mean": "[0.5, 0.5, 0.5]",
     "data.norm_std": "[0.5, 0.5, 0.5]",
+    "data.random_erase_area": "[0.2, 0.8]",
     "data.sysu.search_mode": "indoor",
     "data.sysu.shots": "10",
     "data.sysu.gallery_sampler": "official",
@@ -81,6 +94,7 @@ ALTERNATIVE = {
     "agw.metric": "triplet",
     "agw.feature_mode": "pool",
     "bnneck.feature_mode": "pool",
+    "deen.feature_mode": "weighted",
     "vd.recipe": "official",
     "vd.vcd_form": "cross",
     "vd.branches": "['ir', 'vis']",

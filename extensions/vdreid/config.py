@@ -193,6 +193,7 @@ def _base_config() -> CN:
     cfg.data.transforms = ["random_flip"]  # paper: horizontal flip + normalisation only
     cfg.data.norm_mean = [0.485, 0.456, 0.406]
     cfg.data.norm_std = [0.229, 0.224, 0.225]
+    cfg.data.random_erase_area = [0.02, 0.4]  # area range (fraction of the image) of random_erase (torchreid's)
     cfg.data.save_dir = "log"
     cfg.data.synthetic = False  # the root is a synthetic tree (recorded in results, kept apart on the leaderboard)
 
@@ -639,6 +640,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "data.width": at_least(1, INT),
     "data.norm_mean": ((lambda v: True), "a finite number"),
     "data.norm_std": positive(),
+    "data.random_erase_area": ((lambda v: 0 < v <= 1), "a fraction of the image area in (0, 1]"),
     "sampler.num_ids": at_least(1, INT),
     "sampler.num_instances": at_least(1, INT),
     "sampler.seed": _SEED,

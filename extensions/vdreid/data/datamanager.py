@@ -65,6 +65,7 @@ class CrossModalDataManager(compat.ImageDataManager):
             official VD recipe: resize + flip, docs/vd-recipes.md section 4); ``transforms`` also takes the VI
             augmentations of
             :mod:`vdreid.data.transforms` (``pad_crop``, ``random_gray``, ``channel_exchange``, ``caj``, ...).
+        random_erase_area: ``(min, max)`` area fraction of ``random_erase`` (torchreid's 0.02-0.4).
         batch_size_test, workers: test batch size and loader workers.
         num_ids, num_instances: P and K; the train batch size is ``num_ids * 2 * num_instances``.
         seed: sampler seed (batches are a function of seed and epoch).
@@ -89,6 +90,7 @@ class CrossModalDataManager(compat.ImageDataManager):
         transforms: str | list[str] | tuple[str, ...] | None = ("random_flip",),
         norm_mean: list[float] | None = None,
         norm_std: list[float] | None = None,
+        random_erase_area: tuple[float, float] | list[float] = (0.02, 0.4),
         batch_size_test: int = 64,
         workers: int = 2,
         num_ids: int = 16,
@@ -140,7 +142,7 @@ class CrossModalDataManager(compat.ImageDataManager):
 
         # train transform from vdreid.data.transforms: torchreid's names keep their behaviour, and unknown names are
         # an error (torchreid ignores them); modality-specific steps get each item's modality through a wrapper
-        self.transform_tr = build_train_transform(height, width, transforms, norm_mean, norm_std)
+        self.transform_tr = build_train_transform(height, width, transforms, norm_mean, norm_std, random_erase_area)
         modal = self.transform_tr.needs_modality
         logger.info("=> Loading train (source) dataset")
         trainsets = [self._view(name, "train", None if modal else self.transform_tr, k_tfm) for name in self.sources]

@@ -8,14 +8,20 @@ torchreid's names keep torchreid's behaviour (the same transform classes, built 
 * ``random_flip`` -- horizontal flip with probability 0.5;
 * ``random_crop`` -- torchreid's ``Random2DTranslation``: with p = 0.5 enlarge by 1.125 and crop back;
 * ``random_patch``, ``color_jitter`` -- torchreid's;
-* ``random_erase[:p]`` -- random erasing (Zhong et al., AAAI 2020) after normalisation, filled with ``norm_mean``.
+* ``random_erase[:p]`` -- random erasing (Zhong et al., AAAI 2020) after normalisation, filled with ``norm_mean``;
+  its area range is ``random_erase_area`` (config key ``data.random_erase_area``; torchreid's 0.02-0.4, DEEN's
+  SYSU-MM01 recipe 0.2-0.8). torchreid's class is the same algorithm as the erasing of DEEN's and AGW's code
+  (``random_erasing.py``: p, area range, aspect ratio 0.3-3.33, 100 tries, per-channel fill), so it is reused.
 
 Added here:
 
 * ``pad_crop[:pixels]`` -- AGW's train crop (``train.py``: ``Pad(10)`` then ``RandomCrop(288, 144)``): zero-pad the
   resized image and crop a random window of the input size back. Without a number the padding keeps AGW's
   proportion, ``round(10 * height / 288)`` pixels (at least 1).
-* ``random_gray[:p]`` -- torchvision's ``RandomGrayscale`` (default p = 0.1), every image.
+* ``random_gray[:p]`` -- torchvision's ``RandomGrayscale`` (default p = 0.1), every image. With ``pad_crop`` it sits
+  between the padding and the crop, DEEN's order (``DEEN/train.py``: ``Pad(10)``, ``RandomGrayscale(0.5)``,
+  ``RandomCrop``, flip): grayscale acts on each pixel and maps the black padding to black, so the output distribution
+  is the same in any order; this order also makes seeded runs draw the random numbers in DEEN's order.
 * ``channel_exchange[:p]`` -- **visible images only**: with probability p (default 0.5) replace all three channels by
   one channel (R, G or B, uniformly), after normalisation. CAJ (Ye et al., ICCV 2021, ``ChannelExchange(gray=2)`` in
   ``ICCV21_CAJ/data_loader.py``) feeds every visible image twice, once plain and once exchanged; with one view per
@@ -187,10 +193,13 @@ def build_train_transform(
     transforms: str | Sequence[str] | None = ("random_flip",),
     norm_mean: Sequence[float] | None = None,
     norm_std: Sequence[float] | None = None,
+    random_erase_area: Sequence[float] = (0.02, 0.4),
 ) -> VITransform:
-    """The train pipeline for ``transforms`` (see the module docstring for names and order)."""
+    """The train pipeline for ``transforms`` (see the module docstring for names and order); ``random_erase_area``
+    is the ``(min, max)`` area fraction of ``random_erase``."""
     tr = compat.data.transforms
     opts = parse_names(transforms)
+    sl, sh = _erase_area(random_erase_area)
     if "caj" in opts:
         for n in ("channel_erase", "channel_exchange", "channel_adap_gray"):
             opts.setdefault(n, None)
@@ -204,7 +213,8 @@ def build_train_transform(
     steps = [Step("resize", T.Resize((height, width)))]
     if "pad_crop" in opts:
         pad = int(opts["pad_crop"]) if opts["pad_crop"] is not None else max(1, round(10 * height / 288))
-        steps += [Step("pad_crop", T.Compose([T.Pad(pad), T.RandomCrop((height, width))]))]
+        gray = [T.RandomGrayscale(p=p("random_gray"))] if "random_gray" in opts else []
+        steps += [Step("pad_crop", T.Compose([T.Pad(pad), *gray, T.RandomCrop((height, width))]))]
     # torchreid's order: flip, random_crop, random_patch, color_jitter
     if "random_flip" in opts:
         steps.append(Step("random_flip", T.RandomHorizontalFlip()))
@@ -214,11 +224,11 @@ def build_train_transform(
         steps.append(Step("random_patch", tr.RandomPatch()))
     if "color_jitter" in opts:
         steps.append(Step("color_jitter", T.ColorJitter(brightness=0.2, contrast=0.15, saturation=0, hue=0)))
-    if "random_gray" in opts:
+    if "random_gray" in opts and "pad_crop" not in opts:
         steps.append(Step("random_gray", T.RandomGrayscale(p=p("random_gray"))))
     steps += [Step("to_tensor", T.ToTensor()), Step("normalize", T.Normalize(mean=mean, std=std))]
     if "random_erase" in opts:
-        steps.append(Step("random_erase", tr.RandomErasing(probability=p("random_erase"), mean=mean)))
+        steps.append(Step("random_erase", tr.RandomErasing(probability=p("random_erase"), sl=sl, sh=sh, mean=mean)))
     if "channel_erase" in opts:  # CAJ's ChannelRandomErasing is Zhong's erasing with these defaults
         steps.append(Step("channel_erase", tr.RandomErasing(probability=p("channel_erase"))))
     if "channel_exchange" in opts:
@@ -287,3 +297,11 @@ class ModalityTransformDataset(torch.utils.data.Dataset):
             with seeded(seed):
                 item["img"] = self._apply(item["img"], is_ir)
         return item
+
+
+def _erase_area(area: Sequence[float], key: str = "data.random_erase_area") -> tuple[float, float]:
+    """``(min, max)`` area fraction of random erasing, checked: two numbers with ``0 < min <= max <= 1``."""
+    values = [float(v) for v in area]
+    if len(values) != 2 or not 0 < values[0] <= values[1] <= 1:
+        raise ConfigError(f"{key}: two area fractions [min, max] with 0 < min <= max <= 1 expected, got {list(area)}")
+    return values[0], values[1]
