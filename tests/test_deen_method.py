@@ -186,6 +186,11 @@ def test_trains_and_tests_through_the_cli(sysu_root, tmp_path):
     assert res["method"] == "deen" and res["flip"] is True and res["feature_mode"] == "all"
     assert res["selected_on_test"] and 0 <= res["mean"]["R1"] <= 100
     log = [json.loads(line) for line in open(osp.join(save, "train_log.jsonl"))]
+    # the selected checkpoint, tested again under another feature mode (docs/reproduce.md, DEEN commands)
+    again = str(tmp_path / "again")
+    assert main(["test", "--checkpoint", osp.join(save, "best_test.pth"), "--config-file", RECIPES["sysu"],
+                 "data.save_dir", again, *common, "test.feature_mode", "weighted"]) == 0
+    assert json.load(open(osp.join(again, "results_sysu_mm01.json")))["feature_mode"] == "weighted"
     assert {"ce", "triplet", "cpm", "ort"} <= set(log[-1].get("losses", log[-1]))
     # a checkpoint written by DEEN's own code (restated), evaluated with the recipe
     torch.manual_seed(0)
