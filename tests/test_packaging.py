@@ -50,10 +50,10 @@ def test_resolve_config_paths_names_and_errors(tmp_path, monkeypatch):
 
 
 def test_cli_reads_recipe_names(tmp_path, monkeypatch):
-    from vdreid.cli import _cfg_from_args, build_parser
+    from vdreid.cli import _cfg_from_args, build_parser, parse_args
 
     monkeypatch.chdir(tmp_path)
-    args = build_parser().parse_args(["train", "--config-file", "official/sysu_all", "train.max_epoch", "2"])
+    args = parse_args(["train", "--config-file", "official/sysu_all", "train.max_epoch", "2"])
     cfg = _cfg_from_args(args)
     assert cfg.model.name == "vd_resnet50_official" and cfg.train.max_epoch == 2
     assert build_parser().parse_args(["leaderboard"]).published == ""  # default: the shipped file

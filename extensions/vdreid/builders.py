@@ -163,6 +163,12 @@ def _split_keys(cfg: CN) -> list[str]:
     return [f"data.{f.config_section}.{f.split_key}" for f in data_registry.split_families(list(cfg.data.targets))]
 
 
+def _all_split_keys() -> list[str]:
+    """Config keys of the split index of every registered dataset family with splits (left out of group hashes
+    whatever the targets: a split index never makes two settings differ)."""
+    return [f"data.{f.config_section}.{f.split_key}" for f in data_registry.families() if f.split_key]
+
+
 def _with_defaults(cfg: CN, keys: list[str]) -> CN:
     default = get_default_config()
     c = cfg.clone()
@@ -179,13 +185,13 @@ def _with_defaults(cfg: CN, keys: list[str]) -> CN:
 def group_hash(cfg: CN) -> str:
     """Config hash without the split index of datasets with several splits: the trainings of one setting on each
     split share it (the leaderboard averages them)."""
-    return config_hash(_with_defaults(cfg, _split_keys(cfg)))
+    return config_hash(_with_defaults(cfg, _all_split_keys()))
 
 
 def seed_group_hash(cfg: CN) -> str:
     """Config hash without the seeds (``train.seed``, ``sampler.seed``) and without the split index: runs of one
     setting repeated over seeds share it, and the leaderboard reports them as one row (mean +/- std over seeds)."""
-    return config_hash(_with_defaults(cfg, _split_keys(cfg) + ["train.seed", "sampler.seed"]))
+    return config_hash(_with_defaults(cfg, _all_split_keys() + ["train.seed", "sampler.seed"]))
 
 
 def synthetic_data(cfg: CN) -> bool:

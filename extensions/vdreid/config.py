@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as CN
 
-from vdreid.errors import ConfigError
+from vdreid.errors import ConfigError, ConfigFileNotFoundError
 from vdreid.recipes import resolve_config
 from vdreid.textfile import decode_text
 
@@ -450,9 +450,9 @@ def read_yaml_with_bases(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[s
             rel = osp.join(osp.dirname(path), osp.expanduser(b))
             try:
                 parent = rel if osp.isfile(rel) else resolve_config(b)
-            except ConfigError as exc:
-                raise ConfigError(f'config file "{path}": _base_ {b!r} is neither a file next to it nor a shipped '
-                                  f"recipe: {exc}") from None
+            except ConfigFileNotFoundError as exc:
+                raise ConfigFileNotFoundError(f'config file "{path}": _base_ {b!r} is neither a file next to it nor '
+                                              f"a shipped recipe: {exc}") from None
             out.extend(read_yaml_with_bases(parent, _seen + (path,)))
     out.append((path, data))
     return out

@@ -20,6 +20,10 @@ class ConfigError(VDReIDError, ValueError):
     """A config file or command-line override names an unknown key or gives an invalid value."""
 
 
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """A config file named on the command line or in ``_base_`` is neither an existing file nor a shipped recipe."""
+
+
 class DatasetLayoutError(VDReIDError, FileNotFoundError):
     """A folder or file the dataset layout requires is missing, empty, or outside the dataset root."""
 
@@ -82,6 +86,7 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "ConfigError",
+    "ConfigFileNotFoundError",
     "DatasetLayoutError",
     "DiskFullError",
     "EvaluationInputError",

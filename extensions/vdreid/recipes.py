@@ -15,7 +15,7 @@ import logging
 import os
 import os.path as osp
 
-from vdreid.errors import ConfigError
+from vdreid.errors import ConfigError, ConfigFileNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def resolve_config(name_or_path: str) -> str:
     names = list_recipes(include_bases=True)
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(
+    raise ConfigFileNotFoundError(
         f'config "{name_or_path}" is neither an existing file nor a shipped recipe.{hint} Shipped recipes '
         f"(in {top}): {', '.join(list_recipes())}"
     )
