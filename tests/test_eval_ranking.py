@@ -12,7 +12,7 @@ import pytest
 import torch
 from agw_reference import agw_reference, assert_same
 from vdreid import compat
-from vdreid.evaluation import core, evaluate_features, ranking
+from vdreid.evaluation import core, evaluate_features, features, ranking
 
 BACKENDS = ["torch", "faiss"]
 
@@ -158,7 +158,7 @@ def test_dense_one_gemm_path_equals_blocked_and_reference(metric, cache, monkeyp
     exclusions, unmatched queries, a gallery shorter than max_rank, contiguous and gathered query rows, with and
     without the cached float64 features used by the exact re-computation."""
     if not cache:
-        monkeypatch.setattr(ranking, "CACHE64_MAX_BYTES", 0)
+        monkeypatch.setattr(features, "CACHE64_MAX_BYTES", 0)  # the prepared features live in evaluation.features
     calls = []
     orig = ranking._dense_distances
     monkeypatch.setattr(ranking, "_dense_distances", lambda *a: calls.append(1) or orig(*a))

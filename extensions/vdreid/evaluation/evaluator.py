@@ -22,7 +22,10 @@ import numpy as np
 import torch
 
 from vdreid.atomic import atomic_write
+from vdreid.evaluation.extract import extract_features
 from vdreid.evaluation.ranking import evaluate_features
+from vdreid.evaluation.visualize import plot_cmc
+from vdreid.version import __version__
 
 METRIC_KEYS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 
@@ -40,8 +43,6 @@ def _git_commit() -> str | None:
 
 def provenance_defaults() -> dict[str, Any]:
     """Package version, git commit (None outside a repository) and machine description."""
-    import vdreid
-
     machine = {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -49,7 +50,7 @@ def provenance_defaults() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    return {"version": getattr(vdreid, "__version__", None), "git_commit": _git_commit(), "machine": machine}
+    return {"version": __version__, "git_commit": _git_commit(), "machine": machine}
 
 
 def _trial_metrics(res: dict) -> dict[str, Any]:
@@ -124,8 +125,6 @@ class EvalReport:
 
     def plot_cmc(self, path: str, title: str | None = None) -> str:
         """The mean CMC curve of this evaluation as a picture (matplotlib)."""
-        from vdreid.evaluation.visualize import plot_cmc
-
         return plot_cmc({self.protocol_name: self.cmc_mean}, path, title=title or f"CMC: {self.protocol_name}")
 
     def to_dict(self, **provenance: Any) -> dict[str, Any]:
@@ -241,8 +240,6 @@ def evaluate_model(
 ) -> EvalReport:
     """Extract the query and gallery features once (flip test-time augmented when ``flip``), then
     :func:`run_protocol` (wall time includes extraction)."""
-    from vdreid.evaluation.extract import extract_features
-
     t0 = time.perf_counter()
     qf, qp, qc, _ = extract_features(model, query_loader, device, ir_camids, amp_dtype, desc="query features",
                                      flip=flip)

@@ -30,7 +30,8 @@ import torch
 from vdreid.errors import EvaluationInputError
 from vdreid.evaluation import backend as _backend
 from vdreid.evaluation.core import single_thread
-from vdreid.evaluation.ranking import METRICS, _Features, _features, _full_fp32
+from vdreid.evaluation.features import METRICS, _Features, _features, _full_fp32, _normalized64, block_distances
+from vdreid.evaluation.metrics import camera_groups
 
 logger = logging.getLogger(__name__)
 
@@ -229,13 +230,9 @@ class GalleryIndex:
                 best_v = best_i = None
                 for c0 in range(0, G, cb):
                     g = gt[c0 : c0 + cb].to(dev)
-                    ip = q @ g.T
+                    g2 = None if self.metric == "cosine" else self._g2t[c0 : c0 + cb].to(dev)
+                    x = block_distances(q, g, self.metric, q2, g2)
                     with single_thread(dev):
-                        if self.metric == "cosine":
-                            x = ip.neg_()
-                        else:
-                            g2 = self._g2t[c0 : c0 + cb].to(dev)
-                            x = (q2[:, None] + g2[None, :]).sub_(ip, alpha=2.0).clamp_min_(0.0)
                         if negate:
                             x = x.neg_()
                         v, i = torch.topk(x, min(kk, x.shape[1]), dim=1, largest=False, sorted=False)
@@ -350,8 +347,6 @@ class GalleryIndex:
 
     def _host_gallery(self) -> np.ndarray:
         """The float32 (normalised) gallery rebuilt from the source features (flat faiss indexes own theirs)."""
-        from vdreid.evaluation.ranking import _normalized64
-
         g = self._feats.gsrc
         return _normalized64(g, np.float32) if self.metric == "cosine" else np.ascontiguousarray(g, np.float32)
 
@@ -445,8 +440,6 @@ def search(
         return GalleryIndex(g, metric, backend, approximate, **index_kwargs).search(q, k, exclude)
     if q_camids is None or g_camids is None:
         raise EvaluationInputError("exclude_cam_pairs needs q_camids and g_camids (one camera id per item)")
-    from vdreid.evaluation.metrics import camera_groups
-
     qc, gc = np.asarray(q_camids, np.int64), np.asarray(g_camids, np.int64)
     if qc.shape != (q.shape[0],) or gc.shape != (g.shape[0],):
         raise EvaluationInputError(

@@ -5,32 +5,36 @@ distance matrix, for any gallery size: distances are computed one block at a tim
 torch), reduced to per-positive rank counts and a running top-L (see :mod:`vdreid.evaluation.core`), and entries
 whose float32 value is too close to a positive's exact distance to decide are recomputed in float64.
 
-Exact distances (the definition every backend reproduces):
-
-* ``'cosine'``: ``-<q/|q|, g/|g|>`` (AGW ``test.py``'s ``-(q @ g.T)`` on L2-normalised features), with ``|x|``
-  floored at 1e-12 like ``torch.nn.functional.normalize`` (an all-zero feature is at distance 0 to all).
-* ``'euclidean'``: ``sum((q - g) ** 2)`` (squared, which ranks like the Euclidean distance).
-
-Both computed in float64 with numpy's pairwise summation. Ties are broken by gallery index.
+The exact distances are defined in :mod:`vdreid.evaluation.features` (cosine: ``-<q/|q|, g/|g|>``; euclidean:
+``sum((q - g) ** 2)``), computed in float64 with numpy's pairwise summation. Ties are broken by gallery index.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from vdreid.errors import EvaluationInputError
-from vdreid.evaluation.core import DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics, single_thread
+from vdreid.evaluation.backend import resolve
+from vdreid.evaluation.core import _INT_SENTINEL, DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics
+from vdreid.evaluation.features import (  # noqa: F401  (_U64 and friends: re-exported for older callers)
+    _U32,
+    _U64,
+    METRICS,
+    Features,
+    _Features,
+    _features,
+    _full_fp32,
+    _normalized64,
+    block_distances,
+)
+from vdreid.evaluation.knn import GalleryIndex, search
 from vdreid.evaluation.metrics import camera_groups, check_common, same_camera_removal
+from vdreid.evaluation.rerank import rerank_distances
 
-METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "faiss", "torch")
-_U32 = 2.0**-24  # unit roundoff of float32
-_U64 = 2.0**-53  # unit roundoff of float64
 #: torch backend on CUDA: float64 blocks when D >= this and the float64 features fit FLOAT64_MAX_BYTES. The float32
 #: error band grows with D, and every entry inside a band costs a D-long float64 re-computation on the CPU; a
 #: float64 GEMM on a data-centre GPU avoids those. On the 2-core CPU box float64 blocks were slower at SYSU size
@@ -38,168 +42,11 @@ _U64 = 2.0**-53  # unit roundoff of float64
 FLOAT64_MIN_DIM = 1024
 FLOAT64_ON_CPU = False
 FLOAT64_MAX_BYTES = 1 << 30
-CACHE64_MAX_BYTES = 512 << 20  # float64 copies of the query / gallery features kept for exact() up to this size
-
-
-def _features(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.ndim != 2:
-        raise EvaluationInputError(f"{name} must be a 2-D (num_items, dim) feature array, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise EvaluationInputError(f"{name} must hold floating-point features, got dtype {a.dtype}")
-    if not a.size:
-        return a
-    # max/min propagate NaN and see inf without the full-size temporaries of isfinite/abs (4x faster)
-    mx, mn = float(a.max()), float(a.min())
-    if not (np.isfinite(mx) and np.isfinite(mn)):
-        bad = int((~np.isfinite(a).all(1)).sum())
-        raise EvaluationInputError(f"{name} contains NaN/inf in {bad} rows; check the model outputs before evaluating")
-    if max(mx, -mn) > 1e18:
-        raise EvaluationInputError(
-            f"{name} has values above 1e18, too large for exact float32 blocks; rescale the features"
-        )
-    return a
-
-
-def _normalized64(x: np.ndarray, out_dtype=np.float64, chunk: int = 64) -> np.ndarray:
-    """Row-wise L2 normalisation in float64 (deterministic per row: the same row gives the same bits), cast to
-    ``out_dtype``. Done ``chunk`` rows at a time so the float64 temporaries stay in cache (~10x faster than
-    whole-array temporaries at 3803 x 2048 on the dev box); each row's bits do not depend on the chunking
-    (the norm is numpy's pairwise sum over that row alone)."""
-    out = np.empty(x.shape, out_dtype)
-    for i in range(0, x.shape[0], chunk):
-        xi = x[i : i + chunk].astype(np.float64)
-        n = np.sqrt(np.sum(xi * xi, axis=1))
-        xi /= np.maximum(n, 1e-12)[:, None]
-        out[i : i + chunk] = xi
-    return out
-
-
-class _Features:
-    """Query/gallery features prepared for one metric: float32 copies for the blocks, float64 exact pairs.
-
-    The gallery side is prepared once; :meth:`with_queries` pairs it with another query set (a gallery index
-    searched many times)."""
-
-    def __init__(self, qf: np.ndarray, gf: np.ndarray, metric: str, chunk: int = 1 << 16,
-                 cache_gallery: bool = True) -> None:
-        self.metric = metric
-        self.dim = gf.shape[1]
-        self._prepare_gallery(gf, chunk, cache_gallery)
-        self._prepare_queries(qf)
-
-    def _prepare_gallery(self, gf: np.ndarray, chunk: int, cache_gallery: bool) -> None:
-        self.gsrc = gf
-        # cached float64 gallery when small enough: exact() then never re-normalises gallery rows (at 10k x 10k,
-        # D=2048 the per-call re-normalisation was 2.2 s of 13.6 s)
-        self.g64 = None
-        cache_g = cache_gallery and gf.size * 8 <= CACHE64_MAX_BYTES
-        if self.metric == "cosine":
-            if cache_g:
-                self.g64 = _normalized64(gf)
-                self.g32 = self.g64.astype(np.float32)
-            else:
-                self.g32 = _normalized64(gf, np.float32)  # chunked: never a full float64 copy of a big gallery
-            self.g2 = None
-        else:
-            self.g32 = np.ascontiguousarray(gf, dtype=np.float32)
-            self.g2 = np.concatenate(
-                [np.sum(gf[i : i + chunk].astype(np.float64) ** 2, axis=1) for i in range(0, gf.shape[0], chunk)]
-            ) if gf.shape[0] else np.zeros(0)
-            if cache_g:
-                self.g64 = gf.astype(np.float64)
-
-    def _prepare_queries(self, qf: np.ndarray) -> None:
-        self.qsrc = qf
-        self.q64 = None  # cached float64 (normalised for cosine) queries when small enough
-        if self.metric == "cosine":
-            q64 = _normalized64(qf)
-            self.q32 = q64.astype(np.float32)
-            self.q2 = None
-        else:
-            q64 = qf.astype(np.float64)
-            self.q32 = np.ascontiguousarray(qf, dtype=np.float32)
-            self.q2 = np.sum(q64**2, axis=1)
-        if q64.nbytes <= CACHE64_MAX_BYTES:
-            self.q64 = q64
-
-    def with_queries(self, qf: np.ndarray) -> _Features:
-        """The same prepared gallery paired with the queries ``qf``."""
-        new = copy.copy(self)
-        new._prepare_queries(qf)
-        return new
-
-    def prepare64(self) -> None:
-        """Float64 gallery for float64 blocks (normalised for cosine; the same per-row bits as ``exact``)."""
-        if self.g64 is None:
-            self.g64 = _normalized64(self.gsrc) if self.metric == "cosine" else self.gsrc.astype(np.float64)
-
-    def band(self, use64: bool = False) -> np.ndarray:
-        """Per-query bound on |float32 block entry - exact distance|: the worst-case error of a float32 dot
-        product in any summation order, gamma_n sum|a_i b_i| <= gamma_n |a||b| (Higham, Accuracy and Stability
-        of Numerical Algorithms, 2nd ed., eq. 3.5) with n = D + 8 covering the rounding of the inputs to float32,
-        of the norms and of the final additions; 5% slack. Realistic errors are ~sqrt(D) times smaller, so
-        the bound only costs a few extra exact re-computations."""
-        n = self.dim + 8
-        # float64 blocks: the block and the exact re-computation each err by up to gamma_n (u = 2^-53)
-        u = 2.0 * _U64 if use64 else _U32
-        if self.metric == "cosine":
-            return np.full(self.q32.shape[0], n * u * 1.05)
-        qn, gmax = np.sqrt(self.q2), float(np.sqrt(self.g2.max()))
-        return n * u * (qn + gmax) ** 2 * 1.05
-
-    def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Exact float64 distances of the pairs ``(rows[i], cols[i])``. Each feature row is converted (and
-        normalised) on its own, so the same row always gives the same bits and duplicated features tie exactly."""
-        out = np.empty(rows.size, np.float64)
-        cos = self.metric == "cosine"
-
-        def prep(x: np.ndarray) -> np.ndarray:
-            return _normalized64(x) if cos else x.astype(np.float64)
-
-        if self.g64 is not None:
-            g_all, ic = self.g64, cols
-        else:
-            uc, ic = np.unique(cols, return_inverse=True)
-            g_all = prep(self.gsrc[uc]) if uc.size * self.dim <= (32 << 20) else None  # <= 256 MiB
-        step = max(1, (1 << 18) // max(1, self.dim))  # 2 MiB float64 temporaries: stay in cache
-        for i in range(0, rows.size, step):
-            r = rows[i : i + step]
-            if g_all is not None:
-                g = g_all[ic[i : i + step]]
-            else:
-                u2, i2 = np.unique(cols[i : i + step], return_inverse=True)
-                g = prep(self.gsrc[u2])[i2]
-            if self.q64 is not None:
-                q = self.q64[r]
-            else:
-                ur, ir = np.unique(r, return_inverse=True)
-                q = prep(self.qsrc[ur])[ir]
-            out[i : i + step] = -np.sum(q * g, axis=1) if cos else np.sum((q - g) ** 2, axis=1)
-        return out
-
-
-@contextlib.contextmanager
-def _full_fp32():
-    """Exact float32 GEMMs: no TF32 / reduced precision, whatever the caller set globally."""
-    prev = torch.get_float32_matmul_precision()
-    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(prev)
-        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
 
 def resolve_backend(backend: str, path: str = "rank") -> tuple[str, torch.device]:
     """The engine and device of one path ('rank': the exact counting and its top-L; 'search': top-k lists) for
     ``backend`` ('auto' | 'faiss' | 'torch'); the choices are explained in :mod:`vdreid.evaluation.backend`."""
-    from vdreid.evaluation.backend import resolve
-
     be = resolve(backend, path)
     return be.name, be.torch_device
 
@@ -223,11 +70,9 @@ def _block_fn(feats: _Features, device: torch.device, cols: np.ndarray, use64: b
 
     def fn(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
         rt = torch.as_tensor(r, device=device)
-        ip = qt.index_select(0, rt) @ gt[c0:c1].T
-        with single_thread(device):
-            if feats.metric == "cosine":
-                return ip.neg_()
-            return (q2t.index_select(0, rt)[:, None] + g2t[None, c0:c1]).sub_(ip, alpha=2.0).clamp_min_(0.0)
+        q2r = None if q2t is None else q2t.index_select(0, rt)
+        return block_distances(qt.index_select(0, rt), gt[c0:c1], feats.metric, q2r,
+                               None if g2t is None else g2t[c0:c1])
 
     return fn
 
@@ -238,14 +83,12 @@ def _dense_distances(feats: _Features, device: torch.device, use64: bool) -> tor
     size the row gathers cost ~10 % of the evaluation). Same formulas as ``_block_fn``'s torch path."""
     qt = torch.from_numpy(feats.q64 if use64 else feats.q32).to(device)
     gt = torch.from_numpy(feats.g64 if use64 else feats.g32).to(device)
-    ip = qt @ gt.T
-    with single_thread(device):
-        if feats.metric == "cosine":
-            return ip.neg_()
-        fdt = np.float64 if use64 else np.float32
-        q2t = torch.from_numpy(feats.q2.astype(fdt)).to(device)
-        g2t = torch.from_numpy(feats.g2.astype(fdt)).to(device)
-        return (q2t[:, None] + g2t[None, :]).sub_(ip, alpha=2.0).clamp_min_(0.0)
+    if feats.metric == "cosine":
+        return block_distances(qt, gt, "cosine")
+    fdt = np.float64 if use64 else np.float32
+    q2t = torch.from_numpy(feats.q2.astype(fdt)).to(device)
+    g2t = torch.from_numpy(feats.g2.astype(fdt)).to(device)
+    return block_distances(qt, gt, "euclidean", q2t, g2t)
 
 
 def _dense_block_fn(dense: torch.Tensor, cols: np.ndarray):
@@ -328,8 +171,6 @@ def evaluate_features(
         return out
     use_faiss_topl = topl_name == "faiss" and cmc_mode == "dedup" and not rerank
     if rerank:
-        from vdreid.evaluation.rerank import rerank_distances
-
         rr = rerank_distances(q, g, metric, rerank_k1, rerank_k2, rerank_lambda, backend)
         band = rr.band()
         stats = []
@@ -400,9 +241,6 @@ def _dedup_ranks_by_search(
     """De-duplicated CMC rank (capped at ``max_rank``) of each query in ``rows`` from exact top-L lists of a
     gallery index over ``cols``: the number of distinct identities before the first (kept) positive. Rows whose
     list ends before deciding it are searched again with a 4x longer list."""
-    from vdreid.evaluation.core import _INT_SENTINEL
-    from vdreid.evaluation.knn import GalleryIndex
-
     out = np.full(rows.size, -1, np.int64)
     if rows.size == 0:
         return out
@@ -432,8 +270,6 @@ def _approximate_metrics(q, g, qp, gp, qc, gc, pairs, removal, metric: str, back
                          cmc_mode: str, approximate: str, k: int) -> dict:
     """Metrics from approximate top-k lists: ranks of the positives found in the list; the others are put at the
     end of the query's kept list, in index order (a worst case); the de-duplicated / standard CMC from the list."""
-    from vdreid.evaluation.knn import search
-
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < max_rank:
         raise EvaluationInputError(f"approximate_k must be an integer >= max_rank ({max_rank}), got {k!r}")
     stats = []

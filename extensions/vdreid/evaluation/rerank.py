@@ -34,8 +34,8 @@ import torch
 
 from vdreid.errors import EvaluationInputError
 from vdreid.evaluation.core import single_thread
+from vdreid.evaluation.features import _U64, METRICS, _Features, _features, _full_fp32, block_distances
 from vdreid.evaluation.knn import GalleryIndex
-from vdreid.evaluation.ranking import _U64, METRICS, _Features, _features, _full_fp32
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +88,10 @@ class RerankedDistances:
         def fn(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
             rt = torch.as_tensor(r, device=device)
             with _full_fp32():
-                ip = q32.index_select(0, rt) @ g32[c0:c1].T
+                x = block_distances(q32.index_select(0, rt), g32[c0:c1], "cosine" if q2 is None else "euclidean",
+                                    None if q2 is None else q2.index_select(0, rt),
+                                    None if g2 is None else g2[c0:c1])
             with single_thread(device):
-                if q2 is None:
-                    x = ip.neg_()
-                else:
-                    x = (q2.index_select(0, rt)[:, None] + g2[None, c0:c1]).sub_(ip, alpha=2.0).clamp_min_(0.0)
                 dp = x.double().add_(shift)
                 out = dp.mul_(dp).mul_(lam * inv.index_select(0, rt)[:, None]).add_(1.0 - lam)
                 blk = s_cols[r][:, c0:c1].tocoo()

@@ -9,9 +9,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from vdreid import compat
 from vdreid.errors import EvaluationInputError
+from vdreid.evaluation.knn import search
+from vdreid.evaluation.metrics import same_camera_removal
 
 
 def _safe(s: str) -> str:
@@ -121,11 +124,6 @@ def save_ranked_lists_for_protocol(
     applied: excluded camera pairs and the same-identity same-camera removal (``protocol.eval_kwargs()``) never
     appear. torchreid's drawer skips gallery items with the query's pid and camid, so those are left out of the
     search too. ``max_queries`` limits the number of pictures (the first queries of the trial)."""
-    import torch
-
-    from vdreid.evaluation.knn import search
-    from vdreid.evaluation.metrics import same_camera_removal
-
     if not 0 <= trial < protocol.num_trials:
         raise EvaluationInputError(f"trial must be in 0..{protocol.num_trials - 1}, got {trial}")
     if metric not in ("cosine", "euclidean"):
@@ -182,7 +180,7 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str, title: str = "CMC") ->
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9 if "\n" in title else None)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)

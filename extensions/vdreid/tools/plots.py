@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from vdreid.evaluation.visualize import plot_cmc  # noqa: E402
+
 # keys of a train_log.jsonl line that are not loss terms
 _NON_LOSS = {"epoch", "lr", "images_per_s", "time_s", "iterations", "iters", "num_images"}
 
@@ -26,10 +28,12 @@ def _cmc_percent(cmc: Sequence[float]) -> list[float]:
 
 
 def plot_cmc_runs(results: dict[str, str | Sequence[float]], path: str, title: str = "CMC") -> str:
-    """One figure with a CMC curve per run. ``results``: ``{label: results JSON path or CMC values}``."""
+    """One figure with a CMC curve per run. ``results``: ``{label: results JSON path or CMC values}``; the runs'
+    protocols are named under the title (with a warning when they differ). Drawn by the one CMC plotter,
+    :func:`vdreid.evaluation.plot_cmc`."""
     if not results:
         raise ValueError("plot_cmc_runs: no runs given")
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    curves: dict[str, Sequence[float]] = {}
     protocols = set()
     for label, src in results.items():
         if isinstance(src, str):
@@ -37,25 +41,14 @@ def plot_cmc_runs(results: dict[str, str | Sequence[float]], path: str, title: s
                 d = json.load(f)
             if "cmc_mean" not in d:
                 raise ValueError(f'plot_cmc_runs: "{src}" has no "cmc_mean" (not a vdreid results JSON?)')
-            cmc = d["cmc_mean"]
+            curves[label] = _cmc_percent(d["cmc_mean"])
             protocols.add(d.get("protocol", "?"))
         else:
-            cmc = src
-        y = _cmc_percent(cmc)
-        ax.plot(range(1, len(y) + 1), y, marker="o", ms=3, label=f"{label} (R1 {y[0]:.1f})")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("matching rate (%)")
+            curves[label] = _cmc_percent(src)
     sub = f"\n{'; '.join(sorted(protocols))}" if protocols else ""
     if len(protocols) > 1:
         sub += "  [different protocols: not comparable]"
-    ax.set_title(title + sub, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plot_cmc(curves, path, title=title + sub)
 
 
 def read_train_log(path: str) -> list[dict]:
