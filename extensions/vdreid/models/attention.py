@@ -30,7 +30,11 @@ class ShallowCAM(nn.Module):
         b, c, h, w = x.shape
         q = x.reshape(b, c, h * w)
         energy = torch.bmm(q, q.transpose(1, 2))  # (B, C, C)
-        energy = energy.amax(dim=-1, keepdim=True) - energy
+        # the row maximum as the released code takes it (torch.max(...)[0]): its backward keeps only the argmax
+        # indices, while Tensor.amax would keep the whole (B, C, C) energy alive until backward. The softmax
+        # ignores the shift, so outputs and gradients are those of the released code
+        # (tests/test_models_attention.py)
+        energy = torch.max(energy, dim=-1, keepdim=True).values - energy
         attention = torch.softmax(energy, dim=-1)
         out = torch.bmm(attention, q).reshape(b, c, h, w)
         return self.gamma * out + x
