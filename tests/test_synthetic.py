@@ -295,3 +295,72 @@ def test_llcm_num_ids_and_style(tmp_path):
     assert len(test_ids) == 4 and len(train) == 8
     with pytest.raises(ValueError, match="style"):
         make_llcm(str(tmp_path / "b"), preset="tiny", style="hard")
+
+
+# ----------------------------------------------------------------------------------------------- pinned trees
+
+
+def pixel_digest(base: str) -> str:
+    """A digest of a tree's content: relative paths, decoded pixels of every image, the arrays of every ``.mat`` file
+    (their headers carry a creation time) and the bytes of every other file. Pixels rather than file bytes, so a
+    JPEG encoder of another Pillow build that writes other bytes for the same image does not count as a change of
+    the generator."""
+    h = hashlib.sha256()
+    for d, dirs, files in os.walk(base):
+        dirs.sort()
+        for f in sorted(files):
+            p = os.path.join(d, f)
+            h.update(os.path.relpath(p, base).encode())
+            if f.endswith((".jpg", ".bmp")):
+                a = np.asarray(Image.open(p).convert("RGB"))
+                h.update(repr(a.shape).encode() + a.tobytes())
+            elif f.endswith(".mat"):
+                m = loadmat(p)
+                for k in sorted(k for k in m if not k.startswith("__")):
+                    h.update(k.encode() + np.ascontiguousarray(m[k]).tobytes())
+            else:
+                h.update(open(p, "rb").read())
+    return h.hexdigest()
+
+
+#: digests of the ``tiny`` tree (seed 0) of each layout and style, recorded with the generator as it was before its
+#: shared drawing helpers moved to vdreid.data.synthetic_draw (commit 75a3b3d): a refactor of the generators must
+#: leave every image, split file and marker as it was
+PINNED_TINY = {
+    ("sysu", "classic"): "62af3188d76b6ea13711f91f884b80119259d96ecb1876cb3d31192e054b35af",
+    ("sysu", "hard"): "d35986494691ad0c8771aabdb70315829038571cc7db46fc0327d29c78098df7",
+    ("sysu", "shift"): "6f1a1aeb9abe701c3fa457bd2fde82cc668ca618e8b403a05781e9b22f6d9842",
+    ("regdb", "classic"): "2fcb3616e5bfad333b08514226063abd25de8bea588c200ade8c90fb8d985e9c",
+    ("regdb", "hard"): "d521dedc9972e65fa6c6c147bf4c16eeb178ecf8f5c15dae07c1b2a800fdebc2",
+    ("llcm", "classic"): "433cbb2288acaf92083afb2e23eb85447d91f0156fa13b3c3c97ae37f8bc22bd",
+}
+
+
+@pytest.mark.parametrize(("layout", "style"), sorted(PINNED_TINY))
+def test_tiny_trees_are_pinned(tmp_path, layout, style):
+    from vdreid.data.synthetic import make_llcm
+
+    make = {"sysu": make_sysu, "regdb": make_regdb, "llcm": make_llcm}[layout]
+    base = make(str(tmp_path), preset="tiny", seed=0, **({} if style == "classic" else {"style": style}))
+    assert pixel_digest(base) == PINNED_TINY[(layout, style)]
+
+
+def test_the_generators_import_one_way():
+    """synthetic -> synthetic_hard -> synthetic_draw: the hard styles never reach back into the classic module."""
+    import ast
+
+    from vdreid.data import synthetic, synthetic_draw, synthetic_hard
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        return names
+
+    assert "vdreid.data.synthetic" not in imported(synthetic_hard)
+    assert not {"vdreid.data.synthetic", "vdreid.data.synthetic_hard"} & imported(synthetic_draw)
+    assert synthetic.style_kit("hard").render is synthetic_hard.render

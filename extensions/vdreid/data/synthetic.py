@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from vdreid.data import synthetic_hard
+from vdreid.data.synthetic_draw import box_blur
 from vdreid.data.synthetic_layout import MARKER
 from vdreid.errors import SyntheticTreeError
 
@@ -184,22 +186,6 @@ def random_pose(rng: np.random.Generator) -> Pose:
     )
 
 
-def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
-    """Separable box blur with edge padding (cheap stand-in for thermal optics blur)."""
-    if k <= 1:
-        return a
-    k = k | 1  # odd width keeps the shape
-    p = k // 2
-    out = np.pad(a, ((p, p), (0, 0)) + ((0, 0),) * (a.ndim - 2), mode="edge")
-    c = np.cumsum(out, axis=0)
-    c = np.concatenate([np.zeros_like(c[:1]), c], axis=0)
-    out = (c[k:] - c[:-k]) / k
-    out = np.pad(out, ((0, 0), (p, p)) + ((0, 0),) * (a.ndim - 2), mode="edge")
-    c = np.cumsum(out, axis=1)
-    c = np.concatenate([np.zeros_like(c[:, :1]), c], axis=1)
-    return (c[:, k:] - c[:, :-k]) / k
-
-
 def render(person: Identity, cam: Camera, pose: Pose, height: int, width: int) -> np.ndarray:
     """Render one image as uint8 (H, W, 3); infrared images have three equal channels."""
     H, W = height, width
@@ -219,7 +205,7 @@ def render(person: Identity, cam: Camera, pose: Pose, height: int, width: int) -
     if cam.foliage:
         blot = nrng.random((6, 3)).astype(np.float32)
         blot = np.kron(blot, np.ones((H // 6 + 1, W // 3 + 1), np.float32))[:H, :W]
-        bg *= (0.75 + 0.5 * _box_blur(blot, max(3, W // 8)))[..., None]
+        bg *= (0.75 + 0.5 * box_blur(blot, max(3, W // 8)))[..., None]
 
     # --- person geometry (pixels)
     hp = HEIGHTS[person.height] * cam.scale * pose.scale * H * 0.94
@@ -303,7 +289,7 @@ def render(person: Identity, cam: Camera, pose: Pose, height: int, width: int) -
         img[hat] = 0.28
         img[bag] = 0.04
         img[straps] = 0.3
-        img = _box_blur(img, 3 if H >= 64 else 1)
+        img = box_blur(img, 3 if H >= 64 else 1)
         img = img * pose.gain * cam.light + nrng.normal(0, 0.03, img.shape).astype(np.float32)
         img = np.repeat(img, 3, axis=2)
     else:
@@ -370,12 +356,10 @@ def style_kit(style: str) -> StyleKit:
     viewpoints, occluders, clutter, sensor variation)."""
     if style == "classic":
         return StyleKit(make_identities, random_pose, render, SYSU_CAMERAS, REGDB_CAMERAS)
-    from vdreid.data import synthetic_hard as sh
-
-    st = sh.get_style(style)
+    st = synthetic_hard.get_style(style)
     return StyleKit(
-        lambda n, rng: sh.make_identities(n, rng, st), lambda rng: sh.random_pose(rng, st), sh.render,
-        st.sysu_cameras, st.regdb_cameras,
+        lambda n, rng: synthetic_hard.make_identities(n, rng, st), lambda rng: synthetic_hard.random_pose(rng, st),
+        synthetic_hard.render, st.sysu_cameras, st.regdb_cameras,
     )
 
 

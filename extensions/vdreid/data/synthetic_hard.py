@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vdreid.data.synthetic_draw import box_blur
+
 # ----------------------------------------------------------------------------------------------- vocabularies
 
 SLEEVES = ("none", "short", "long")
@@ -334,12 +336,6 @@ def random_pose(rng: np.random.Generator, style: Style = HARD) -> Pose:
 # ----------------------------------------------------------------------------------------------- rendering
 
 
-def _box_blur(a: np.ndarray, k: int) -> np.ndarray:
-    from vdreid.data.synthetic import _box_blur as blur
-
-    return blur(a, k)
-
-
 def _pattern(kind: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
     """Pattern mask in body coordinates (u across, v down from the shoulders, both in body heights)."""
     if kind == "solid":
@@ -544,7 +540,7 @@ def render(person: Identity, cam: Camera, pose: Pose, height: int, width: int) -
         elif occ.any():
             img[occ] = nrng.uniform(0.05, 0.55)
         k = int(nrng.choice(cam.blur))
-        img = _box_blur(img, max(1, round(k * H / 128)))
+        img = box_blur(img, max(1, round(k * H / 128)))
         img = (img - 0.5) * nrng.uniform(*cam.gain) + 0.5 + nrng.uniform(*cam.offset)
         img = np.clip(img, 0, 1) ** nrng.uniform(*cam.gamma)
         img = img + nrng.normal(0, nrng.uniform(*cam.noise), img.shape).astype(np.float32)
@@ -569,6 +565,6 @@ def render(person: Identity, cam: Camera, pose: Pose, height: int, width: int) -
         img = img * np.asarray(cam.cast, np.float32) * wb * nrng.uniform(*cam.gain)
         img = np.clip(img, 0, 1) ** nrng.uniform(*cam.gamma)
         k = int(nrng.choice(cam.blur))
-        img = _box_blur(img, max(1, round(k * H / 128)))
+        img = box_blur(img, max(1, round(k * H / 128)))
         img = img + nrng.normal(0, nrng.uniform(*cam.noise), img.shape).astype(np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
