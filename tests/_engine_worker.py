@@ -1,4 +1,4 @@
-"""Small VDEngine setups shared by the engine tests, and a command-line worker for the subprocess tests
+"""Small VIEngine setups shared by the engine tests, and a command-line worker for the subprocess tests
 (SIGKILL-and-resume, two-process gloo DDP under torchrun).
 
 The model is ``build_vd_net('test_resnet')`` (timm's ~0.4M-parameter test ResNet per branch) at 32x16 input, so a
@@ -47,13 +47,16 @@ def build_engine(
     height: int = HEIGHT,
     width: int = WIDTH,
     method: str = "vd",
-    **engine_kwargs,
+    eval_options=None,
+    **options,
 ):
-    """A VDEngine on the synthetic SYSU tree under ``root`` (workers=0, deterministic). ``method``: 'vd' (the VD
-    network and loss) or 'agw' (AGW's network and criterion), both on timm's tiny test ResNet."""
+    """A VIEngine on the synthetic SYSU tree under ``root`` (workers=0, deterministic). ``method``: 'vd' (the VD
+    network and loss) or 'agw' (AGW's network and criterion), both on timm's tiny test ResNet. ``options``: fields
+    of ``vdreid.engine.TrainOptions`` (progress off unless given); ``eval_options``: a ``vdreid.engine.EvalOptions``.
+    """
     import vdreid  # noqa: F401
     from vdreid.data import CrossModalDataManager
-    from vdreid.engine import VDEngine, build_optimizer, build_scheduler
+    from vdreid.engine import Evaluator, TrainOptions, VIEngine, build_optimizer, build_scheduler
     from vdreid.losses import VDLoss, VDLossConfig
     from vdreid.models import build_vd_net
 
@@ -89,14 +92,16 @@ def build_engine(
         criterion = criterion_wrapper(criterion)
     opt = build_optimizer(list(model.parameters()) + list(criterion.parameters()), lr=lr)
     sched = build_scheduler(opt, milestones=(100,), warmup_epochs=warmup_epochs, warmup_factor=0.1)
-    cls = engine_cls or VDEngine
+    cls = engine_cls or VIEngine
     prov = {"model": "test_resnet", "num_classes": dm.num_train_pids, "seed": seed, "method": method}
     if method == "vd":  # what vdreid.builders.provenance records for VD (the method's resume_keys included)
         from vdreid.methods import get
 
         prov.update(recipe=recipe, resume_keys=list(get("vd").resume_keys))
-    return cls(dm, model, opt, criterion, sched, amp=amp, selection=selection, eval_freq=eval_freq,
-               provenance=prov, progress=False, **engine_kwargs)
+    options.setdefault("progress", False)
+    evaluator = Evaluator(dm, model, eval_options, provenance=prov)
+    return cls(dm, model, opt, criterion, sched, evaluator=evaluator,
+               options=TrainOptions(amp=amp, selection=selection, eval_freq=eval_freq, **options))
 
 
 def weights_digest(model: torch.nn.Module, params_only: bool = False) -> str:
@@ -126,11 +131,11 @@ def _main() -> None:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")  # vdreid logs, as the CLI shows
 
-    from vdreid.engine import VDEngine, init_distributed
+    from vdreid.engine import VIEngine, init_distributed
 
     hang = tuple(int(x) for x in args.hang_at.split(",")) if args.hang_at else None
 
-    class Worker(VDEngine):
+    class Worker(VIEngine):
         def forward_backward(self, data):
             if hang and (self.epoch + 1, self.batch_idx + 1) == hang:
                 open(osp.join(args.save_dir, "HANGING"), "w").close()

@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from vdreid.engine import VDEngine, build_optimizer, build_scheduler
+from vdreid.engine import TrainOptions, VIEngine, build_optimizer, build_scheduler
 from vdreid.engine.optim import WarmupMultiStepLR
 
 BASE = 2.6e-4
@@ -73,7 +73,7 @@ def test_scheduler_errors_and_constant_warmup():
     assert lrs == pytest.approx([0.2, 0.2, 1.0, 0.5, 0.5, 0.25, 0.25])
 
 
-class _LREngine(VDEngine):
+class _LREngine(VIEngine):
     """Records the lr each epoch trains with; the training step itself is replaced (schedule placement only)."""
 
     def forward_backward(self, data):
@@ -85,11 +85,12 @@ class _LREngine(VDEngine):
 
 
 def _lr_engine(offbyone: bool, milestones) -> _LREngine:
-    dm = types.SimpleNamespace(train_loader=[{"img": torch.zeros(1, 3, 4, 4)}], test_loader={}, train_ir_camids=())
+    dm = types.SimpleNamespace(train_loader=[{"img": torch.zeros(1, 3, 4, 4)}], test_loader={}, train_ir_camids=(),
+                               protocols={}, ir_camids_of=lambda name: frozenset())
     model = torch.nn.Linear(1, 1)
     opt = build_optimizer(model.parameters())
     eng = _LREngine(dm, model, opt, torch.nn.Identity(), scheduler=build_scheduler(opt, milestones=milestones),
-                    scheduler_step="start" if offbyone else "end", progress=False)
+                    options=TrainOptions(scheduler_step="start" if offbyone else "end", progress=False))
     eng.seen_lr = []
     return eng
 

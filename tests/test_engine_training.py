@@ -1,4 +1,4 @@
-"""VDEngine end to end on the tiny synthetic SYSU-MM01 tree (CPU): training, logs, results, selection, exact resume,
+"""VIEngine end to end on the tiny synthetic SYSU-MM01 tree (CPU): training, logs, results, selection, exact resume,
 SIGKILL resume, NaN guard, AMP options, checkpoint errors and a two-process gloo DDP run."""
 
 from __future__ import annotations
@@ -206,17 +206,19 @@ def test_resume_from_incompatible_run_lists_keys(sysu_root, tmp_path):
         official.run(save_dir=save, max_epoch=2, resume="latest")
 
 
-def test_selection_on_val_never_touches_test(sysu_root, tmp_path):
+def test_selection_on_val_never_touches_test(sysu_root, tmp_path, monkeypatch):
+    from vdreid.engine import Evaluator
+
     save = str(tmp_path / "run")
-    eng = build_engine(sysu_root, val=True, selection="val", eval_freq=1)
     tested = []
-    orig = eng.evaluate
+    orig = Evaluator.evaluate
 
-    def spy(split="test", rerank=False, **kw):
+    def spy(self, split="test", rerank=False, **kw):  # every evaluation: the periodic hook's and the final test's
         tested.append((eng.epoch + 1, split))
-        return orig(split=split, rerank=rerank, **kw)
+        return orig(self, split=split, rerank=rerank, **kw)
 
-    eng.evaluate = spy
+    monkeypatch.setattr(Evaluator, "evaluate", spy)
+    eng = build_engine(sysu_root, val=True, selection="val", eval_freq=1)
     eng.run(save_dir=save, max_epoch=2)
     assert tested == [(1, "val"), (2, "val"), (2, "test")]
     log = _lines(osp.join(save, "train_log.jsonl"))

@@ -7,6 +7,7 @@ the benchmarks and the tests build runs the same way. It names no method and no 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os.path as osp
 import random
@@ -32,8 +33,9 @@ from vdreid.config import (
 from vdreid.data import CrossModalDataManager
 from vdreid.data import registry as data_registry
 from vdreid.data.synthetic_layout import is_synthetic_tree
-from vdreid.engine import build_optimizer
+from vdreid.engine import EvalOptions, Evaluator, TrainOptions, VIEngine, build_optimizer
 from vdreid.engine.checkpoint import load_model_weights, read_model_checkpoint
+from vdreid.engine.distributed import device_for
 from vdreid.engine.optim import ScheduleSpec, scheduler_from_spec
 from vdreid.errors import CheckpointMismatchError, DatasetLayoutError
 from vdreid.models.original import from_original, original_kinds, original_model_kwargs
@@ -232,10 +234,19 @@ def use_gpu(cfg: CN) -> bool:
 
 
 def engine_kwargs(cfg: CN, training: bool = True) -> dict[str, Any]:
-    """Keyword arguments of the trainer (``vdreid.engine.VIEngine``) besides its components."""
+    """What the trainer and its evaluator take besides their components: ``use_gpu``, ``options`` (the trainer's
+    ``vdreid.engine.TrainOptions``), ``evaluation`` (the evaluator's ``vdreid.engine.EvalOptions``) and
+    ``provenance`` (the run description stored in checkpoints and results)."""
     m = method_of(cfg)
-    return dict(
-        use_gpu=use_gpu(cfg),
+    evaluation = dict(
+        metric=cfg.test.dist_metric,
+        backend=cfg.test.backend,
+        max_rank=cfg.test.max_rank,
+        flip=cfg.test.flip,
+        approximate=cfg.test.approximate or None,
+        feature_mode=m.feature_mode(cfg),
+    )
+    options = TrainOptions(
         amp=cfg.train.amp,
         channels_last=cfg.train.channels_last,
         grad_clip=cfg.train.grad_clip,
@@ -244,17 +255,16 @@ def engine_kwargs(cfg: CN, training: bool = True) -> dict[str, Any]:
         eval_start=cfg.train.eval_start,
         scheduler_step=cfg.train.scheduler_step,
         schedule=schedule_spec(cfg) if training else None,
-        metric=cfg.test.dist_metric,
-        backend=cfg.test.backend,
-        max_rank=cfg.test.max_rank,
-        flip=cfg.test.flip,
-        approximate=cfg.test.approximate or None,
-        feature_mode=m.feature_mode(cfg),
-        provenance={**provenance(cfg), "resume_keys": list(m.resume_keys)},
+        checkpoint_every=cfg.train.checkpoint_every,
         sync_bn=cfg.train.sync_bn,
         find_unused_parameters=m.find_unused_parameters(cfg),
-        checkpoint_every=cfg.train.checkpoint_every,
         print_freq=cfg.train.print_freq,
+    )
+    return dict(
+        use_gpu=use_gpu(cfg),
+        options=options,
+        evaluation=EvalOptions(**evaluation),
+        provenance={**provenance(cfg), "resume_keys": list(m.resume_keys)},
     )
 
 
@@ -275,13 +285,21 @@ def run_options(cfg: CN) -> dict[str, Any]:
     )
 
 
-def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | None = None, optimizer=None,
-                 scheduler=None, progress: bool = True):
-    """The trainer (``optimizer=None``: an evaluation-only engine, as ``vdreid test`` builds it)."""
-    from vdreid.engine import VDEngine
+def build_evaluator(cfg: CN, datamanager, model: nn.Module) -> Evaluator:
+    """The evaluator of ``model`` on the config's test targets, as ``vdreid test`` uses it (no trainer): its options
+    and the run's provenance from :func:`engine_kwargs`, the model moved to the configured device."""
+    kw = engine_kwargs(cfg, training=False)
+    return Evaluator(datamanager, model, kw["evaluation"], provenance=kw["provenance"],
+                     device=device_for(kw["use_gpu"]))
 
-    return VDEngine(datamanager, model, optimizer, criterion, scheduler=scheduler, progress=progress,
-                    **engine_kwargs(cfg, training=optimizer is not None))
+
+def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | None = None, optimizer=None,
+                 scheduler=None, progress: bool = True) -> VIEngine:
+    """The trainer and its evaluator (``optimizer=None``: an evaluation-only engine)."""
+    kw = engine_kwargs(cfg, training=optimizer is not None)
+    evaluator = Evaluator(datamanager, model, kw["evaluation"], provenance=kw["provenance"])
+    return VIEngine(datamanager, model, optimizer, criterion, scheduler, evaluator=evaluator,
+                    options=dataclasses.replace(kw["options"], progress=progress), use_gpu=kw["use_gpu"])
 
 
 def seed_everything(seed: int) -> None:

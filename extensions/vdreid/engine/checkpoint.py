@@ -18,6 +18,7 @@ from vdreid import compat
 from vdreid.atomic import atomic_write
 from vdreid.errors import CheckpointError, CheckpointMismatchError
 from vdreid.models.common import unwrap_model
+from vdreid.models.original import detect_original, unwrap_original
 
 
 # ----------------------------------------------------------------------------------------------------- RNG states
@@ -140,8 +141,10 @@ class ModelCheckpoint:
     """What a model file holds, whatever wrote it.
 
     ``kind``: ``'vdreid'`` (written by ``vdreid train``: state dict + the run's stored config), ``'torchreid'``
-    (``{'state_dict': ...}`` or a bare state dict, no config), ``'agw'`` / ``'vd_official'`` (the authors' own
-    code: keys in their layout, see :func:`vdreid.models.from_original`). ``config``: the stored vdreid config
+    (``{'state_dict': ...}`` or a bare state dict, no config), or the name of a registered original-checkpoint
+    layout (a method's original code, e.g. the AGW code or the released VD code: keys in the authors' layout, see
+    :func:`vdreid.models.original.original_kinds` and :func:`vdreid.models.from_original`). ``config``: the stored
+    vdreid config
     (nested dict) when there is one; ``provenance``: the stored run description; ``epoch`` when known.
     """
 
@@ -156,8 +159,6 @@ class ModelCheckpoint:
 
 def read_model_checkpoint(path: str) -> ModelCheckpoint:
     """The one reader of model files for evaluation, t-SNE, export and ``model.load_weights`` (weights_only load)."""
-    from vdreid.models.original import detect_original, unwrap_original
-
     raw = load_checkpoint(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f'"{path}" holds a {type(raw).__name__}, not a checkpoint dict or a state dict')

@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from vdreid.evaluation.extract import extract_features
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,14 @@ def current() -> DistInfo:
     return DistInfo()
 
 
+def device_for(use_gpu: bool, info: DistInfo | None = None) -> torch.device:
+    """``cuda:LOCAL_RANK`` (``cuda:0`` in a single process) when ``use_gpu`` and CUDA is available, else the CPU."""
+    if not (use_gpu and torch.cuda.is_available()):
+        return torch.device("cpu")
+    info = info or current()
+    return torch.device("cuda", info.local_rank if info.is_distributed else 0)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -131,11 +143,6 @@ def extract_features_sharded(net: torch.nn.Module, loader, device: torch.device,
     routine (:func:`vdreid.evaluation.extract_features`). Single process: one pass. DDP: each rank extracts every
     ``world_size``-th image (a strided ``Subset``), the shards are gathered on every rank (``all_gather_object``)
     and put back in dataset order."""
-    import numpy as np
-    from torch.utils.data import DataLoader, Subset
-
-    from vdreid.evaluation.extract import extract_features
-
     if not info.is_distributed:
         f, p, c, _ = extract_features(net, loader, device, ir_camids, amp_dtype, desc=desc, **extract_kwargs)
         return f.numpy(), p, c

@@ -10,40 +10,45 @@ called in list order:
 * :class:`TensorboardHook`, :class:`JSONLogHook`, :class:`EpochSummaryHook` write what happened;
 * :class:`CheckpointHook` writes ``latest.pth`` atomically (and ``epoch_NNN.pth`` every N epochs when asked).
 
-A hook sees the trainer as ``self.trainer`` (set by ``VIEngine.register_hooks``) and its public state: ``epoch``
-(0-based, the running epoch), ``max_epoch``, ``batch_idx``, ``step_summary`` (the last step's loss terms),
-``epoch_stats`` (filled during ``after_epoch``), ``save_dir``, ``writer``, ``dist``.
+A hook sees the trainer as ``self.trainer``, a ``weakref.proxy`` set by ``VIEngine.register_hooks`` (trainer and
+hooks do not keep each other alive), and its public state: ``epoch`` (0-based, the running epoch), ``max_epoch``,
+``batch_idx``, ``step_summary`` (the last step's loss terms), ``epoch_stats`` (filled during ``after_epoch``),
+``save_dir``, ``writer``, ``dist``, ``run_state`` (checkpoint state, the record of written files).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import os.path as osp
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from tqdm import tqdm
 
 from vdreid.engine import distributed as vdist
 from vdreid.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint_atomic
-
-if TYPE_CHECKING:  # pragma: no cover
-    from vdreid.engine.trainer import VIEngine
+from vdreid.engine.options import SELECTIONS
+from vdreid.engine.run_dir import LATEST, TRAIN_LOG, repair_train_log
+from vdreid.evaluation.progress import is_terminal
 
 logger = logging.getLogger(__name__)
 
-LATEST = "latest.pth"
-TRAIN_LOG = "train_log.jsonl"
-SELECTIONS = ("final", "val", "test")
+__all__ = ["LATEST", "SELECTIONS", "TRAIN_LOG", "CheckpointHook", "EpochSummaryHook", "EvalHook", "HookBase",
+           "JSONLogHook", "LRSchedulerHook", "ProgressHook", "SamplerEpochHook", "TensorboardHook"]
+
+#: ``evaluate(split=..., rerank=...) -> {target: EvalReport}`` (the evaluator's ``evaluate``)
+EvaluateFn = Callable[..., dict[str, Any]]
 
 
 class HookBase:
     """Does nothing at every point; subclasses override what they need."""
 
-    trainer: VIEngine
+    trainer: Any  # a weakref.proxy of the VIEngine that registered the hook
 
     def before_train(self) -> None:
         """Once, before the first epoch (after a resume has restored the state)."""
@@ -58,7 +63,10 @@ class HookBase:
         """After the last step of every epoch (``trainer.epoch_stats`` holds its summary)."""
 
     def after_train(self) -> None:
-        """Once, after the last epoch."""
+        """Once, after the last epoch (before the final test)."""
+
+    def after_test(self) -> None:
+        """Once, after the final test of a training run (``trainer.last_reports`` holds its reports)."""
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must keep of this hook (for an exact resume)."""
@@ -102,37 +110,43 @@ class LRSchedulerHook(HookBase):
 
 
 class ProgressHook(HookBase):
-    """A tqdm bar per epoch (rank 0) with every loss term and images/s; without a bar, a log line every
-    ``print_freq`` iterations."""
+    """Rank 0's progress: on a terminal, a tqdm bar per epoch with every loss term and images/s; written to a file or
+    a pipe (or with ``enabled=False``), a plain log line every ``print_freq`` iterations instead, so a log holds no
+    carriage-return frames. ``stream``: where the bar would go (default ``sys.stderr``)."""
 
-    def __init__(self, enabled: bool = True, print_freq: int = 20) -> None:
+    def __init__(self, enabled: bool = True, print_freq: int = 20, stream: Any = None) -> None:
         self.enabled, self.print_freq = enabled, int(print_freq)
+        self.stream = stream
         self.bar: tqdm | None = None
 
     def before_epoch(self) -> None:
         t = self.trainer
         self.t0, self.n_img = time.time(), 0
-        self.bar = tqdm(total=len(t.train_loader), desc=f"epoch {t.epoch + 1}/{t.max_epoch}",
-                        disable=not (self.enabled and t.dist.is_main), leave=False, dynamic_ncols=True,
-                        file=sys.stderr)
+        stream = self.stream if self.stream is not None else sys.stderr
+        self.bar = None
+        if self.enabled and t.dist.is_main and is_terminal(stream):
+            self.bar = tqdm(total=len(t.train_loader), desc=f"epoch {t.epoch + 1}/{t.max_epoch}", leave=False,
+                            dynamic_ncols=True, file=stream)
 
     def after_step(self) -> None:
         t = self.trainer
         self.n_img += t.batch_images
-        assert self.bar is not None
-        self.bar.update(1)
         due = self.print_freq > 0 and (t.batch_idx + 1) % self.print_freq == 0
-        if due or t.batch_idx == 0:
+        if self.bar is not None:
+            self.bar.update(1)
+            if due or t.batch_idx == 0:
+                ips = self.n_img * t.dist.world_size / max(time.time() - self.t0, 1e-9)
+                self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in t.step_summary.items()}, "img/s": f"{ips:.1f}"},
+                                     refresh=False)
+        elif due and t.dist.is_main:
             ips = self.n_img * t.dist.world_size / max(time.time() - self.t0, 1e-9)
-            self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in t.step_summary.items()}, "img/s": f"{ips:.1f}"},
-                                 refresh=False)
-            if due and not self.enabled and t.dist.is_main:
-                logger.info("epoch [%d/%d][%d/%d] %s", t.epoch + 1, t.max_epoch, t.batch_idx + 1,
-                            len(t.train_loader), "  ".join(f"{k} {v:.4f}" for k, v in t.step_summary.items()))
+            logger.info("epoch [%d/%d][%d/%d] %s  %.1f img/s", t.epoch + 1, t.max_epoch, t.batch_idx + 1,
+                        len(t.train_loader), "  ".join(f"{k} {v:.4f}" for k, v in t.step_summary.items()), ips)
 
     def after_epoch(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 class EvalHook(HookBase):
@@ -144,7 +158,11 @@ class EvalHook(HookBase):
     ``best_<split>.pth``; after training the selected weights are loaded for the final test.
     """
 
-    def __init__(self, selection: str = "final", eval_freq: int = 0, eval_start: int = 0, rerank: bool = False) -> None:
+    def __init__(self, evaluate: EvaluateFn, selection: str = "final", eval_freq: int = 0, eval_start: int = 0,
+                 rerank: bool = False) -> None:
+        if not callable(evaluate):
+            raise TypeError(f"EvalHook: evaluate must be callable (the evaluator's evaluate), got {evaluate!r}")
+        self.evaluate = evaluate
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if eval_freq < 0 or eval_start < 0:
@@ -173,7 +191,7 @@ class EvalHook(HookBase):
                 logger.info("periodic evaluation skipped: no validation protocol (the test set is not used for "
                             "selection unless train.selection is 'test')")
             return
-        reports = t.evaluate(split=split, rerank=self.rerank)
+        reports = self.evaluate(split=split, rerank=self.rerank)
         metrics: dict[str, float] = {}
         first = None
         for name, rep in reports.items():
@@ -189,11 +207,12 @@ class EvalHook(HookBase):
         if self.selection != "final" and improved:
             self.best = {"epoch": done, "rank1": float(first), "split": split}
             if t.dist.is_main and t.save_dir:
-                save_checkpoint_atomic(
+                path = save_checkpoint_atomic(
                     {"state_dict": t.net.state_dict(), "epoch": done, "rank1": float(first), "split": split,
                      "config": t.provenance},
                     osp.join(t.save_dir, f"best_{split}.pth"),
                 )
+                t.run_state.written.add(path, "checkpoint")
             vdist.barrier()
 
     def after_train(self) -> None:
@@ -217,17 +236,27 @@ class EvalHook(HookBase):
 
 
 class TensorboardHook(HookBase):
-    """Tensorboard scalars: every loss term and the lr every ``print_freq`` iterations, epoch means, metrics."""
+    """Tensorboard scalars (rank 0, in ``save_dir``), one tag scheme, each value written once:
+
+    * ``Train/<term>`` and ``Train/lr`` every ``print_freq`` iterations (x = iteration);
+    * ``Epoch/<term>`` (epoch means, ``lr``, ``images_per_s``, ``time_s``) and ``<split>/<target>/<metric>`` of each
+      periodic evaluation (``val/sysu_mm01/rank1``, ...; the keys of ``train_log.jsonl``), x = completed epochs;
+    * ``final/<target>/<metric>`` (rank1, mAP, mINP) of the final test of the selected model, x = ``max_epoch``.
+    """
 
     def __init__(self, print_freq: int = 20) -> None:
         self.print_freq = max(1, int(print_freq))
+        self._before: set[str] = set()
 
     def before_train(self) -> None:
         t = self.trainer
         if t.writer is None and t.dist.is_main and t.save_dir:
             from torch.utils.tensorboard import SummaryWriter
 
+            self._before = _event_files(t.save_dir)
             t.writer = SummaryWriter(log_dir=t.save_dir)
+            for name in sorted(_event_files(t.save_dir) - self._before):
+                t.run_state.written.add(osp.join(t.save_dir, name), "tensorboard")
 
     def after_step(self) -> None:
         t = self.trainer
@@ -251,6 +280,24 @@ class TensorboardHook(HookBase):
         if t.writer is not None:
             t.writer.flush()
 
+    def after_test(self) -> None:
+        t = self.trainer
+        if t.writer is None:
+            return
+        for name, rep in (t.last_reports or {}).items():
+            t.writer.add_scalar(f"final/{name}/rank1", float(rep.rank1), t.max_epoch)
+            for key in ("mAP", "mINP"):
+                if key in rep.mean:
+                    t.writer.add_scalar(f"final/{name}/{key}", float(rep.mean[key]), t.max_epoch)
+        t.writer.flush()
+
+
+def _event_files(folder: str) -> set[str]:
+    try:
+        return {f for f in os.listdir(folder) if f.startswith("events.out.tfevents")}
+    except OSError:
+        return set()
+
 
 class JSONLogHook(HookBase):
     """``train_log.jsonl``: one JSON line per epoch (``epoch`` = epochs completed, 1-based; ``lr``; the mean of every
@@ -262,8 +309,6 @@ class JSONLogHook(HookBase):
         path = osp.join(t.save_dir, TRAIN_LOG)
         if not (t.dist.is_main and t.save_dir and osp.isfile(path)):
             return
-        from vdreid.engine.run_dir import repair_train_log
-
         rows = repair_train_log(path)
         kept = [r for r in rows if r.get("epoch", 0) <= t.start_epoch]
         if len(kept) != len(rows) or len(rows) != _count_lines(path):
@@ -274,8 +319,10 @@ class JSONLogHook(HookBase):
         t = self.trainer
         if not (t.dist.is_main and t.save_dir):
             return
-        with open(osp.join(t.save_dir, TRAIN_LOG), "a", encoding="utf-8") as f:
+        path = osp.join(t.save_dir, TRAIN_LOG)
+        with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(json.loads(json.dumps(t.epoch_stats, default=str))) + "\n")
+        t.run_state.written.add(path, "train log")
 
 
 def _count_lines(path: str) -> int:
@@ -310,14 +357,10 @@ class CheckpointHook(HookBase):
     def after_epoch(self) -> None:
         t = self.trainer
         done = t.epoch + 1
-        state = t.checkpoint_state(done)  # collective under DDP: every rank takes part
+        state = t.run_state.checkpoint_state(done)  # collective under DDP: every rank takes part
         if t.dist.is_main and t.save_dir:
-            save_checkpoint_atomic(state, osp.join(t.save_dir, LATEST))
+            written = t.run_state.written
+            written.add(save_checkpoint_atomic(state, osp.join(t.save_dir, LATEST)), "checkpoint")
             if self.every > 0 and done % self.every == 0:
-                save_checkpoint_atomic(state, osp.join(t.save_dir, f"epoch_{done:03d}.pth"))
+                written.add(save_checkpoint_atomic(state, osp.join(t.save_dir, f"epoch_{done:03d}.pth")), "checkpoint")
         vdist.barrier()
-
-    def files_per_run(self, max_epoch: int, selection: str) -> int:
-        """How many checkpoint files a run of ``max_epoch`` epochs leaves (latest, best, periodic)."""
-        periodic = max_epoch // self.every if self.every > 0 else 0
-        return 1 + (selection != "final") + periodic

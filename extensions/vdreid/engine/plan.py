@@ -217,11 +217,13 @@ class TrainingPlan:
     schedule: dict[str, Any] = field(default_factory=dict)
     epoch_definition: str | int | None = None
     batch_size: int | None = None
+    notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["events"] = [asdict(e) for e in self.events]
         out["checkpoint_files"] = list(self.checkpoint_files)
+        out["notes"] = list(self.notes)
         return out
 
     def _lr(self, factor: float) -> str:
@@ -261,6 +263,7 @@ class TrainingPlan:
             f"({format_bytes(self.bytes_per_checkpoint)} each; peak {format_bytes(self.peak_checkpoint_bytes)} "
             "while one is being written)"
         )
+        out += [str(n) for n in self.notes]  # lines the caller adds (e.g. the runtime: threads, devices)
         return out
 
     def __str__(self) -> str:
@@ -277,6 +280,7 @@ def make_plan(
     base_lr: float | None = None,
     epoch_definition: str | int | None = None,
     batch_size: int | None = None,
+    notes: Iterable[str] = (),
 ) -> TrainingPlan:
     """Describe a run (pure; nothing is built or written).
 
@@ -287,6 +291,7 @@ def make_plan(
         policy: checkpoint policy (default: ``latest.pth`` only).
         bytes_per_checkpoint: one checkpoint's size (:func:`estimate_checkpoint_bytes`).
         base_lr, epoch_definition, batch_size: only for the banner's wording.
+        notes: extra banner lines, logged after the plan's own (e.g. a runtime summary).
     """
     for name, val in (("iterations_per_epoch", iterations_per_epoch), ("max_epoch", max_epoch)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
@@ -328,6 +333,7 @@ def make_plan(
         schedule=asdict(schedule) if schedule is not None else {},
         epoch_definition=epoch_definition,
         batch_size=batch_size,
+        notes=tuple(str(n) for n in notes),
     )
 
 

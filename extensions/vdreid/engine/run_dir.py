@@ -30,12 +30,13 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from vdreid.atomic import atomic_write
+from vdreid.atomic import atomic_write, remove_temp_files
 from vdreid.errors import ConfigError, DiskFullError, RunDirError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LATEST",
     "LOCK_NAME",
     "MISSING",
     "RESUME_MAY_CHANGE",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 TRAIN_LOG = "train_log.jsonl"
+#: the checkpoint every epoch rewrites; a resume starts from it
+LATEST = "latest.pth"
 #: the lock file inside a run folder (JSON: pid, host, start time and command of the process that writes the folder)
 LOCK_NAME = ".vdreid.lock"
 #: files whose presence means the folder holds a run (a ``config.yaml`` alone does not: no epoch ever finished)
@@ -451,8 +454,6 @@ def prepare_run_dir(save_dir: str, *, resume: bool = False, overwrite: bool = Fa
     object's ``with`` block ends, or by ``release()``); 3. a new run: :func:`check_fresh` (``overwrite`` moves an
     old run aside); a resumed run: :func:`repair_train_log`; 4. temporary files of an interrupted save removed.
     """
-    from vdreid.atomic import remove_temp_files
-
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: resume continues the run in the folder, "
                           "overwrite moves it aside to start a new one; pass one of them")

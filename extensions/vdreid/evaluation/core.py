@@ -33,10 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-try:  # progress bar for long loops (team rule); tqdm is a torchreid / timm dependency
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover
-    tqdm = None
+from vdreid.evaluation.progress import Progress  # a bar on a terminal, log lines in a file or pipe
 
 #: distances of the query rows ``rows`` (R,) to the allowed gallery columns ``cols[c0:c1]`` as an (R, C) tensor
 BlockFn = Callable[[np.ndarray, int, int], torch.Tensor]
@@ -196,8 +193,8 @@ def rank_statistics(
     dedup_rank = np.full(V, -1, np.int64)
     n_blocks = ((V + rb - 1) // rb) * ((G + cb - 1) // cb)
     bar = None
-    if tqdm is not None and n_blocks >= 16 and V * G >= 50_000_000:
-        bar = tqdm(total=n_blocks, desc=progress or "ranking blocks", leave=False)
+    if n_blocks >= 16 and V * G >= 50_000_000:
+        bar = Progress(n_blocks, progress or "ranking blocks", unit="block")
     tdt = block_dtype
     for r0 in range(0, V, rb):
         r1 = min(V, r0 + rb)

@@ -23,7 +23,8 @@ import inspect
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from vdreid.evaluation.progress import iterate
 
 
 def _accepts_modality(model: torch.nn.Module) -> bool:
@@ -88,7 +89,7 @@ def extract_features(
     feats, pids, camids, paths = [], [], [], []
     ir = torch.tensor(sorted(int(c) for c in ir_camids), dtype=torch.int64)
     try:
-        for batch in tqdm(loader, desc=desc or "extracting features", leave=False):
+        for batch in iterate(loader, desc or "extracting features", unit="batch"):
             if not isinstance(batch, dict) or "img" not in batch:
                 raise ValueError("loader must yield torchreid dict batches with keys 'img', 'pid', 'camid', 'impath'")
             imgs = batch["img"].to(device, non_blocking=True)

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vdreid.errors import PretrainedWeightsError
+from vdreid import compat
+from vdreid.errors import CheckpointError, PretrainedWeightsError
 
 HUB_URL = "https://huggingface.co"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
@@ -70,9 +71,15 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
             from safetensors.torch import load_file
 
             obj: Any = load_file(fpath, device="cpu")
-        else:
-            obj = torch.load(fpath, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        else:  # the package's one safe loader: weights_only=True, one error line naming the file
+            obj = compat.load_checkpoint(fpath, weights_only=True, map_location="cpu")
+    except CheckpointError as exc:  # says what the file is not (empty, truncated, not a PyTorch file, not a dict)
+        raise PretrainedWeightsError(
+            f"could not read pretrained weights: {str(exc).rstrip('.')}. It does not hold a state dict vdreid can "
+            "load: expected a "
+            "PyTorch state dict (torch.save(model.state_dict(), FILE)) or a .safetensors file."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a .safetensors file that safetensors cannot read, re-raised named
         raise PretrainedWeightsError(
             f'could not read pretrained weights "{fpath}": {exc}. Expected a PyTorch state dict '
             "(torch.save(model.state_dict(), FILE)) or a .safetensors file."
@@ -231,7 +238,12 @@ def cached_hub_file(model: nn.Module) -> str | None:
 
 
 def hub_state_dict(model_name: str, model: nn.Module, **timm_kwargs: Any) -> dict[str, Tensor]:
-    """ImageNet weights for ``model_name`` without a named file: cache, then (online only) timm's hub loading."""
+    """ImageNet weights for ``model_name`` without a named file: cache, then (online only) timm's hub loading.
+
+    ``timm_kwargs`` are the arguments ``model`` was created with; the download is created with them over
+    ``num_classes=0, global_pool=''`` (``global_pool=None`` keeps the model's registered pooling head, as the
+    encoders built for one input size do; ``img_size`` makes timm resample position tables as it loads).
+    """
     cached = cached_hub_file(model)
     if cached is not None:
         return read_state_dict(cached)
@@ -249,7 +261,8 @@ def hub_state_dict(model_name: str, model: nn.Module, **timm_kwargs: Any) -> dic
     import timm
 
     try:
-        src = timm.create_model(model_name, pretrained=True, num_classes=0, global_pool="", **timm_kwargs)
+        kwargs = {"num_classes": 0, "global_pool": "", **timm_kwargs}
+        src = timm.create_model(model_name, pretrained=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - re-raised with guidance
         raise PretrainedWeightsError(
             f"timm could not download weights for '{model_name}': {exc}. " + offline_help(model_name)

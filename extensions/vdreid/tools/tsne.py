@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
+
+from vdreid.evaluation.progress import iterate
 
 IR_MARKER, VIS_MARKER = "^", "o"
 
@@ -63,7 +64,7 @@ def extract_modes(
     try:
         for ds, idx in parts:
             loader = DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False, num_workers=0)
-            for batch in tqdm(loader, desc="t-SNE features", leave=False):
+            for batch in iterate(loader, "t-SNE features", unit="batch"):
                 x = batch["img"].to(device)
                 m = torch.tensor([int(c) in ir for c in batch["camid"].tolist()], device=device)
                 for mode in modes:
