@@ -146,7 +146,7 @@ def test_published_yaml_has_the_spec_numbers():
 
 def test_old_protocol_strings_read_as_their_direction_names(tmp_path):
     """Results written before the direction joined the protocol string land in the same tables as new ones."""
-    from vdreid.tools.leaderboard import canonical_protocol
+    from vdreid.data.registry import canonical_protocol
 
     assert canonical_protocol("sysu/all/single-shot/agw/10 trials") == "sysu/ir2vis/all/single-shot/agw/10 trials"
     old_val = "sysu-val/indoor/multi-shot/agw/3 trials"

@@ -1,25 +1,36 @@
 """Leaderboard: our results JSON files beside the published numbers, one table per protocol string.
 
 A row is ranked only against rows with the *same* protocol string (dataset, search direction, search mode, shots,
-gallery draws, variant, number of trials or splits) and the same data kind (synthetic runs never sit beside
-real-data rows). :func:`rank_rows` refuses a mixed list outright, so no caller can rank different protocols against
-each other: LLCM's swapped ``test.py`` form (``llcm/vis2ir_swapped/...``) never shares a table with the natural
-``llcm/vis2ir/...``. Numbers computed with flip test-time augmentation carry the ``flip-tta`` flag and column.
+gallery draws, variant, number of trials or splits) and the same data kind. :func:`rank_rows` refuses a mixed list
+outright, so no caller can rank different protocols against each other: a dataset's variant protocol (a swapped
+``test.py`` form, ``<dataset>/vis2ir_swapped/...``) never shares a table with the natural one. Numbers computed with
+flip test-time augmentation carry the ``flip-tta`` flag and column.
 
-Protocol strings written before the direction became part of them (``sysu/all/...``, ``regdb/v2t/...``) are read as
-their current names (``sysu/ir2vis/all/...``, ``regdb/vis2ir/...``): :func:`canonical_protocol`.
+Everything the leaderboard knows about a dataset it asks the dataset registry (:mod:`vdreid.data.registry`): the
+current spelling of an older protocol string (the family's ``canonical_protocol``), and whether the family has several
+train/test splits (``split_key`` / ``split_values``).
 
-RegDB needs one training per split. Results that differ only in the split (``trial`` provenance field and the split
-number in the protocol string) and share a config group are averaged into one row: mean +/- std over the splits
-(population std, ``ddof=0``, as numpy and the AGW evaluator's averaging use), protocol ``regdb/<dir>/N splits``.
+Synthetic data never sits beside published numbers. A run is synthetic when its results JSON says so (the trainer
+records ``synthetic: true`` for a tree written by ``vdreid make-synthetic``: the tree holds the generator's marker
+file), or when a results JSON written before that rule says ``synthetic: false`` but the dataset folder it records
+(``protocol_info.root``, or ``data.root`` of its config) still holds the marker: it is then read as synthetic and
+flagged ``synthetic-by-marker``. Synthetic rows go to tables of their own (``synthetic data: <protocol>``), which
+published rows never join (:func:`rank_rows` refuses such a table). A run whose config declared a marked tree real
+(``data.synthetic false`` set explicitly; the results JSON records ``synthetic_override``) is ranked as real data and
+flagged ``synthetic-override``.
+
+Datasets with several train/test splits need one training per split. Results that differ only in the split (the
+``trial`` provenance field and the split number in the protocol string) and share a config group are averaged into
+one row: mean +/- std over the splits (population std, ``ddof=0``, as numpy and the AGW evaluator's averaging use),
+protocol ``<dataset>/<dir>/N splits``.
 
 Seeds: runs whose configuration differs only in ``train.seed`` / ``sampler.seed`` share the ``seed_group`` provenance
-field (the config hash without the seeds and the RegDB split). Such runs with the same protocol string, test set and
+field (the config hash without the seeds and the split index). Such runs with the same protocol string, test set and
 setting (test feature, re-ranking, recipe, model, flip, approximate search, selection; synthetic data root) form one
 row: the mean over runs of each run's mean metric, +/- the population std over runs (the seed spread, not the
-gallery-draw spread), with "N seeds (s1,s2,...)" in the trials column. For RegDB, seeds that each have the same set
-of splits form one row: mean +/- std over seeds of each seed's split mean. Results without ``seed_group`` (written
-before it existed) stay rows of their own.
+gallery-draw spread), with "N seeds (s1,s2,...)" in the trials column. For datasets with splits, seeds that each have
+the same set of splits form one row: mean +/- std over seeds of each seed's split mean. Results without
+``seed_group`` (written before it existed) stay rows of their own.
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from vdreid.data import registry as data_registry
+from vdreid.data.base import VIImageDataset
+from vdreid.data.synthetic_layout import is_synthetic_tree
 from vdreid.errors import LeaderboardError
 
 METRICS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
@@ -45,23 +59,13 @@ _SPLIT_RE = re.compile(r"(?:split|trial)[ =_-]?(\d+)$")
 FLIP_FLAG = "flip-tta"
 #: a run of ours whose ranked lists came from an approximate index (HNSW/IVF): its numbers may be lower than exact
 APPROX_FLAG = "approx-search"
-_SYSU_MODES = ("all", "indoor")
-_REGDB_DIRECTIONS = {"v2t": "vis2ir", "t2v": "ir2vis"}
-
-
-def canonical_protocol(protocol: str) -> str:
-    """The current spelling of a protocol string: the search direction is the second component everywhere.
-
-    ``sysu/all/...`` and ``sysu-val/indoor/...`` (written before SYSU-MM01 had two directions) are the published
-    IR -> RGB protocol, ``sysu/ir2vis/...``; RegDB's ``v2t`` / ``t2v`` are ``vis2ir`` / ``ir2vis``. Anything else is
-    returned unchanged."""
-    parts = protocol.split("/")
-    if len(parts) > 1 and parts[0] in ("sysu", "sysu-val") and parts[1] in _SYSU_MODES:
-        parts.insert(1, "ir2vis")
-    elif len(parts) > 1 and parts[0] == "regdb" and parts[1] in _REGDB_DIRECTIONS:
-        parts[1] = _REGDB_DIRECTIONS[parts[1]]
-    return "/".join(parts)
-
+#: a row of synthetic data whose results JSON said ``synthetic: false`` (written before the marker was read) while the
+#: dataset folder it records holds the synthetic generator's marker
+MARKER_FLAG = "synthetic-by-marker"
+#: a run whose config declared a tree holding the synthetic marker real data (``data.synthetic false``, explicitly)
+OVERRIDE_FLAG = "synthetic-override"
+#: the title prefix of the tables of synthetic-data rows (never shared with published numbers)
+SYNTHETIC_TABLE = "synthetic data: "
 
 
 @dataclass
@@ -90,7 +94,9 @@ class Row:
 
     @property
     def table_key(self) -> str:
-        return ("synthetic data: " if self.synthetic else "") + self.protocol
+        """The table a row belongs to: its protocol string, prefixed with ``synthetic data: `` for synthetic data.
+        Published rows are never synthetic, so a synthetic row never shares a table with a published number."""
+        return (SYNTHETIC_TABLE if self.synthetic else "") + self.protocol
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -107,19 +113,6 @@ def _as_percent(values: dict[str, Any], path: str) -> dict[str, float]:
 
 def is_results_json(d: Any) -> bool:
     return isinstance(d, dict) and {"protocol", "mean", "per_trial"} <= set(d)
-
-
-def load_result(path: str) -> dict[str, Any]:
-    """Read one results JSON (the evaluator's schema) and check the fields the leaderboard uses."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise LeaderboardError(f'{path}: not valid JSON ({exc})') from exc
-    if not is_results_json(d):
-        raise LeaderboardError(f'{path}: not a vdreid results JSON (needs "protocol", "mean", "per_trial")')
-    d["_path"] = path
-    return d
 
 
 def find_results(paths: list[str]) -> list[dict[str, Any]]:
@@ -139,23 +132,33 @@ def find_results(paths: list[str]) -> list[dict[str, Any]]:
     return found
 
 
+def _family(protocol: str) -> type[VIImageDataset] | None:
+    """The registered dataset family that writes ``protocol`` (None for a protocol no registered dataset writes)."""
+    return data_registry.family_of_protocol(protocol)
+
+
 def _split_of(d: dict[str, Any]) -> int | None:
-    if d.get("trial") is not None and str(d.get("dataset", d["protocol"])).lower().startswith("regdb"):
+    """The split index of a result of a dataset family with several train/test splits (the family declares a
+    ``split_key``): the ``trial`` provenance field (the trainer records the split index there), else the number
+    ending the protocol string (``.../trial-3``). None for a family without splits."""
+    fam = _family(str(d["protocol"]))
+    if fam is None or not fam.split_key:
+        return None
+    if d.get("trial") is not None:
         return int(d["trial"])
     m = _SPLIT_RE.search(d["protocol"])
-    if m and d["protocol"].startswith("regdb"):
-        return int(m.group(1))
-    return None
+    return int(m.group(1)) if m else None
 
 
 def _base_protocol(protocol: str) -> str:
     return _SPLIT_RE.sub("", protocol).rstrip("/")
 
 
-def _splits_label(splits: list[int]) -> str:
+def _splits_label(splits: list[int], family: type[VIImageDataset] | None) -> str:
+    """``N splits`` when ``splits`` are every split the family declares (``split_values``), else the splits named."""
     s = sorted(splits)
-    if s == list(range(1, 11)):
-        return "10 splits"
+    if family is not None and family.split_values and s == sorted(family.split_values):
+        return f"{len(s)} splits"
     if len(s) > 1 and s == list(range(s[0], s[-1] + 1)):
         return f"splits {s[0]}-{s[-1]}"
     return "split " + ",".join(map(str, s)) if len(s) == 1 else "splits " + ",".join(map(str, s))
@@ -190,8 +193,9 @@ def _seed_sort(seed: tuple[int | None, int | None]) -> tuple[int, int]:
 
 def _setting_key(d: dict[str, Any]) -> tuple:
     """What must agree, besides the protocol and the config group, for runs to share one row: the test feature,
-    re-ranking, recipe, model and method, data kind, flip test-time augmentation, approximate search, the selection
-    rule, and for synthetic data the data root (two synthetic trees are two test sets)."""
+    re-ranking, recipe, model and method, data kind (and a synthetic override), flip test-time augmentation,
+    approximate search, the selection rule, and for synthetic data the data root (two synthetic trees are two test
+    sets)."""
     cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     return (
@@ -201,6 +205,7 @@ def _setting_key(d: dict[str, Any]) -> tuple:
         d.get("model"),
         d.get("method"),
         bool(d.get("synthetic")),
+        bool(d.get("synthetic_override")),
         bool(d.get("flip")),
         bool(d.get("approximate")),
         d.get("selection"),
@@ -209,7 +214,8 @@ def _setting_key(d: dict[str, Any]) -> tuple:
 
 
 def _test_set_key(d: dict[str, Any]) -> tuple:
-    """The size of the test set a SYSU-style run was evaluated on (queries, gallery size of each trial)."""
+    """The size of the test set a run of several gallery draws was evaluated on (queries, gallery size of each
+    trial)."""
     info = d.get("protocol_info") if isinstance(d.get("protocol_info"), dict) else {}
     return info.get("num_query"), tuple(info.get("gallery_sizes") or ())
 
@@ -242,21 +248,65 @@ def _sources(paths: list[str]) -> str:
     return ", ".join(rel)
 
 
+def recorded_dataset_dirs(d: dict[str, Any]) -> list[str]:
+    """The dataset folders a results JSON records: ``protocol_info.root`` (the evaluator's dataset folder), and the
+    recorded config's ``data.root`` joined with the folder of each target dataset's family (``data.targets``, or the
+    ``dataset`` provenance field). A relative ``data.root`` is read from the current folder."""
+    dirs: list[str] = []
+    info = d.get("protocol_info") if isinstance(d.get("protocol_info"), dict) else {}
+    if info.get("root"):
+        dirs.append(str(info["root"]))
+    cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    root = data.get("root")
+    if root:
+        names = data.get("targets") or str(d.get("dataset") or "").split(",")
+        for name in names:
+            fam = data_registry.family_of(str(name))
+            if fam is not None and fam.dataset_dir:
+                dirs.append(osp.join(osp.expanduser(str(root)), fam.dataset_dir))
+    return list(dict.fromkeys(dirs))
+
+
+def synthetic_status(d: dict[str, Any]) -> tuple[bool, list[str]]:
+    """``(synthetic, flags)`` of a results JSON.
+
+    * ``synthetic: true``: synthetic data.
+    * ``synthetic_override`` (the run's config declared a tree that holds the synthetic generator's marker real data,
+      with an explicit ``data.synthetic false``): real data, flagged :data:`OVERRIDE_FLAG`.
+    * otherwise, when a dataset folder the JSON records (:func:`recorded_dataset_dirs`) holds the marker (a results
+      JSON written before the trainer read the marker says ``synthetic: false``): synthetic, flagged
+      :data:`MARKER_FLAG`.
+    """
+    if d.get("synthetic"):
+        return True, []
+    if d.get("synthetic_override"):
+        return False, [OVERRIDE_FLAG]
+    if any(is_synthetic_tree(p) for p in recorded_dataset_dirs(d)):
+        return True, [MARKER_FLAG]
+    return False, []
+
+
 def rows_from_results(results: list[dict[str, Any]]) -> list[Row]:
     """Our results as leaderboard rows.
 
-    * A SYSU-style result (one run gives the protocol's trials) is one row, mean +/- std over its trials; runs that
-      differ only in their seeds (same ``seed_group``, protocol, test set and setting) form one row instead: the mean
-      over runs of each run's mean metric +/- the population std over runs (the seed spread), "N seeds".
-    * RegDB results (one run per split) of one setting are averaged over their splits. Several seeds with the same
-      set of splits form one row: mean +/- std over seeds of each seed's split mean.
+    * A result of a dataset without splits (one run gives all the protocol's trials) is one row, mean +/- std over
+      its trials; runs that differ only in their seeds (same ``seed_group``, protocol, test set and setting) form one
+      row instead: the mean over runs of each run's mean metric +/- the population std over runs (the seed spread),
+      "N seeds".
+    * Results of a dataset with several train/test splits (one run per split) of one setting are averaged over their
+      splits. Several seeds with the same set of splits form one row: mean +/- std over seeds of each seed's split
+      mean.
 
-    Results written before ``seed_group`` existed stay rows of their own (RegDB: grouped by ``config_group``)."""
+    Whether a result is synthetic is read by :func:`synthetic_status` (a results JSON that said ``synthetic: false``
+    for a tree holding the generator's marker is synthetic). Results written before ``seed_group`` existed stay rows
+    of their own (split results: grouped by ``config_group``)."""
     rows: list[Row] = []
     seeded: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     split_groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for d in results:
-        d["protocol"] = canonical_protocol(str(d["protocol"]))
+        d["protocol"] = data_registry.canonical_protocol(str(d["protocol"]))
+        d["synthetic"], d["_synthetic_flags"] = synthetic_status(d)
         if _split_of(d) is None:
             if d.get("seed_group"):
                 seeded[(d["protocol"], d["seed_group"], _test_set_key(d), _setting_key(d))].append(d)
@@ -287,7 +337,7 @@ def rows_from_results(results: list[dict[str, Any]]) -> list[Row]:
             by_splits[tuple(sorted(per_split))].append(seed)
         for splits, seeds in by_splits.items():
             seeds = sorted(seeds, key=_seed_sort)
-            protocol = f"{base}/{_splits_label(list(splits))}"
+            protocol = f"{base}/{_splits_label(list(splits), _family(base))}"
             split_list = f"{len(splits)} splits ({','.join(map(str, splits))})"
             split_means = []
             for seed in seeds:
@@ -327,6 +377,7 @@ def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trial
         flags.append(FLIP_FLAG)
     if any(r.get("approximate") for r in runs):
         flags.append(APPROX_FLAG)
+    flags += [f for f in (MARKER_FLAG, OVERRIDE_FLAG) if any(f in r.get("_synthetic_flags", ()) for r in runs)]
     commits = list(dict.fromkeys(str(r.get("git_commit") or "")[:10] for r in runs if r.get("git_commit")))
     return Row(
         method=_method_label(d),
@@ -365,7 +416,7 @@ def load_published(path: str) -> list[Row]:
         unknown = set(e["metrics"]) - set(METRICS)
         if unknown:
             raise LeaderboardError(f"{path}: entry {i} ({e['method']}): unknown metrics {sorted(unknown)}")
-        protocol = canonical_protocol(str(e["protocol"]))
+        protocol = data_registry.canonical_protocol(str(e["protocol"]))
         trials = _trials_of_protocol(protocol)
         flags = list(e.get("flags") or [])
         flip = e.get("flip", True if FLIP_FLAG in flags else None)
@@ -394,12 +445,20 @@ def _trials_of_protocol(protocol: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ ranking
 def rank_rows(rows: list[Row], metric: str = "R1") -> list[Row]:
-    """Rows sorted best first by ``metric`` (then mAP). Refuses rows from different protocols or data kinds."""
+    """Rows sorted best first by ``metric`` (then mAP). Refuses rows from different protocols or data kinds, and
+    synthetic-data rows beside published numbers (published numbers are real-data numbers)."""
     keys = sorted({r.table_key for r in rows})
     if len(keys) > 1:
         raise LeaderboardError(
             f"refusing to rank rows from different protocols against each other: {keys}; "
             "use group_by_protocol() and rank each table separately"
+        )
+    synthetic = [r.method for r in rows if r.synthetic]
+    published = [r.method for r in rows if r.kind == "published"]
+    if synthetic and published:
+        raise LeaderboardError(
+            f"refusing to rank synthetic-data rows {synthetic} beside published numbers {published}: synthetic "
+            "data gets tables of its own"
         )
 
     def score(r: Row) -> tuple[float, float]:
@@ -430,24 +489,36 @@ _COLUMNS = ["#", "method", "R1", "R10", "R20", "mAP", "mINP", "trials", "feature
             "commit", "flags", "source"]
 
 
+def _split_datasets() -> str:
+    """The registered datasets with several train/test splits, for the legend (their display names)."""
+    return ", ".join(f.display_name or f.__name__ for f in data_registry.families() if f.split_key) or "none"
+
+
 def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
     lines = [
         f"# {title}",
         "",
         "Generated by `vdreid leaderboard` (benchmarks/leaderboard.py); do not edit by hand. Metrics in percent,",
-        "mean ± std over the protocol's trials (SYSU, LLCM: 10 gallery draws) or splits (RegDB: one model per",
-        "split). Rows whose trials column says \"N seeds\" average N trainings that differ only in their seeds",
-        "(`train.seed`, `sampler.seed`): mean over the runs of each run's mean, ± the std over the runs (the seed",
-        "spread; for RegDB the std over seeds of each seed's 10-split mean). Synthetic-data rows name their data root:",
-        "rows on different synthetic trees were tested on different people; compare rows of one tree only.",
+        "mean ± std over the protocol's trials (gallery draws) or, for datasets with several train/test splits",
+        f"({_split_datasets()}: one model per split), over the splits. Rows whose trials column says \"N seeds\"",
+        "average N trainings that differ only in their seeds (`train.seed`, `sampler.seed`): mean over the runs of",
+        "each run's mean, ± the std over the runs (the seed spread; for split datasets the std over seeds of each",
+        "seed's split mean).",
         "Each table holds one protocol string (dataset/direction/...); rows of different protocols are never",
-        "ranked against each other, and LLCM's swapped `test.py` form (`vis2ir_swapped`) has its own table.",
+        "ranked against each other, and a variant of a protocol (such as a swapped `test.py` form, `vis2ir_swapped`)",
+        "has its own table.",
+        f"Synthetic data (trees written by `vdreid make-synthetic`) has tables of its own (`{SYNTHETIC_TABLE}...`),",
+        "never beside published numbers. Synthetic-data rows name their data root: rows on different synthetic",
+        "trees were tested on different people; compare rows of one tree only.",
         "The `flip-tta` column says whether features of the image and its flip were combined (test-time",
         "augmentation; `-` where a published source does not say).",
-        "Flags: `flip-tta` flip test-time augmentation, `input-HxW` larger input than 256x128, `approx` the source",
-        "prints `~`, `regdb-trials-2-9-only` the released VD code evaluates splits 2..9 without a mean,",
-        "`selected-on-test` checkpoint chosen on the test protocol, `mindspore-port` the MindSpore re-implementation,",
-        "`approx-search` our ranked lists came from an approximate (HNSW/IVF) index.",
+        f"Flags: `{FLIP_FLAG}` flip test-time augmentation, `selected-on-test` checkpoint chosen on the test protocol,",
+        f"`{APPROX_FLAG}` our ranked lists came from an approximate (HNSW/IVF) index, `{MARKER_FLAG}` the results",
+        "JSON said real data but its dataset folder holds the synthetic generator's marker (ranked as synthetic),",
+        f"`{OVERRIDE_FLAG}` the run's config declared a marked synthetic tree real (`data.synthetic false`), so it",
+        "is ranked beside real-data numbers: check it. Flags of published rows (`input-HxW` larger input than",
+        "256x128, `approx` the source prints `~`, and caveats of one entry) are explained in the header of",
+        "benchmarks/published.yaml and in the entry's note (in the source column).",
         "Published numbers come from benchmarks/published.yaml (sources there).",
         "",
     ]
