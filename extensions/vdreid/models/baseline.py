@@ -1,6 +1,7 @@
 """The plain BNNeck baseline (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-Identification",
-CVPRW'19) for visible-infrared Re-ID: ONE timm CNN shared by both modalities, last stride 1, global average
-pooling, BNNeck and an identity classifier (the :class:`~vdreid.models.backbones.Encoder` of the VD network).
+CVPRW'19) for visible-infrared Re-ID: ONE timm encoder shared by both modalities (a CNN with last stride 1 and
+global average pooling, or a ViT / DeiT / Swin pooled by its own head), BNNeck and an identity classifier (the
+:class:`~vdreid.models.backbones.Encoder` of the VD network).
 It is the row every VI-ReID paper starts from; see ``docs/baselines.md``.
 
 Outputs depend on ``loss`` (torchreid's model contract, so torchreid's engines can train it):
@@ -31,7 +32,7 @@ OUTPUTS = ("vdreid", "softmax", "triplet")
 
 
 class BNNeckNet(SingleWidthFeatureModes, nn.Module):
-    """One shared encoder (timm CNN -> GAP -> BNNeck -> classifier); module docstring for the outputs.
+    """One shared encoder (timm encoder -> pooling -> BNNeck -> classifier); module docstring for the outputs.
 
     Args:
         encoder: the :class:`Encoder`.
@@ -70,8 +71,12 @@ class BNNeckNet(SingleWidthFeatureModes, nn.Module):
             return logits, pool
         return NeckOutput(pool=pool, bn=bn, logits=logits)
 
+    def describe_encoder(self) -> str:
+        """One line: the timm encoder, what last stride and pooling mean for it."""
+        return self.encoder.describe()
+
     def load_backbone_weights(self, path: str) -> None:
-        """Load a local ImageNet weights file (timm or torchvision format) into the CNN."""
+        """Load a local ImageNet weights file (timm or torchvision format) into the timm body."""
         self.encoder.load_backbone_weights(path=path, state=read_state_dict(path))
 
 
@@ -83,19 +88,22 @@ def build_bnneck(
     last_stride: int = 1,
     feature_mode: str = "bn",
     loss: str = "vdreid",
+    input_size: tuple[int, int] | None = None,
     **timm_kwargs: Any,
 ) -> BNNeckNet:
     """Build :class:`BNNeckNet`.
 
     Args:
-        backbone: any timm CNN name ('resnet50'; 'resnet18' for CPU tests and demos). For ResNets without a tag,
-            the hub weights are torchvision's ImageNet ones (``<backbone>.tv_in1k``), the weights the strong
-            baseline and AGW start from.
+        backbone: a timm CNN name ('resnet50'; 'resnet18' for CPU tests and demos) or a timm ViT / DeiT / Swin
+            (docs/encoders.md). For ResNets without a tag, the hub weights are torchvision's ImageNet ones
+            (``<backbone>.tv_in1k``), the weights the strong baseline and AGW start from.
         num_classes: number of training identities.
         pretrained / pretrained_path: as :func:`vdreid.models.build_agw`.
-        last_stride: 1 (Re-ID) or 2.
+        last_stride: 1 (Re-ID) or 2; no meaning for encoders built for one input size (ViT, Swin, ...).
         feature_mode: eval output, 'bn' (default) or 'pool'.
         loss: training output: 'vdreid' (NeckOutput), 'softmax' (logits) or 'triplet' ((logits, pool)).
+        input_size: (height, width) of the images; ViT / DeiT / Swin are built for it (timm ``img_size``), None
+            builds them with timm's ``dynamic_img_size``. CNNs ignore it.
         timm_kwargs: passed to ``timm.create_model``.
     """
     check_num_classes(num_classes)
@@ -105,7 +113,7 @@ def build_bnneck(
         raise ValueError(f"loss must be one of {OUTPUTS} (training output), got {loss!r}")
     pretrained, pretrained_path = resolve_pretrained(pretrained, pretrained_path)
     timm_name = imagenet_tag(backbone)
-    encoder = Encoder(timm_name, num_classes, last_stride=last_stride, **timm_kwargs)
+    encoder = Encoder(timm_name, num_classes, last_stride=last_stride, input_size=input_size, **timm_kwargs)
     if pretrained:
         if pretrained_path:
             encoder.load_backbone_weights(path=pretrained_path, state=read_state_dict(pretrained_path))
@@ -120,6 +128,7 @@ def build_bnneck(
         last_stride=last_stride,
         feature_mode=feature_mode,
         timm_kwargs=dict(timm_kwargs),
+        **({"input_size": tuple(int(s) for s in input_size)} if input_size is not None else {}),
     )
     return BNNeckNet(encoder, loss=loss, feature_mode=feature_mode, config=config)
 

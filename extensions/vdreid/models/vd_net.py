@@ -1,8 +1,10 @@
 """VDNet: the three-branch network of the paper (Fig. 3, section 3.3 / 4.2) and of the released code
 (docs/vd-recipes.md section 1).
 
-Branches ``ir``, ``vis`` and ``shared``, each an encoder ``E`` (timm CNN + GAP + BNNeck, observation ``v``) followed
-by an information bottleneck ``B`` (representation ``z``), each with an identity classifier.
+Branches ``ir``, ``vis`` and ``shared``, each an encoder ``E`` (timm encoder + pooling + BNNeck, observation ``v``:
+a CNN with GAP, or a ViT / DeiT / Swin pooled by its own head, see :mod:`vdreid.models.backbones`) followed by an
+information bottleneck ``B`` (representation ``z``), each with an identity classifier; ``B``'s input width is read
+from the encoder.
 
 Routing (which images each encoder sees):
 
@@ -307,10 +309,14 @@ class VDNet(nn.Module):
 
     # ----------------------------------------------------------------- weights
     def load_backbone_weights(self, path: str) -> None:
-        """Load one local ImageNet weights file (timm or torchvision format) into all three encoders' CNNs."""
+        """Load one local ImageNet weights file (timm or torchvision format) into all three encoders' timm bodies."""
         state = read_state_dict(path)
         for name in self.branches:
             self.branches[name].encoder.load_backbone_weights(path=path, state=state)
+
+    def describe_encoder(self) -> str:
+        """One line: the encoders' timm model, what last stride and pooling mean for it (the three are alike)."""
+        return self.branches[next(b for b in BRANCHES if b in self.branches)].encoder.describe()
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts: per branch (encoder, bottleneck, total) and overall."""
@@ -338,9 +344,10 @@ def build_vd_net(
     feature_mode: str = "obs_concat",
     branches: Sequence[str] = BRANCHES,
     bottleneck_branches: Sequence[str] | None = None,
+    input_size: tuple[int, int] | None = None,
     **timm_kwargs: Any,
 ) -> VDNet:
-    """Build a :class:`VDNet` from any timm CNN.
+    """Build a :class:`VDNet` from a timm CNN or a timm ViT / DeiT / Swin (docs/encoders.md).
 
     Args:
         backbone: timm model name of the three encoders (no weights are shared between them).
@@ -353,10 +360,12 @@ def build_vd_net(
         bottleneck_dims: hidden sizes and z size: paper (1024, 512, 256), released (1000, 500, 512).
         z_classifier_hidden: None (Linear classifier on z) or 256 (released: BN, LeakyReLU(0.1), Dropout(0.5)).
         attention: channel-attention blocks before layer2/3/4 (released code; timm ResNets only).
-        last_stride: 1 (Re-ID) or 2.
+        last_stride: 1 (Re-ID) or 2; no meaning for encoders built for one input size (ViT, Swin, ...).
         feature_mode: eval output, one of :data:`FEATURE_MODES`.
         branches: the encoders to build (paper Table 3: ``E_I``/``E_V`` = 'ir'/'vis', ``E_S`` = 'shared').
         bottleneck_branches: the branches that get an information bottleneck ``B`` (default: every built branch).
+        input_size: (height, width) of the images. ViT / DeiT / Swin encoders are built for it (timm ``img_size``);
+            None builds them with timm's ``dynamic_img_size``. CNNs ignore it.
         timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
     check_num_classes(num_classes)
@@ -376,7 +385,8 @@ def build_vd_net(
         raise ValueError(f"bottleneck_branches {sorted(with_b)} name branches that are not built ({names})")
     modules = nn.ModuleDict()
     for name in names:
-        enc = Encoder(backbone, num_classes, last_stride=last_stride, attention=attention, **timm_kwargs)
+        enc = Encoder(backbone, num_classes, last_stride=last_stride, attention=attention, input_size=input_size,
+                      **timm_kwargs)
         ib = None
         if name in with_b:
             ib = InformationBottleneck(enc.out_dim, num_classes, bottleneck_dims, bottleneck, z_classifier_hidden)
@@ -402,6 +412,7 @@ def build_vd_net(
         feature_mode=feature_mode,
         branches=tuple(names),
         bottleneck_branches=tuple(b for b in names if b in with_b),
+        **({"input_size": tuple(int(s) for s in input_size)} if input_size is not None else {}),
         **timm_kwargs,
     )
     return VDNet(modules, routing=routing, feature_mode=feature_mode, config=config)
