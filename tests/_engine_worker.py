@@ -48,6 +48,7 @@ def build_engine(
     width: int = WIDTH,
     method: str = "vd",
     eval_options=None,
+    hooks=(),
     **options,
 ):
     """A VIEngine on the synthetic SYSU tree under ``root`` (workers=0, deterministic). ``method``: 'vd' (the VD
@@ -100,7 +101,7 @@ def build_engine(
         prov.update(recipe=recipe, resume_keys=list(get("vd").resume_keys))
     options.setdefault("progress", False)
     evaluator = Evaluator(dm, model, eval_options, provenance=prov)
-    return cls(dm, model, opt, criterion, sched, evaluator=evaluator,
+    return cls(dm, model, opt, criterion, sched, evaluator=evaluator, hooks=hooks,
                options=TrainOptions(amp=amp, selection=selection, eval_freq=eval_freq, **options))
 
 

@@ -180,3 +180,11 @@ def test_shared_storage_counts_once_and_unknown_optimizer():
     assert real < 2 * 512 * 512 * 4
     with pytest.raises(ConfigError, match="no state-size rule for Adadelta"):
         estimate_checkpoint_bytes(lin, torch.optim.Adadelta(lin.parameters()))
+
+
+def test_extra_banner_lines_come_after_the_plan_and_are_recorded():
+    """Room for lines other parts add to the start banner (e.g. the runtime: threads, devices)."""
+    plain = make_plan(10, 4)
+    noted = make_plan(10, 4, notes=["runtime: 1 thread", "devices: cpu"])
+    assert noted.lines() == plain.lines() + ["runtime: 1 thread", "devices: cpu"]
+    assert noted.as_dict()["notes"] == ["runtime: 1 thread", "devices: cpu"] and plain.as_dict()["notes"] == []

@@ -63,11 +63,12 @@ TRAIN_NEEDS = {
     "train_ir_camids": "which training cameras are infrared; without it every image would train as visible",
 }
 
-#: constructor keywords of vdreid <= 0.x that moved into the options objects: keyword -> where it goes now
-_MOVED = {**{f.name: "options=TrainOptions" for f in dataclasses.fields(TrainOptions)},
-          **{f.name: "evaluator=Evaluator(datamanager, model, EvalOptions" for f in dataclasses.fields(EvalOptions)},
-          "eval_amp": "evaluator=Evaluator(datamanager, model, EvalOptions(amp=...)",
-          "provenance": "evaluator=Evaluator(datamanager, model, provenance"}
+#: constructor keywords of earlier versions that moved into the options objects: keyword -> where it goes now
+_MOVED = {**{f.name: f"evaluator=Evaluator(datamanager, model, EvalOptions({f.name}=...))"
+             for f in dataclasses.fields(EvalOptions)},
+          **{f.name: f"options=TrainOptions({f.name}=...)" for f in dataclasses.fields(TrainOptions)},
+          "eval_amp": "evaluator=Evaluator(datamanager, model, EvalOptions(amp=...))",
+          "provenance": "evaluator=Evaluator(datamanager, model, provenance=...)"}
 
 
 def _output_to_float(obj: Any) -> Any:
@@ -139,7 +140,7 @@ class VIEngine(compat.Engine):
             if unknown:
                 raise TypeError(f"VIEngine: unexpected keyword arguments {unknown}")
             raise TypeError("VIEngine takes its options as objects now: " + "; ".join(
-                f"{k} -> {v}({k}=...))" for k, v in sorted(where.items())))
+                f"{k} -> {v}" for k, v in sorted(where.items())))
         if (optimizer is None) != (criterion is None):
             raise ValueError("VIEngine: give both an optimizer and a criterion (training), or neither (evaluation)")
         needs = dict(EVAL_NEEDS, **(TRAIN_NEEDS if optimizer is not None else {}))
