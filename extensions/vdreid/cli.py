@@ -130,15 +130,16 @@ def _train_one(cfg: CN, resume: str | None, progress: bool = True, overwrite: bo
 
 
 def _evaluate_only(cfg: CN, dm, model, checkpoint: str) -> dict[str, Any]:
-    """``test.evaluate true``: test the model loaded from ``checkpoint`` with no optimiser."""
-    engine = builders.build_engine(cfg, dm, model)
-    engine.provenance.update(num_classes=dm.num_train_pids, checkpoint=osp.abspath(checkpoint))
+    """``test.evaluate true``: test the model loaded from ``checkpoint`` with the evaluator alone (no trainer)."""
+    evaluator = builders.build_evaluator(cfg, dm, model)
+    evaluator.provenance.update(num_classes=dm.num_train_pids, checkpoint=osp.abspath(checkpoint))
     save_dir = cfg.data.save_dir
     os.makedirs(save_dir, exist_ok=True)
-    rank1 = engine.run(save_dir=save_dir, test_only=True, rerank=cfg.test.rerank)
-    _after_test(cfg, engine, dm, save_dir)
-    return {"rank1": rank1, "save_dir": save_dir, "engine": engine, "datamanager": dm, "model": engine.net,
-            "wall_s": 0.0, "rank": 0}
+    rank1 = evaluator.test(save_dir=save_dir, rerank=cfg.test.rerank, selection_info={"selection": "checkpoint"})
+    _after_test(cfg, evaluator, dm, save_dir)
+    # "engine": the evaluator answers what callers read of it (net, device, last_reports, provenance, written)
+    return {"rank1": rank1, "save_dir": save_dir, "engine": evaluator, "evaluator": evaluator,
+            "datamanager": dm, "model": evaluator.net, "wall_s": 0.0, "rank": 0}
 
 
 def _split_cfg(cfg: CN, key: str, value: int, subdir: bool) -> CN:
@@ -223,16 +224,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ test
 def _after_test(cfg: CN, engine, dm, save_dir: str) -> dict[str, str]:
     """CMC curve per target and, with ``test.visrank``, ranked-list pictures from the features the evaluation just
-    extracted (nothing is extracted twice); returns the written paths."""
+    extracted (nothing is extracted twice); returns the written paths. ``engine``: the
+    :class:`vdreid.engine.Evaluator` that tested, or the ``VIEngine`` holding it; the pictures join its record of
+    written files."""
+    evaluator = getattr(engine, "evaluator", engine)
     paths: dict[str, str] = {}
-    label_of = engine.provenance.get("recipe") or engine.provenance.get("method", "")
+    label_of = evaluator.provenance.get("recipe") or evaluator.provenance.get("method", "")
     run = builders.run_options(cfg)
-    for name, rep in (engine.last_reports or {}).items():
+    for name, rep in (evaluator.last_reports or {}).items():
         label = f"{cfg.model.backbone or cfg.model.name} {label_of} ({rep.protocol_name})"
         paths[f"cmc_{name}"] = plot_cmc_runs({label: list(rep.cmc_mean)}, osp.join(save_dir, f"cmc_{name}.png"),
                                              title=f"CMC: {name}")
+        evaluator.written.add(paths[f"cmc_{name}"], "pictures")
         if run["visrank"]:
-            paths[f"ranked_{name}"] = engine.write_ranked_lists(name, save_dir, topk=run["visrank_topk"])
+            paths[f"ranked_{name}"] = evaluator.write_ranked_lists(name, save_dir, topk=run["visrank_topk"])
     return paths
 
 
@@ -280,16 +285,16 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.save_dir:
         extra += ["data.save_dir", args.save_dir]
     cfg, dm, model, ckpt = _build_for_checkpoint(args, extra)
-    engine = builders.build_engine(cfg, dm, model)  # evaluation only: no criterion, no optimiser
+    evaluator = builders.build_evaluator(cfg, dm, model)  # no trainer: no criterion, no optimiser
     save_dir = cfg.data.save_dir
     os.makedirs(save_dir, exist_ok=True)
-    engine.provenance.update(checkpoint=osp.abspath(args.checkpoint), checkpoint_format=ckpt.kind,
-                             num_classes=dm.num_train_pids)
-    if ckpt.epoch is not None:
-        engine.epoch = ckpt.epoch - 1  # the results record the checkpoint's epoch as the selected one
+    evaluator.provenance.update(checkpoint=osp.abspath(args.checkpoint), checkpoint_format=ckpt.kind,
+                                num_classes=dm.num_train_pids)
     t0 = time.time()
-    engine.run(save_dir=save_dir, test_only=True, rerank=cfg.test.rerank)
-    _after_test(cfg, engine, dm, save_dir)
+    # the results record the checkpoint's epoch as the selected one
+    evaluator.test(save_dir=save_dir, rerank=cfg.test.rerank,
+                   selection_info={"selection": "checkpoint", "selected_epoch": ckpt.epoch})
+    _after_test(cfg, evaluator, dm, save_dir)
     _log_written(save_dir, t0)
     return 0
 
