@@ -407,3 +407,59 @@ def test_runs_selected_on_the_test_set_are_flagged(tmp_path):
             selection="test-selected (optimistic: chosen on the test set)")
     rows = {r.mean["R1"]: r for r in rows_from_results(find_results([str(tmp_path)]))}
     assert rows[55.0].flags == ["selected-on-test"] and rows[50.0].flags == []
+
+
+# ------------------------------------------------------------------ synthetic data and published numbers
+
+
+def test_synthetic_rows_never_share_a_table_with_published_numbers():
+    proto = "sysu/ir2vis/all/single-shot/agw/10 trials"
+    ours = Row("ours", proto, "ours", {"R1": 90.0}, synthetic=True)
+    published = Row("AGW", proto, "published", {"R1": 47.5})
+    assert ours.table_key == "synthetic data: " + proto and published.table_key == proto
+    with pytest.raises(LeaderboardError, match="different protocols"):
+        rank_rows([ours, published])
+    # the rule holds even for a row built by hand with a synthetic published number: never ranked beside ours
+    odd = Row("X", proto, "published", {"R1": 50.0}, synthetic=True)
+    with pytest.raises(LeaderboardError, match="beside published numbers"):
+        rank_rows([ours, odd])
+    tables = group_by_protocol([ours, published] + load_published(PUBLISHED))
+    assert [r.kind for r in tables["synthetic data: " + proto]] == ["ours"]
+    assert all(not r.synthetic for t, rows in tables.items() if not t.startswith("synthetic") for r in rows)
+
+
+def test_results_that_said_real_data_on_a_marked_tree_are_synthetic(tmp_path):
+    """Results JSON written before runs read the synthetic marker say synthetic false: the dataset folder they record
+    (protocol_info.root, or data.root + the family's folder) decides, flagged synthetic-by-marker."""
+    from vdreid.data.synthetic_layout import MARKER
+    from vdreid.tools.leaderboard import MARKER_FLAG, OVERRIDE_FLAG, synthetic_status
+
+    proto = "sysu/ir2vis/all/single-shot/agw/10 trials"
+    marked, unmarked = tmp_path / "marked", tmp_path / "real"
+    for root in (marked, unmarked):
+        (root / "SYSU-MM01").mkdir(parents=True)
+    (marked / "SYSU-MM01" / MARKER).write_text("{}")
+    runs = tmp_path / "runs"
+    # protocol_info.root: the evaluator's dataset folder
+    _result(runs / "a" / "r.json", proto, 80.0, 70.0, model="m1", synthetic=False,
+            protocol_info={"root": str(marked / "SYSU-MM01")})
+    # no protocol_info.root: the recorded config's data.root + the target family's folder
+    _result(runs / "b" / "r.json", proto, 81.0, 71.0, model="m2", synthetic=False, dataset="sysu_mm01",
+            config={"data": {"root": str(marked), "targets": ["sysu_mm01"]}})
+    # a real tree: stays real, unflagged
+    _result(runs / "c" / "r.json", proto, 40.0, 30.0, model="m3", synthetic=False,
+            protocol_info={"root": str(unmarked / "SYSU-MM01")}, config={"data": {"root": str(unmarked)}})
+    # an explicit override on a marked tree: real data, flagged, beside the published numbers
+    _result(runs / "d" / "r.json", proto, 41.0, 31.0, model="m4", synthetic=False, synthetic_override=True,
+            protocol_info={"root": str(marked / "SYSU-MM01")})
+    rows = {r.model: r for r in rows_from_results(find_results([str(runs)]))}
+    assert rows["m1"].synthetic and rows["m1"].flags == [MARKER_FLAG]
+    assert rows["m2"].synthetic and rows["m2"].flags == [MARKER_FLAG]
+    assert rows["m2"].method == f"ours: m2 (data: {marked})"
+    assert not rows["m3"].synthetic and rows["m3"].flags == []
+    assert not rows["m4"].synthetic and rows["m4"].flags == [OVERRIDE_FLAG]
+    tables = group_by_protocol(list(rows.values()) + load_published(PUBLISHED))
+    assert {r.model for r in tables["synthetic data: " + proto]} == {"m1", "m2"}
+    assert {r.model for r in tables[proto] if r.kind == "ours"} == {"m3", "m4"}
+    assert synthetic_status({"synthetic": True}) == (True, [])
+    assert synthetic_status({"synthetic": False, "protocol_info": {"root": str(tmp_path / "gone")}}) == (False, [])

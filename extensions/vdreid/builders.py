@@ -196,17 +196,41 @@ def seed_group_hash(cfg: CN) -> str:
     return config_hash(_with_defaults(cfg, _all_split_keys() + ["train.seed", "sampler.seed"]))
 
 
-def synthetic_data(cfg: CN) -> bool:
-    """Whether the run's data is synthetic: ``data.synthetic``, or any of its datasets' folders under ``data.root``
-    holds the synthetic generator's marker (a tree written by ``vdreid make-synthetic`` needs no flag)."""
-    if cfg.data.synthetic:
-        return True
+def synthetic_marked_folders(cfg: CN) -> list[str]:
+    """The dataset folders of the run (each source's and target's family folder under ``data.root``) that hold the
+    synthetic generator's marker (written by ``vdreid make-synthetic``)."""
     root = osp.abspath(osp.expanduser(cfg.data.root))
+    out: list[str] = []
     for name in list(cfg.data.sources) + list(cfg.data.targets):
         fam = data_registry.family_of(name)
-        if fam is not None and is_synthetic_tree(osp.join(root, fam.dataset_dir)):
-            return True
-    return False
+        folder = osp.join(root, fam.dataset_dir) if fam is not None else ""
+        if folder and folder not in out and is_synthetic_tree(folder):
+            out.append(folder)
+    return out
+
+
+def synthetic_override(cfg: CN) -> bool:
+    """Whether the config declares a marked synthetic tree real data: ``data.synthetic false`` set explicitly (by a
+    config file or an override, :func:`vdreid.config.explicit_keys`) while a dataset folder of the run holds the
+    generator's marker. The run is then recorded as ``synthetic: false`` with ``synthetic_override: true``, and the
+    leaderboard flags it."""
+    return (not cfg.data.synthetic and "data.synthetic" in explicit_keys(cfg)
+            and bool(synthetic_marked_folders(cfg)))
+
+
+def synthetic_data(cfg: CN) -> bool:
+    """Whether the run's data is synthetic: ``data.synthetic``, or any of its datasets' folders under ``data.root``
+    holds the synthetic generator's marker (a tree written by ``vdreid make-synthetic`` needs no flag), unless the
+    config sets ``data.synthetic false`` explicitly (:func:`synthetic_override`, logged as a warning)."""
+    if cfg.data.synthetic:
+        return True
+    marked = synthetic_marked_folders(cfg)
+    if marked and synthetic_override(cfg):
+        logger.warning("data.synthetic false is set explicitly, but %s hold(s) the synthetic generator's marker: the "
+                       "run is recorded as real data with synthetic_override (flagged on the leaderboard)",
+                       ", ".join(marked))
+        return False
+    return bool(marked)
 
 
 def provenance(cfg: CN) -> dict[str, Any]:
@@ -220,6 +244,7 @@ def provenance(cfg: CN) -> dict[str, Any]:
         "seed": cfg.train.seed,
         "dataset": ",".join(cfg.data.targets),
         "synthetic": synthetic_data(cfg),
+        "synthetic_override": synthetic_override(cfg),
         "trial": get_key(cfg, split[0]) if split else None,
         "flip": bool(cfg.test.flip),
         **method_of(cfg).provenance(cfg),
