@@ -4,7 +4,9 @@
     vdreid leaderboard --runs log/ ...                              (the same, through the CLI)
 
 One table per protocol string; runs of different protocols are never ranked against each other
-(see vdreid.tools.leaderboard). RegDB runs of the ten splits are averaged into one row.
+(see vdreid.tools.leaderboard). Runs of a dataset with several train/test splits (RegDB's ten) are averaged into one
+row. Runs on synthetic data (a tree written by `vdreid make-synthetic` holds the generator's marker) get tables of
+their own and never sit beside published numbers.
 """
 
 from __future__ import annotations
