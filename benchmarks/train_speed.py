@@ -1,4 +1,4 @@
-"""Training-step time of VDEngine: L_ReID only vs the full VD loss, fp32 vs bf16 autocast, channels_last on/off.
+"""Training-step time of VIEngine: L_ReID only vs the full VD loss, fp32 vs bf16 autocast, channels_last on/off.
 
 All variants run in one process on the same network (``vd_resnet18`` by default) and the same random batch, through
 the engine's real ``forward_backward`` (forward, loss, NaN guard, backward, optimiser step). Variants are measured
@@ -21,7 +21,7 @@ import types
 import torch
 import vdreid  # noqa: F401  (registers the models)
 from vdreid import compat
-from vdreid.engine import VDEngine, build_optimizer
+from vdreid.engine import TrainOptions, VIEngine, build_optimizer
 from vdreid.losses import VDLoss, VDLossConfig
 
 
@@ -33,14 +33,16 @@ def make_batch(batch: int, height: int, width: int, num_classes: int, seed: int 
     return {"img": torch.randn(batch, 3, height, width, generator=g), "pid": pids, "camid": camids}
 
 
-def build_engine(args, loss_cfg: VDLossConfig, amp: str, channels_last: bool) -> VDEngine:
+def build_engine(args, loss_cfg: VDLossConfig, amp: str, channels_last: bool) -> VIEngine:
     torch.manual_seed(0)
     model = compat.models.build_model(args.model, num_classes=args.num_classes, pretrained=False)
     criterion = VDLoss(loss_cfg, args.num_classes)
     opt = build_optimizer(list(model.parameters()) + list(criterion.parameters()))
-    dm = types.SimpleNamespace(train_loader=[], test_loader={}, train_ir_camids=frozenset({2, 5}))
-    return VDEngine(dm, model, opt, criterion, use_gpu=args.device == "cuda", amp=amp, channels_last=channels_last,
-                    progress=False)
+    # a stand-in data manager: only forward_backward runs (no loaders, no test targets)
+    dm = types.SimpleNamespace(train_loader=[], test_loader={}, train_ir_camids=frozenset({2, 5}), protocols={},
+                               ir_camids_of=lambda name: frozenset({2, 5}))
+    return VIEngine(dm, model, opt, criterion, use_gpu=args.device == "cuda",
+                    options=TrainOptions(amp=amp, channels_last=channels_last, progress=False))
 
 
 def main() -> None:
