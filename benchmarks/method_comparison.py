@@ -76,6 +76,9 @@ from synthetic_ablation import write_section  # noqa: E402
 QUICKSTART = osp.join(REPO, "configs", "quickstart.yaml")
 TARGET = transfer.TARGET
 SECTION = "Method comparison (synthetic)"
+#: the synthetic generator's sources (their last commit is recorded with the results)
+GENERATOR_FILES = ("extensions/vdreid/data/synthetic.py", "extensions/vdreid/data/synthetic_hard.py",
+                   "extensions/vdreid/data/synthetic_draw.py")
 
 #: method -> (model.method, model.name)
 METHODS: dict[str, tuple[str, str]] = {
@@ -336,10 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "quickstart_commit": git("log", "-1", "--format=%h", "--", "configs/quickstart.yaml"),
         "quickstart_dirty": " + uncommitted edits" if git("status", "--porcelain", "configs/quickstart.yaml") else "",
         "commit": git("rev-parse", "--short", "HEAD"),
-        "generator_commit": git("log", "-1", "--format=%h", "--", "extensions/vdreid/data/synthetic.py",
-                                "extensions/vdreid/data/synthetic_hard.py"),
-        "generator_dirty": " + uncommitted edits" if git("status", "--porcelain", "extensions/vdreid/data/synthetic.py",
-                                                         "extensions/vdreid/data/synthetic_hard.py") else "",
+        "generator_commit": git("log", "-1", "--format=%h", "--", *GENERATOR_FILES),
+        "generator_dirty": " + uncommitted edits" if git("status", "--porcelain", *GENERATOR_FILES) else "",
         "threads": args.threads,
         "jobs": args.jobs,
         "runs_dir": osp.relpath(args.runs_dir, REPO),
