@@ -28,6 +28,7 @@ from vdreid.config import (
     get_key,
     merge_dict,
     merge_from_list,
+    set_explicit_keys,
     to_dict,
 )
 from vdreid.data import CrossModalDataManager
@@ -210,6 +211,10 @@ def synthetic_marked_folders(cfg: CN) -> list[str]:
 
 
 def synthetic_override(cfg: CN) -> bool:
+#: marked folders whose override was already logged (provenance() runs several times per run)
+_WARNED_OVERRIDES: set[tuple[str, ...]] = set()
+
+
     """Whether the config declares a marked synthetic tree real data: ``data.synthetic false`` set explicitly (by a
     config file or an override, :func:`vdreid.config.explicit_keys`) while a dataset folder of the run holds the
     generator's marker. The run is then recorded as ``synthetic: false`` with ``synthetic_override: true``, and the
@@ -227,6 +232,9 @@ def synthetic_data(cfg: CN) -> bool:
     marked = synthetic_marked_folders(cfg)
     if marked and synthetic_override(cfg):
         logger.warning("data.synthetic false is set explicitly, but %s hold(s) the synthetic generator's marker: the "
+        if tuple(marked) in _WARNED_OVERRIDES:
+            return False
+        _WARNED_OVERRIDES.add(tuple(marked))
                        "run is recorded as real data with synthetic_override (flagged on the leaderboard)",
                        ", ".join(marked))
         return False
@@ -356,6 +364,9 @@ def config_from_stored(stored: dict[str, Any], opts: list[str] | tuple[str, ...]
     merge_from_list(cfg, list(opts))
     check_values(cfg)
     cfg.freeze()
+    # the keys the command line sets are explicit (a data.synthetic override, a preset conflict); the stored ones
+    # are the run's own values
+    set_explicit_keys(cfg, set(list(opts)[0::2]))
     return cfg
 
 
