@@ -1,6 +1,7 @@
 """vdreid.evaluation: exact AGW metrics, blockwise ranking, faiss top-k search and k-reciprocal re-ranking, protocol
 runner, ranked lists, plots."""
 
+from vdreid.evaluation.approximate import ApproximateSearch
 from vdreid.evaluation.evaluator import EvalReport, evaluate_model, provenance_defaults, run_protocol
 from vdreid.evaluation.extract import extract_features
 from vdreid.evaluation.knn import GalleryIndex, SearchResult, search
@@ -10,6 +11,7 @@ from vdreid.evaluation.rerank import RerankedDistances, rerank_distances
 from vdreid.evaluation.visualize import plot_cmc, save_ranked_lists, save_ranked_lists_for_protocol
 
 __all__ = [
+    "ApproximateSearch",
     "EvalReport",
     "GalleryIndex",
     "RerankedDistances",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vdreid.atomic import atomic_write
+from vdreid.evaluation.approximate import ApproximateSearch, merge
 from vdreid.evaluation.extract import extract_features
 from vdreid.evaluation.ranking import evaluate_features
 from vdreid.evaluation.visualize import plot_cmc
@@ -71,7 +72,8 @@ class EvalReport:
     """Metrics of one protocol run, in percent. ``per_trial``: list of dicts (R1, R5, R10, R20, mAP, mINP,
     num_valid_queries); ``mean`` / ``std``: over trials (population std, ``ddof=0``); ``cmc_curves``: per trial;
     ``flip``: the features were flip test-time augmented (``extract_features(flip=True)``), recorded so such
-    numbers are never compared with plain ones unflagged."""
+    numbers are never compared with plain ones unflagged. ``approximate_index``: for approximate search, the index
+    settings and what the indexes were built with (:func:`vdreid.evaluation.approximate.summarize`), else None."""
 
     protocol_name: str
     protocol_info: dict[str, Any]
@@ -83,6 +85,7 @@ class EvalReport:
     wall_time_s: float = 0.0
     approximate: bool = False
     flip: bool = False
+    approximate_index: dict[str, Any] | None = None
     mean: dict[str, float] = field(init=False)
     std: dict[str, float] = field(init=False)
 
@@ -112,7 +115,10 @@ class EvalReport:
         lines = [f"protocol: {self.protocol_name} | metric={self.metric} rerank={self.rerank} flip={self.flip}",
                  head]
         if self.approximate:
-            lines.insert(1, "APPROXIMATE: lists from a faiss HNSW/IVF index, not comparable with exact metrics")
+            how = ""
+            if self.approximate_index:
+                how = " (" + ", ".join(f"{k} {v}" for k, v in self.approximate_index.items() if k != "built") + ")"
+            lines.insert(1, f"APPROXIMATE: lists from a faiss HNSW/IVF index{how}, not comparable with exact metrics")
         if self.num_trials > 1:
             for i, t in enumerate(self.per_trial):
                 lines.append(
@@ -141,6 +147,7 @@ class EvalReport:
             "flip": self.flip,
             "backend": self.backend,
             "approximate": self.approximate,
+            "approximate_index": self.approximate_index,
             "wall_time_s": self.wall_time_s,
         }
         prov = provenance_defaults()
@@ -181,12 +188,14 @@ def run_protocol(
     max_rank: int = 20,
     block_size: int | None = None,
     flip: bool = False,
-    approximate: str | None = None,
+    approximate: str | ApproximateSearch | None = None,
 ) -> EvalReport:
     """Evaluate every trial of ``protocol``. ``qf``/``gf`` (and ids) cover ALL of ``dataset.query`` /
     ``dataset.gallery``; ``protocol.query_of(t)`` and ``protocol.gallery_trials[t]`` index into them. The metric
     definitions come from ``protocol.eval_kwargs()``. ``flip`` only records that the features were flip
-    test-time augmented (it changes no computation here)."""
+    test-time augmented (it changes no computation here). ``approximate``: None (exact), ``'hnsw'`` / ``'ivf'``
+    or an :class:`~vdreid.evaluation.approximate.ApproximateSearch` with the index settings (as
+    ``vdreid.builders.engine_kwargs`` builds it from the ``test.*`` keys); the report records them."""
     t0 = time.perf_counter()
     qf = qf.detach().cpu().numpy() if isinstance(qf, torch.Tensor) else np.asarray(qf)
     gf = gf.detach().cpu().numpy() if isinstance(gf, torch.Tensor) else np.asarray(gf)
@@ -202,7 +211,8 @@ def run_protocol(
         raise ValueError(
             f"protocol {protocol.name!r}: query indices outside 0..{len(qf) - 1} (pass all of dataset.query)"
         )
-    per_trial, curves, ran = [], [], []
+    approximate = ApproximateSearch.of(approximate)
+    per_trial, curves, ran, indexes = [], [], [], []
     for t, g in enumerate(protocol.gallery_trials):
         if g.min() < 0 or g.max() >= len(gf):
             raise ValueError(
@@ -215,6 +225,7 @@ def run_protocol(
             block_size=block_size, max_rank=max_rank, rerank=rerank, approximate=approximate, **kwargs,
         )
         ran.append((res.get("backend", backend), bool(res.get("approximate", False))))
+        indexes.append(res.get("approximate_index"))
         per_trial.append(_trial_metrics(res))
         curves.append(res["cmc"])
     # what actually ran (e.g. 'torch:cpu', 'faiss:cuda+torch:cuda'), and whether any list was approximate
@@ -222,6 +233,7 @@ def run_protocol(
     return EvalReport(
         protocol.name, protocol.describe(), per_trial, curves, metric=metric, rerank=rerank,
         backend=engines, approximate=any(a for _, a in ran), wall_time_s=time.perf_counter() - t0, flip=bool(flip),
+        approximate_index=merge(indexes),
     )
 
 

@@ -23,8 +23,8 @@ from vdreid.errors import EvaluationInputError
 from vdreid.evaluation.core import single_thread
 
 METRICS = ("cosine", "euclidean")
-_U32 = 2.0**-24  # unit roundoff of float32
-_U64 = 2.0**-53  # unit roundoff of float64
+U32 = 2.0**-24  # unit roundoff of float32
+U64 = 2.0**-53  # unit roundoff of float64
 CACHE64_MAX_BYTES = 512 << 20  # float64 copies of the query / gallery features kept for exact() up to this size
 
 
@@ -131,7 +131,7 @@ class Features:
         the bound only costs a few extra exact re-computations."""
         n = self.dim + 8
         # float64 blocks: the block and the exact re-computation each err by up to gamma_n (u = 2^-53)
-        u = 2.0 * _U64 if use64 else _U32
+        u = 2.0 * U64 if use64 else U32
         if self.metric == "cosine":
             return np.full(self.q32.shape[0], n * u * 1.05)
         qn, gmax = np.sqrt(self.q2), float(np.sqrt(self.g2.max()))
@@ -182,8 +182,6 @@ def full_fp32():
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
 
-
-
 def block_distances(q: torch.Tensor, g: torch.Tensor, metric: str, q2: torch.Tensor | None = None,
                     g2: torch.Tensor | None = None) -> torch.Tensor:
     """Distances between the prepared query rows ``q`` (B, D) and gallery rows ``g`` (C, D): ``-<q, g>`` for
@@ -197,10 +195,4 @@ def block_distances(q: torch.Tensor, g: torch.Tensor, metric: str, q2: torch.Ten
         return (q2[:, None] + g2[None, :]).sub_(ip, alpha=2.0).clamp_min_(0.0)
 
 
-# names the ranking code used before this module existed
-_features = check_features
-_normalized64 = normalized64
-_Features = Features
-_full_fp32 = full_fp32
-
-__all__ = ["METRICS", "Features", "block_distances", "check_features", "full_fp32", "normalized64"]
+__all__ = ["METRICS", "U32", "U64", "Features", "block_distances", "check_features", "full_fp32", "normalized64"]

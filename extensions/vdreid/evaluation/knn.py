@@ -2,20 +2,22 @@
 
 ``search(qf, gf, k)`` returns, for every query, the ``k`` gallery items of smallest exact distance in the order
 ``(distance, gallery index)``: the same definitions as the evaluation (``'cosine'``: ``-<q/|q|, g/|g|>``;
-``'euclidean'``: the squared Euclidean distance; both exact in float64, see :mod:`vdreid.evaluation.ranking`).
+``'euclidean'``: the squared Euclidean distance; both exact in float64, see :mod:`vdreid.evaluation.features`).
 
 How: a float32 engine proposes ``k'`` >= ``k`` candidates per query (faiss ``IndexFlatIP`` / ``IndexFlatL2`` per
 gallery block on the CPU, faiss's brute-force GPU kNN, or torch GEMM blocks with a running ``topk``). The
 candidates' exact float64 distances are sorted by ``(distance, index)``. The float32 error of every distance is
-bounded by a band ``b`` (Higham's dot-product bound, see ``_Features.band``), so every item that was not proposed
-has exact distance >= ``t - b``, where ``t`` is the largest float32 value among the proposed. When the k-th exact
-distance is below ``t - b`` the list is certainly the exact top-k; otherwise (many near-equal or duplicated
-features, whose order faiss does not define) the query is searched again with ``4 k'`` candidates, up to the whole
-gallery. So faiss, torch, CPU and GPU give the same lists.
+bounded by a band ``b`` (Higham's dot-product bound, ``Features.band`` in :mod:`.features`), so every item that
+was not proposed has exact distance >= ``t - b``, where ``t`` is the largest float32 value among the proposed.
+When the k-th exact distance is below ``t - b`` the list is certainly the exact top-k; otherwise (many near-equal
+or duplicated features, whose order faiss does not define) the query is searched again with ``4 k'`` candidates,
+up to the whole gallery. So faiss, torch, CPU and GPU give the same lists.
 
-Approximate search (``approximate='hnsw'`` or ``'ivf'``, faiss only) is for galleries too large for exact search:
-the candidates of an HNSW / IVF index are re-scored exactly and sorted, but items the index missed are not
-recovered; the result says ``approximate=True``.
+Approximate search (``approximate='hnsw'`` or ``'ivf'``, or an
+:class:`~vdreid.evaluation.approximate.ApproximateSearch` with the index settings; faiss only) is for galleries too
+large for exact search: the candidates of an HNSW / IVF index are re-scored exactly and sorted, but items the index
+missed are not recovered; the result says ``approximate=True`` and ``indexes`` holds what each index was built
+with.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import torch
 
 from vdreid.errors import EvaluationInputError
 from vdreid.evaluation import backend as _backend
+from vdreid.evaluation.approximate import ApproximateSearch
 from vdreid.evaluation.core import single_thread
-from vdreid.evaluation.features import METRICS, _Features, _features, _full_fp32, _normalized64, block_distances
+from vdreid.evaluation.features import METRICS, Features, block_distances, check_features, full_fp32, normalized64
 from vdreid.evaluation.metrics import camera_groups
 
 logger = logging.getLogger(__name__)
@@ -44,26 +47,29 @@ GPU_MEMORY_LIMIT = 2 << 30
 #: distance entries per torch block (GEMM + running top-k) and query rows per block: wide GEMMs
 TORCH_BLOCK = 1 << 24
 TORCH_ROWS = 2048
-APPROXIMATE = ("hnsw", "ivf")
 
 
 @dataclass
 class SearchResult:
     """Top-k lists. ``indices`` (Q, k) int64 gallery indices, -1 where a query has fewer than k allowed items;
     ``distances`` (Q, k) float64 exact distances (inf in padding); ``backend`` e.g. ``'faiss:cpu'``;
-    ``approximate``: True when an HNSW/IVF index proposed the candidates (lists may miss items)."""
+    ``approximate``: True when an HNSW/IVF index proposed the candidates (lists may miss items); ``indexes``: the
+    settings each approximate index was built with (``GalleryIndex.params``), empty for exact search."""
 
     distances: np.ndarray
     indices: np.ndarray
     backend: str
     approximate: bool = False
+    indexes: tuple[dict, ...] = ()
 
 
 class GalleryIndex:
     """A gallery prepared once for many exact top-k searches.
 
     ``backend``: 'auto' | 'faiss' | 'torch' (see :mod:`vdreid.evaluation.backend`). ``approximate``: None (exact),
-    'hnsw' (``hnsw_m`` links, ``ef_search``) or 'ivf' (``nlist`` cells, ``nprobe`` probed), faiss only.
+    'hnsw' (``hnsw_m`` links, ``ef_search``), 'ivf' (``nlist`` lists, 0 or None: sized to the gallery; ``nprobe``
+    probed) or an :class:`~vdreid.evaluation.approximate.ApproximateSearch` (the keywords, when given, replace its
+    settings); faiss only. ``approximate`` is then the kind and ``params`` what the index was built with.
     """
 
     def __init__(
@@ -71,37 +77,38 @@ class GalleryIndex:
         gf,
         metric: str = "cosine",
         backend: str = "auto",
-        approximate: str | None = None,
-        nprobe: int = 32,
+        approximate: str | ApproximateSearch | None = None,
+        nprobe: int | None = None,
         nlist: int | None = None,
-        ef_search: int = 256,
-        hnsw_m: int = 32,
+        ef_search: int | None = None,
+        hnsw_m: int | None = None,
     ) -> None:
         if metric not in METRICS:
             raise EvaluationInputError(f"metric must be one of {METRICS}, got {metric!r}")
-        if approximate is not None and approximate not in APPROXIMATE:
-            raise EvaluationInputError(f"approximate must be None or one of {APPROXIMATE}, got {approximate!r}")
-        g = _features(gf, "gf")
+        settings = ApproximateSearch.of(approximate, nprobe=nprobe, nlist=nlist, ef_search=ef_search, hnsw_m=hnsw_m)
+        g = check_features(gf, "gf")
         if g.shape[0] == 0:
             raise EvaluationInputError("gallery set is empty (0 gallery items): nothing to search")
         self.metric = metric
-        self.approximate = approximate
+        self.settings = settings
+        self.approximate = None if settings is None else settings.kind
+        self.params: dict = {}
         self.backend = _backend.resolve(backend, "search")
-        if approximate is not None and self.backend.name != "faiss":
+        if settings is not None and self.backend.name != "faiss":
             raise EvaluationInputError(
-                f"approximate={approximate!r} needs faiss (backend 'faiss' or 'auto' with faiss installed); "
+                f"approximate={settings.kind!r} needs faiss (backend 'faiss' or 'auto' with faiss installed); "
                 f"the backend here is {self.backend}"
             )
         self.size = g.shape[0]
         self.dim = g.shape[1]
         # no float64 copy of the gallery: only a few candidates per query need exact distances
-        self._feats = _Features(g[:0], g, metric, cache_gallery=False)
+        self._feats = Features(g[:0], g, metric, cache_gallery=False)
         self._faiss = _backend.import_faiss() if self.backend.name == "faiss" else None
         self._blocks: list[tuple[object, int]] = []
         self._gpu_res = None
         self._gt: torch.Tensor | None = None
-        if approximate is not None:
-            self._build_approximate(approximate, nprobe, nlist, ef_search, hnsw_m)
+        if settings is not None:
+            self._build_approximate(settings)
         elif self.backend.name == "faiss" and self.backend.device == "cuda":
             self._gpu_res = _backend.gpu_resources()
         elif self.backend.name == "faiss":
@@ -135,29 +142,34 @@ class GalleryIndex:
             self._blocks.append((idx, c0))
         self._feats.g32 = None  # the indexes hold the float32 gallery; exact distances use the source features
 
-    def _build_approximate(self, kind: str, nprobe: int, nlist: int | None, ef_search: int, hnsw_m: int) -> None:
+    def _build_approximate(self, settings: ApproximateSearch) -> None:
+        """An HNSW or IVF index over the gallery; IVF's lists sized to it (``ApproximateSearch.ivf_lists``)."""
         f = self._faiss
         mt = self._metric_type()
         g32 = np.ascontiguousarray(self._feats.g32)
-        if kind == "hnsw":
-            idx = f.IndexHNSWFlat(self.dim, int(hnsw_m), mt)
-            idx.hnsw.efSearch = int(ef_search)
+        if settings.kind == "hnsw":
+            idx = f.IndexHNSWFlat(self.dim, settings.hnsw_m, mt)
+            idx.hnsw.efSearch = settings.ef_search
             idx.add(g32)
-            self.params = {"hnsw_m": int(hnsw_m), "ef_search": int(ef_search)}
+            self.params = {"kind": "hnsw", "gallery": self.size, "hnsw_m": settings.hnsw_m,
+                           "ef_search": settings.ef_search}
         else:
-            nlist = int(nlist or max(1, min(self.size // 39, int(4 * np.sqrt(self.size)))))  # >= 39 points per cell
+            nlist, nprobe = settings.ivf_lists(self.size)
             quant = f.IndexFlatIP(self.dim) if self.metric == "cosine" else f.IndexFlatL2(self.dim)
             idx = f.IndexIVFFlat(quant, self.dim, nlist, mt)
+            # a gallery smaller than faiss's 39 training points per list was explained once by ivf_lists; keep
+            # faiss's k-means from printing its own warning to stderr for every index
+            idx.cp.min_points_per_centroid = max(1, min(idx.cp.min_points_per_centroid, self.size // nlist))
             idx.train(g32)
             idx.add(g32)
-            idx.nprobe = int(min(nprobe, nlist))
+            idx.nprobe = nprobe
             self._quantizer = quant  # keep the quantizer alive as long as the index (SWIG ownership)
-            self.params = {"nlist": nlist, "nprobe": int(idx.nprobe)}
+            self.params = {"kind": "ivf", "gallery": self.size, "nlist": nlist, "nprobe": nprobe}
         self._blocks = [(idx, 0)]
         self._feats.g32 = None
 
     # ------------------------------------------------------------------------------------------------ candidates
-    def _candidates(self, feats: _Features, rows: np.ndarray, kk: int, use_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(self, feats: Features, rows: np.ndarray, kk: int, use_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
         """(R, kk) block-precision distances (ascending) and gallery indices (-1 padding) of the ``kk`` best."""
         if self._faiss is not None and use_gpu:
             return self._candidates_faiss_gpu(feats, rows, kk)
@@ -169,7 +181,7 @@ class GalleryIndex:
         d = d.astype(np.float64)
         return -d if self.metric == "cosine" else d
 
-    def _candidates_faiss_cpu(self, feats: _Features, rows: np.ndarray, kk: int):
+    def _candidates_faiss_cpu(self, feats: Features, rows: np.ndarray, kk: int):
         f = self._faiss
         xq = np.ascontiguousarray(feats.q32[rows])
         heap = None
@@ -202,7 +214,7 @@ class GalleryIndex:
         D, Ix = out
         return self._to_distance(D), Ix.astype(np.int64)
 
-    def _candidates_faiss_gpu(self, feats: _Features, rows: np.ndarray, kk: int):
+    def _candidates_faiss_gpu(self, feats: Features, rows: np.ndarray, kk: int):
         f = self._faiss
         xq = np.ascontiguousarray(feats.q32[rows])
         xb = self._feats.g32
@@ -212,7 +224,7 @@ class GalleryIndex:
                           vectorsMemoryLimit=lim, queriesMemoryLimit=lim)
         return self._to_distance(D), Ix.astype(np.int64)
 
-    def _candidates_torch(self, feats: _Features, rows: np.ndarray, kk: int, negate: bool = False):
+    def _candidates_torch(self, feats: Features, rows: np.ndarray, kk: int, negate: bool = False):
         dev = torch.device("cuda" if self.backend.device == "cuda" and torch.cuda.is_available() else "cpu")
         gt = self._gt
         G = gt.shape[0]
@@ -222,7 +234,7 @@ class GalleryIndex:
         outi = np.empty((rows.size, kk), np.int64)
         qall = torch.from_numpy(feats.q32)
         q2all = None if feats.q2 is None else torch.from_numpy(feats.q2.astype(np.float32))
-        with _full_fp32(), torch.no_grad():
+        with full_fp32(), torch.no_grad():
             for r0 in range(0, rows.size, rb):
                 rt = torch.as_tensor(rows[r0 : r0 + rb])
                 q = qall.index_select(0, rt).to(dev)
@@ -261,7 +273,7 @@ class GalleryIndex:
 
         ``exclude``: optional, one sequence of gallery indices per query that must not appear in its list
         (e.g. items removed by an evaluation rule)."""
-        q = _features(qf, "qf")
+        q = check_features(qf, "qf")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise EvaluationInputError(f"k must be a positive integer, got {k!r}")
         if q.shape[0] and q.shape[1] != self.dim:
@@ -273,8 +285,9 @@ class GalleryIndex:
         k = int(k)
         D = np.full((Q, k), np.inf)
         Ix = np.full((Q, k), -1, np.int64)
+        indexes = (dict(self.params),) if self.params else ()
         if Q == 0:
-            return SearchResult(D, Ix, str(self.backend), self.approximate is not None)
+            return SearchResult(D, Ix, str(self.backend), self.approximate is not None, indexes)
         feats = self._feats.with_queries(q)
         use_gpu = self.backend.device == "cuda" and self._faiss is not None and self.approximate is None
 
@@ -284,9 +297,9 @@ class GalleryIndex:
             return self._candidates(feats, sel, kval, use_gpu)
 
         D, Ix = self._refine(feats, feats.exact, engine, k, ex)
-        return SearchResult(D, Ix, str(self.backend), self.approximate is not None)
+        return SearchResult(D, Ix, str(self.backend), self.approximate is not None, indexes)
 
-    def _refine(self, feats: _Features, exact_fn, engine, k: int, ex) -> tuple[np.ndarray, np.ndarray]:
+    def _refine(self, feats: Features, exact_fn, engine, k: int, ex) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k from an engine's candidates, escalating the candidate count until certified."""
         Q = feats.q32.shape[0]
         D = np.full((Q, k), np.inf)
@@ -320,7 +333,7 @@ class GalleryIndex:
         Cosine: the nearest item to ``-q`` is the farthest from ``q`` (``d(-q, g) = -d(q, g)`` bit for bit), so
         the same index answers. Squared Euclidean: torch GEMM blocks with a largest-k selection, refined and
         certified like the nearest search (on negated distances)."""
-        q = _features(qf, "qf")
+        q = check_features(qf, "qf")
         if q.shape[0] == 0:
             return np.zeros(0)
         if self.metric == "cosine" and self.approximate is None:
@@ -341,16 +354,16 @@ class GalleryIndex:
             self.approximate = saved
         return -D[:, 0]
 
-    def exact_pairs(self, qf) -> _Features:
+    def exact_pairs(self, qf) -> Features:
         """The exact distance function between the queries ``qf`` and this gallery (``.exact(rows, cols)``)."""
-        return self._feats.with_queries(_features(qf, "qf"))
+        return self._feats.with_queries(check_features(qf, "qf"))
 
     def _host_gallery(self) -> np.ndarray:
         """The float32 (normalised) gallery rebuilt from the source features (flat faiss indexes own theirs)."""
         g = self._feats.gsrc
-        return _normalized64(g, np.float32) if self.metric == "cosine" else np.ascontiguousarray(g, np.float32)
+        return normalized64(g, np.float32) if self.metric == "cosine" else np.ascontiguousarray(g, np.float32)
 
-    def _cpu_fallback(self, feats: _Features, rows: np.ndarray, kk: int):
+    def _cpu_fallback(self, feats: Features, rows: np.ndarray, kk: int):
         """Candidates for a k beyond the GPU k-selection: torch GEMM blocks on the host."""
         if self._gt is None:
             self._gt = torch.from_numpy(self._feats.g32 if self._feats.g32 is not None else self._host_gallery())
@@ -372,6 +385,7 @@ def _certified(v: np.ndarray, idx: np.ndarray, d: np.ndarray, k: int, band: np.n
     t = np.where(idx >= 0, v, -np.inf).max(1)
     kth = d[:, k - 1] if d.shape[1] >= k else np.full(d.shape[0], np.inf)
     return kth < t - band
+
 
 def _exclusions(exclude, Q: int, G: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-query excluded gallery indices as CSR (indptr (Q+1,), sorted keys row * G + col)."""
@@ -421,7 +435,7 @@ def search(
     g_camids=None,
     exclude_cam_pairs: Sequence[Sequence[int]] = (),
     exclude: Sequence[Sequence[int]] | None = None,
-    approximate: str | None = None,
+    approximate: str | ApproximateSearch | None = None,
     **index_kwargs,
 ) -> SearchResult:
     """The ``k`` nearest gallery items of every query: exact distances and gallery indices (see the module doc).
@@ -430,14 +444,16 @@ def search(
     ``backend``: 'auto' (faiss when installed) | 'faiss' | 'torch'. Camera exclusions as in the evaluation:
     with ``q_camids`` / ``g_camids`` (0-based) and ``exclude_cam_pairs`` = ((query_camid, gallery_camid), ...), a
     query never sees gallery items of an excluded camera. ``exclude``: per-query gallery indices to leave out.
-    ``approximate``: None (exact) | 'hnsw' | 'ivf' (faiss; ``index_kwargs``: ``nprobe``, ``nlist``, ``ef_search``,
-    ``hnsw_m``). For repeated searches of one gallery build a :class:`GalleryIndex` once.
+    ``approximate``: None (exact) | 'hnsw' | 'ivf' | an :class:`~vdreid.evaluation.approximate.ApproximateSearch`
+    (faiss; ``index_kwargs``: ``nprobe``, ``nlist``, ``ef_search``, ``hnsw_m``). For repeated searches of one
+    gallery build a :class:`GalleryIndex` once.
     """
-    g = _features(gf, "gf")
-    q = _features(qf, "qf")
+    settings = ApproximateSearch.of(approximate, **index_kwargs)
+    g = check_features(gf, "gf")
+    q = check_features(qf, "qf")
     pairs = tuple((int(a), int(b)) for a, b in exclude_cam_pairs)
     if not pairs:
-        return GalleryIndex(g, metric, backend, approximate, **index_kwargs).search(q, k, exclude)
+        return GalleryIndex(g, metric, backend, settings).search(q, k, exclude)
     if q_camids is None or g_camids is None:
         raise EvaluationInputError("exclude_cam_pairs needs q_camids and g_camids (one camera id per item)")
     qc, gc = np.asarray(q_camids, np.int64), np.asarray(g_camids, np.int64)
@@ -450,14 +466,16 @@ def search(
         raise EvaluationInputError(f"exclude has {len(ex)} entries but there are {q.shape[0]} queries")
     D = np.full((q.shape[0], int(k)), np.inf)
     Ix = np.full((q.shape[0], int(k)), -1, np.int64)
-    name, approx = None, approximate is not None
+    name, indexes = None, []
     for rows, cols in camera_groups(qc, gc, pairs):
         if cols.size == 0:
             continue
         pos = {int(c): i for i, c in enumerate(cols)} if ex is not None else None
         sub_ex = None if ex is None else [[pos[int(c)] for c in ex[r] if int(c) in pos] for r in rows]
-        res = GalleryIndex(g[cols], metric, backend, approximate, **index_kwargs).search(q[rows], k, sub_ex)
+        res = GalleryIndex(g[cols], metric, backend, settings).search(q[rows], k, sub_ex)
         D[rows] = res.distances
         Ix[rows] = np.where(res.indices >= 0, cols[np.maximum(res.indices, 0)], -1)
         name = res.backend
-    return SearchResult(D, Ix, name or str(_backend.resolve(backend, "search")), approx)
+        indexes.extend(res.indexes)
+    return SearchResult(D, Ix, name or str(_backend.resolve(backend, "search")), settings is not None,
+                        tuple(indexes))

@@ -12,24 +12,16 @@ The exact distances are defined in :mod:`vdreid.evaluation.features` (cosine: ``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from vdreid.errors import EvaluationInputError
+from vdreid.evaluation.approximate import ApproximateSearch, summarize
 from vdreid.evaluation.backend import resolve
 from vdreid.evaluation.core import _INT_SENTINEL, DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics
-from vdreid.evaluation.features import (  # noqa: F401  (_U64 and friends: re-exported for older callers)
-    _U32,
-    _U64,
-    METRICS,
-    Features,
-    _Features,
-    _features,
-    _full_fp32,
-    _normalized64,
-    block_distances,
-)
+from vdreid.evaluation.features import METRICS, Features, block_distances, check_features, full_fp32
 from vdreid.evaluation.knn import GalleryIndex, search
 from vdreid.evaluation.metrics import camera_groups, check_common, same_camera_removal
 from vdreid.evaluation.rerank import rerank_distances
@@ -51,7 +43,7 @@ def resolve_backend(backend: str, path: str = "rank") -> tuple[str, torch.device
     return be.name, be.torch_device
 
 
-def _block_fn(feats: _Features, device: torch.device, cols: np.ndarray, use64: bool = False):
+def _block_fn(feats: Features, device: torch.device, cols: np.ndarray, use64: bool = False):
     """Distance blocks over the allowed gallery ``cols``: torch GEMMs on ``device`` (float64 blocks when
     ``use64``). Every backend counts on these blocks; faiss supplies top-k lists (see :mod:`.backend`)."""
     full = cols.size == feats.g32.shape[0]
@@ -77,7 +69,7 @@ def _block_fn(feats: _Features, device: torch.device, cols: np.ndarray, use64: b
     return fn
 
 
-def _dense_distances(feats: _Features, device: torch.device, use64: bool) -> torch.Tensor:
+def _dense_distances(feats: Features, device: torch.device, use64: bool) -> torch.Tensor:
     """All Q x G block-dtype distances in one (multi-threaded) GEMM, for problems that fit one block: the
     camera groups then slice it instead of each gathering its query rows and running its own GEMM (at SYSU
     size the row gathers cost ~10 % of the evaluation). Same formulas as ``_block_fn``'s torch path."""
@@ -122,7 +114,7 @@ def evaluate_features(
     rerank: bool = False,
     remove_same_pid_same_cam: bool = False,
     physical_camera: Mapping[int, int] | None = None,
-    approximate: str | None = None,
+    approximate: str | ApproximateSearch | Mapping[str, Any] | None = None,
     approximate_k: int = 100,
     rerank_k1: int = 20,
     rerank_k2: int = 6,
@@ -138,9 +130,12 @@ def evaluate_features(
     re-ranked distances (``rerank_k1``, ``rerank_k2``, ``rerank_lambda``: torchreid's ``k1``, ``k2``,
     ``lambda_value``) computed on a kNN graph (:mod:`vdreid.evaluation.rerank`), at any size.
 
-    ``approximate='hnsw'|'ivf'`` (faiss) computes the metrics from each query's ``approximate_k`` first items of an
-    approximate index instead (million-image galleries): positives outside that list are placed at the end of the
-    query's list (a worst case), so mAP/mINP are approximate and the result says ``approximate: True``.
+    ``approximate='hnsw'|'ivf'`` (faiss; or an :class:`~vdreid.evaluation.approximate.ApproximateSearch`, or a
+    mapping of its fields, with the index settings) computes the metrics from each query's ``approximate_k`` first
+    items of an approximate index instead (million-image galleries): positives outside that list are placed at the
+    end of the query's list (a worst case), so mAP/mINP are approximate and the result says ``approximate: True``
+    and, under ``approximate_index``, the settings and what the indexes were built with
+    (:func:`vdreid.evaluation.approximate.summarize`).
 
     Besides the metrics the result holds ``backend`` (what ran: ``'torch:cpu'``, ``'faiss:cuda'``, or
     ``'<top-L engine>+<counting engine>'`` when they differ) and ``approximate``.
@@ -149,8 +144,8 @@ def evaluate_features(
         raise EvaluationInputError(f"metric must be one of {METRICS}, got {metric!r}")
     _, device = resolve_backend("torch")  # the counting blocks: torch GEMMs, on CUDA when available
     topl_name, topl_dev = resolve_backend(backend, "rank")
-    q = _features(qf, "qf")
-    g = _features(gf, "gf")
+    q = check_features(qf, "qf")
+    g = check_features(gf, "gf")
     if q.shape[0] and g.shape[0] and q.shape[1] != g.shape[1]:
         raise EvaluationInputError(
             f"qf has dimension {q.shape[1]} but gf has {g.shape[1]}; both must come from one model"
@@ -163,12 +158,12 @@ def evaluate_features(
             f"block_size must be a positive integer (distance entries per block), got {block_size!r}"
         )
     removal = same_camera_removal(qc, gc, remove_same_pid_same_cam, physical_camera)  # the LLCM rule
-    if approximate is not None:
+    settings = ApproximateSearch.of(approximate)
+    if settings is not None:
         if rerank:
             raise EvaluationInputError("approximate search and rerank=True cannot be combined")
-        out = _approximate_metrics(q, g, qp, gp, qc, gc, pairs, removal, metric, backend, max_rank, cmc_mode,
-                                   approximate, approximate_k)
-        return out
+        return _approximate_metrics(q, g, qp, gp, qc, gc, pairs, removal, metric, backend, max_rank, cmc_mode,
+                                    settings, approximate_k)
     use_faiss_topl = topl_name == "faiss" and cmc_mode == "dedup" and not rerank
     if rerank:
         rr = rerank_distances(q, g, metric, rerank_k1, rerank_k2, rerank_lambda, backend)
@@ -184,7 +179,7 @@ def evaluate_features(
         out = aggregate(stats, q.shape[0], max_rank, cmc_mode)
         out.update(backend=_backend_label(rr.backend, f"torch:{device.type}"), approximate=False)
         return out
-    feats = _Features(q, g, metric)
+    feats = Features(q, g, metric)
     use64 = (
         (device.type == "cuda" or FLOAT64_ON_CPU)
         and q.shape[1] >= FLOAT64_MIN_DIM and feats.q64 is not None
@@ -195,7 +190,7 @@ def evaluate_features(
     band = feats.band(use64)
     stats: list[RankStats] = []
     block = block_size or DEFAULT_BLOCK_SIZE
-    with _full_fp32(), torch.no_grad():
+    with full_fp32(), torch.no_grad():
         # dense path: the whole Q x G matrix fits one block: one GEMM, the camera groups slice it
         dense = _dense_distances(feats, device, use64) if q.size and q.shape[0] * g.shape[0] <= block else None
         for rows, cols in camera_groups(qc, gc, pairs):
@@ -267,18 +262,20 @@ def _dedup_ranks_by_search(
 
 
 def _approximate_metrics(q, g, qp, gp, qc, gc, pairs, removal, metric: str, backend: str, max_rank: int,
-                         cmc_mode: str, approximate: str, k: int) -> dict:
+                         cmc_mode: str, settings: ApproximateSearch, k: int) -> dict:
     """Metrics from approximate top-k lists: ranks of the positives found in the list; the others are put at the
     end of the query's kept list, in index order (a worst case); the de-duplicated / standard CMC from the list."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < max_rank:
         raise EvaluationInputError(f"approximate_k must be an integer >= max_rank ({max_rank}), got {k!r}")
     stats = []
     name = None
+    built: list[dict] = []
     for rows, cols in camera_groups(qc, gc, pairs):
         removed = _removed_lists(rows, cols, qp, gp, removal)
         kk = min(int(k), cols.size)
-        res = search(q[rows], g[cols], kk, metric, backend, exclude=removed, approximate=approximate)
+        res = search(q[rows], g[cols], kk, metric, backend, exclude=removed, approximate=settings)
         name = res.backend
+        built.extend(res.indexes)
         ids = np.where(res.indices >= 0, gp[cols[np.maximum(res.indices, 0)]], -1)
         n_pos_all = np.array([np.count_nonzero(gp[cols] == qp[r]) for r in rows])
         n_rem = np.zeros(rows.size, np.int64) if removed is None else np.array([len(x) for x in removed])
@@ -298,5 +295,5 @@ def _approximate_metrics(q, g, qp, gp, qc, gc, pairs, removal, metric: str, back
             dedup_rank[i] = min(np.unique(ids[i, :p][ids[i, :p] >= 0]).size, max_rank)
         stats.append(RankStats(rows[valid], pos_rank[valid], npos[valid], dedup_rank[valid]))
     out = aggregate(stats, q.shape[0], max_rank, cmc_mode)
-    out.update(backend=name or backend, approximate=True)
+    out.update(backend=name or backend, approximate=True, approximate_index=summarize(settings.settings(), built))
     return out

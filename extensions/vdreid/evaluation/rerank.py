@@ -34,7 +34,7 @@ import torch
 
 from vdreid.errors import EvaluationInputError
 from vdreid.evaluation.core import single_thread
-from vdreid.evaluation.features import _U64, METRICS, _Features, _features, _full_fp32, block_distances
+from vdreid.evaluation.features import METRICS, U64, Features, block_distances, check_features, full_fp32
 from vdreid.evaluation.knn import GalleryIndex
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class RerankedDistances:
     of them (for the exact counting of :mod:`vdreid.evaluation.core`); ``dense()`` the whole matrix (small sets).
     """
 
-    def __init__(self, feats: _Features, rowmax: np.ndarray, s: sp.csr_matrix, lambda_value: float, metric: str,
+    def __init__(self, feats: Features, rowmax: np.ndarray, s: sp.csr_matrix, lambda_value: float, metric: str,
                  backend: str) -> None:
         self.feats, self.rowmax, self.s, self.lam, self.metric = feats, rowmax, s, float(lambda_value), metric
         self.backend = backend
@@ -72,7 +72,7 @@ class RerankedDistances:
         """Per query: bound on |block value - exact value| (the float32 GEMM's band pushed through d'^2 / rowmax,
         plus float64 rounding of values below 2)."""
         b = self.feats.band()
-        return self.lam * (2.0 * np.sqrt(self.rowmax) + b) * b * self.inv * 1.05 + 64 * _U64
+        return self.lam * (2.0 * np.sqrt(self.rowmax) + b) * b * self.inv * 1.05 + 64 * U64
 
     def block_fn(self, cols: np.ndarray, device: torch.device) -> Callable[[np.ndarray, int, int], torch.Tensor]:
         """Block function over the allowed gallery ``cols`` (ascending) for :func:`core.rank_statistics`."""
@@ -87,7 +87,7 @@ class RerankedDistances:
 
         def fn(r: np.ndarray, c0: int, c1: int) -> torch.Tensor:
             rt = torch.as_tensor(r, device=device)
-            with _full_fp32():
+            with full_fp32():
                 x = block_distances(q32.index_select(0, rt), g32[c0:c1], "cosine" if q2 is None else "euclidean",
                                     None if q2 is None else q2.index_select(0, rt),
                                     None if g2 is None else g2[c0:c1])
@@ -152,7 +152,7 @@ def _expansion_sets(nn: np.ndarray, k1: int) -> np.ndarray:
     return out
 
 
-def _weights(allfeats: _Features, sets: np.ndarray, rowmax: np.ndarray, inv: np.ndarray, shift: float) -> sp.csr_matrix:
+def _weights(allfeats: Features, sets: np.ndarray, rowmax: np.ndarray, inv: np.ndarray, shift: float) -> sp.csr_matrix:
     """Sparse ``V``: row i holds exp(-original[i, j]) / sum over its expansion set (torchreid's ``V``)."""
     n = sets.shape[0]
     r, c = np.nonzero(sets >= 0)
@@ -234,7 +234,7 @@ def rerank_distances(
             raise EvaluationInputError(f"{name} must be a positive integer, got {v!r}")
     if not 0.0 <= float(lambda_value) <= 1.0:
         raise EvaluationInputError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
-    q, g = _features(qf, "qf"), _features(gf, "gf")
+    q, g = check_features(qf, "qf"), check_features(gf, "gf")
     if q.shape[0] == 0 or g.shape[0] == 0:
         raise EvaluationInputError("re-ranking needs at least one query and one gallery item")
     if q.shape[1] != g.shape[1]:
@@ -256,6 +256,6 @@ def rerank_distances(
     if k2 != 1:
         V = _query_expansion(V, nn, k2)
     s = _jaccard_overlap(V, Q, float(lambda_value))
-    feats = _Features(q, g, metric)
+    feats = Features(q, g, metric)
     logger.debug("re-ranking: %d x %d, %d overlapping pairs, %s", Q, g.shape[0], s.nnz, index.backend)
     return RerankedDistances(feats, rowmax[:Q], s, lambda_value, metric, str(index.backend))
