@@ -41,6 +41,10 @@ CONTEXT = {
     "vd.cml": ["vd.recipe", "official"],
     "vd.branches": ["vd.bottleneck_branches", "['ir', 'vis']", "vd.feature_mode", "v_specific"],
 }
+for _k in ("test.ivf_nlist", "test.ivf_nprobe"):
+    CONTEXT[_k] = ["test.approximate", "ivf"]
+for _k in ("test.hnsw_m", "test.hnsw_ef_search"):
+    CONTEXT[_k] = ["test.approximate", "hnsw"]
 for _k in ("data.regdb.trial", "data.regdb.direction"):
     CONTEXT[_k] = ["data.sources", "['regdb']", "data.targets", "['regdb']"]
 for _k in ("data.llcm.direction", "data.llcm.num_trials"):

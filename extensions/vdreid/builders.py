@@ -39,6 +39,7 @@ from vdreid.engine.checkpoint import load_model_weights, read_model_checkpoint
 from vdreid.engine.distributed import device_for
 from vdreid.engine.optim import ScheduleSpec, scheduler_from_spec
 from vdreid.errors import CheckpointMismatchError, DatasetLayoutError
+from vdreid.evaluation.approximate import ApproximateSearch
 from vdreid.models.original import from_original, original_kinds, original_model_kwargs
 
 logger = logging.getLogger(__name__)
@@ -276,7 +277,8 @@ def engine_kwargs(cfg: CN, training: bool = True) -> dict[str, Any]:
         backend=cfg.test.backend,
         max_rank=cfg.test.max_rank,
         flip=cfg.test.flip,
-        approximate=cfg.test.approximate or None,
+        approximate=ApproximateSearch.of(cfg.test.approximate, nlist=cfg.test.ivf_nlist, nprobe=cfg.test.ivf_nprobe,
+                                         hnsw_m=cfg.test.hnsw_m, ef_search=cfg.test.hnsw_ef_search),
         feature_mode=m.feature_mode(cfg),
     )
     options = TrainOptions(

@@ -249,6 +249,11 @@ def _base_config() -> CN:
     cfg.test.flip = False  # flip test-time augmentation (flagged on the leaderboard)
     # "" (exact, every reported metric) | hnsw | ivf: approximate search for huge galleries, flagged as approximate
     cfg.test.approximate = ""
+    # approximate index settings (docs/search-and-reranking.md), read only for the kind test.approximate names
+    cfg.test.ivf_nlist = 0  # IVF lists; 0: sized to each gallery (N // 39, at most 4 sqrt(N))
+    cfg.test.ivf_nprobe = 32  # IVF lists scanned per query (>= nlist: every list, exact lists)
+    cfg.test.hnsw_m = 32  # HNSW links per node (faiss M)
+    cfg.test.hnsw_ef_search = 256  # HNSW search beam (faiss efSearch)
 
     return cfg
 
@@ -666,6 +671,10 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "test.batch_size": at_least(1, INT),
     "test.visrank_topk": at_least(1, INT),
     "test.max_rank": at_least(1, INT),
+    "test.ivf_nlist": at_least(0, "an integer (0: sized to each gallery)"),
+    "test.ivf_nprobe": at_least(1, INT),
+    "test.hnsw_m": at_least(2, INT),
+    "test.hnsw_ef_search": at_least(1, INT),
     "vd.bottleneck_dims": at_least(1, INT),
     "vd.z_classifier_hidden": or_recipe(at_least(0, INT)),
     "vd.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
