@@ -39,7 +39,11 @@ _WHERE = "vdreid.losses.cross_modal_prototype_loss"
 
 
 def _pdist(a: Tensor, b: Tensor) -> Tensor:
-    """The code's ``pdist_torch``: ``sqrt(clamp(|a|^2 + |b|^2 - 2 a b^T, 1e-12))``, the same operations in order."""
+    """The code's ``pdist_torch``: ``sqrt(clamp(|a|^2 + |b|^2 - 2 a b^T, 1e-12))``, the same operations in order.
+
+    Not :func:`vdreid.evaluation.features.block_distances` (the evaluation's one distance function): a loss needs
+    gradients through the distance and the authors' operation order (``addmm``, clamp at 1e-12, square root), while
+    that function works in place on prepared no-grad blocks and clamps the squared distance at 0."""
     sq = (a * a).sum(dim=1, keepdim=True) + (b * b).sum(dim=1, keepdim=True).t()
     return sq.addmm(a, b.t(), beta=1, alpha=-2).clamp(min=1e-12).sqrt()
 

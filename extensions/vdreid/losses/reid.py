@@ -53,7 +53,11 @@ def label_smooth_ce(logits: Tensor, pids: Tensor, eps: float = 0.1) -> Tensor:
 
 
 def pairwise_euclidean(x: Tensor) -> Tensor:
-    """``d_ij = sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 1e-12))``, the distance every Re-ID code base here uses."""
+    """``d_ij = sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 1e-12))``, the distance every Re-ID code base here uses.
+
+    Kept apart from the evaluation's :func:`vdreid.evaluation.features.block_distances`: the losses differentiate
+    through it and reproduce the original codes' clamp at 1e-12 and square root, which the evaluation's in-place,
+    no-grad blocks (squared distance clamped at 0) do not."""
     sq = (x * x).sum(dim=1, keepdim=True)
     d2 = sq + sq.t() - 2.0 * (x @ x.t())
     return d2.clamp(min=1e-12).sqrt()
