@@ -238,6 +238,34 @@ def test_plot_cmc(tmp_path):
         plot_cmc({}, str(tmp_path / "bad.png"))
 
 
+def test_cmc_percent_is_the_one_conversion(tmp_path, monkeypatch):
+    """Fractions are scaled once, percent curves never (even a poor one whose values are all <= 1 percent); the
+    report's curve is percent, and EvalReport.plot_cmc / tools.plot_cmc_runs draw through evaluation.plot_cmc."""
+    from vdreid.evaluation import evaluator, visualize
+    from vdreid.tools import plots
+
+    np.testing.assert_array_equal(visualize.cmc_percent([0.25, 0.5]), [25.0, 50.0])  # guessed: fractions
+    np.testing.assert_array_equal(visualize.cmc_percent([25.0, 50.0]), [25.0, 50.0])
+    np.testing.assert_array_equal(visualize.cmc_percent([0.25, 0.5], percent=True), [0.25, 0.5])
+    np.testing.assert_array_equal(visualize.cmc_percent([0.25, 0.5], percent=False), [25.0, 50.0])
+    with pytest.raises(ValueError, match="empty"):
+        visualize.cmc_percent([])
+    drawn = []
+
+    def spy(curves, path, title="CMC", percent=None):
+        drawn.append({k: visualize.cmc_percent(v, percent) for k, v in curves.items()})
+        return path
+
+    monkeypatch.setattr(evaluator, "plot_cmc", spy)
+    monkeypatch.setattr(plots, "plot_cmc", spy)
+    per_trial = [{"R1": 0.1, "R5": 0.3, "R10": 0.5, "R20": 0.9, "mAP": 0.2, "mINP": 0.1, "num_valid_queries": 5}]
+    rep = EvalReport("p", {}, per_trial, [np.linspace(0.001, 0.009, 20)])  # fractions: 0.1 .. 0.9 percent
+    rep.plot_cmc(str(tmp_path / "a.png"))
+    np.testing.assert_allclose(drawn[-1]["p"], np.linspace(0.1, 0.9, 20))  # not scaled a second time
+    plots.plot_cmc_runs({"run": list(rep.cmc_mean)}, str(tmp_path / "b.png"), percent=True)
+    np.testing.assert_allclose(drawn[-1]["run"], np.linspace(0.1, 0.9, 20))
+
+
 # ------------------------------------------------------------------ flip test-time augmentation, protocol eval_kwargs
 
 

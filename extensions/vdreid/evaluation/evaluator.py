@@ -131,7 +131,8 @@ class EvalReport:
 
     def plot_cmc(self, path: str, title: str | None = None) -> str:
         """The mean CMC curve of this evaluation as a picture (matplotlib)."""
-        return plot_cmc({self.protocol_name: self.cmc_mean}, path, title=title or f"CMC: {self.protocol_name}")
+        return plot_cmc({self.protocol_name: self.cmc_mean}, path, title=title or f"CMC: {self.protocol_name}",
+                        percent=True)
 
     def to_dict(self, **provenance: Any) -> dict[str, Any]:
         d: dict[str, Any] = {

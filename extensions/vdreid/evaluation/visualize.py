@@ -161,8 +161,20 @@ def save_ranked_lists_for_protocol(
     return _draw(ranks, q_items, g_items, save_dir, min(int(topk), shown), width, height)
 
 
-def plot_cmc(curves: Mapping[str, np.ndarray], path: str, title: str = "CMC") -> str:
-    """One CMC curve per label (fractions or percent) as a PNG/PDF at ``path`` (matplotlib, Agg backend)."""
+def cmc_percent(curve, percent: bool | None = None) -> np.ndarray:
+    """A CMC curve in percent. ``percent``: True (already percent), False (fractions) or None (guess: fractions
+    when no value exceeds 1). Raises ``ValueError`` for an empty curve or NaN/inf."""
+    c = np.asarray(curve, dtype=np.float64).ravel()
+    if c.size == 0 or not np.all(np.isfinite(c)):
+        raise ValueError("a CMC curve is empty or has NaN/inf")
+    fractions = c.max() <= 1.0 if percent is None else not percent
+    return c * 100.0 if fractions else c
+
+
+def plot_cmc(curves: Mapping[str, np.ndarray], path: str, title: str = "CMC", percent: bool | None = None) -> str:
+    """One CMC curve per label as a PNG/PDF at ``path`` (matplotlib, Agg backend): the one CMC plotter
+    (``EvalReport.plot_cmc`` and ``vdreid.tools.plots.plot_cmc_runs`` draw through it). ``percent``: the curves are
+    in percent (True), fractions (False) or either, guessed per curve (None, see :func:`cmc_percent`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -171,12 +183,15 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str, title: str = "CMC") ->
     if not curves:
         raise ValueError("plot_cmc needs at least one curve")
     fig, ax = plt.subplots(figsize=(5, 4))
+    ys = {}
     for label, c in curves.items():
-        c = np.asarray(c, dtype=np.float64).ravel()
-        if c.size == 0 or not np.all(np.isfinite(c)):
-            raise ValueError(f"CMC curve {label!r} is empty or has NaN/inf")
-        y = c * 100.0 if c.max() <= 1.0 else c
-        ax.plot(np.arange(1, c.size + 1), y, marker="o", markersize=3, label=f"{label} (R1 {y[0]:.2f}%)")
+        try:
+            ys[label] = cmc_percent(c, percent)
+        except ValueError:
+            plt.close(fig)
+            raise ValueError(f"CMC curve {label!r} is empty or has NaN/inf") from None
+    for label, y in ys.items():
+        ax.plot(np.arange(1, y.size + 1), y, marker="o", markersize=3, label=f"{label} (R1 {y[0]:.2f}%)")
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(0, 100)

@@ -22,15 +22,11 @@ from vdreid.evaluation.visualize import plot_cmc  # noqa: E402
 _NON_LOSS = {"epoch", "lr", "images_per_s", "time_s", "iterations", "iters", "num_images"}
 
 
-def _cmc_percent(cmc: Sequence[float]) -> list[float]:
-    vals = [float(v) for v in cmc]
-    return [v * 100.0 for v in vals] if vals and max(vals) <= 1.0 else vals
-
-
-def plot_cmc_runs(results: dict[str, str | Sequence[float]], path: str, title: str = "CMC") -> str:
+def plot_cmc_runs(results: dict[str, str | Sequence[float]], path: str, title: str = "CMC",
+                  percent: bool | None = None) -> str:
     """One figure with a CMC curve per run. ``results``: ``{label: results JSON path or CMC values}``; the runs'
     protocols are named under the title (with a warning when they differ). Drawn by the one CMC plotter,
-    :func:`vdreid.evaluation.plot_cmc`."""
+    :func:`vdreid.evaluation.plot_cmc` (``percent``: as there; None guesses fractions or percent per curve)."""
     if not results:
         raise ValueError("plot_cmc_runs: no runs given")
     curves: dict[str, Sequence[float]] = {}
@@ -41,14 +37,14 @@ def plot_cmc_runs(results: dict[str, str | Sequence[float]], path: str, title: s
                 d = json.load(f)
             if "cmc_mean" not in d:
                 raise ValueError(f'plot_cmc_runs: "{src}" has no "cmc_mean" (not a vdreid results JSON?)')
-            curves[label] = _cmc_percent(d["cmc_mean"])
+            curves[label] = d["cmc_mean"]
             protocols.add(d.get("protocol", "?"))
         else:
-            curves[label] = _cmc_percent(src)
+            curves[label] = src
     sub = f"\n{'; '.join(sorted(protocols))}" if protocols else ""
     if len(protocols) > 1:
         sub += "  [different protocols: not comparable]"
-    return plot_cmc(curves, path, title=title + sub)
+    return plot_cmc(curves, path, title=title + sub, percent=percent)
 
 
 def read_train_log(path: str) -> list[dict]:
