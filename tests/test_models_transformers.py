@@ -288,6 +288,20 @@ def test_wrong_image_size_at_forward_is_a_config_error():
         agw(_x(2, h=96, w=48), torch.tensor([True, False]))
 
 
+def test_onnx_export_of_encoders_built_for_the_input_size(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    for family in ("vit", "swin"):
+        name, kw = FAMILIES[family]
+        net = build_bnneck(name, num_classes=C, input_size=(H, W), **kw).eval()
+        path = tmp_path / f"{family}.onnx"
+        torch.onnx.export(net, (_x(2),), str(path), dynamo=False, opset_version=17, input_names=["images"],
+                          output_names=["features"], dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        x = _x(3, seed=9)
+        got = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})[0]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), net(x), rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------- descriptions
 def test_describe_encoder_lines():
     r = describe_encoder("resnet18", 1, (256, 128))
