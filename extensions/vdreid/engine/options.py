@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from vdreid.engine.amp import AMP_MODES
 from vdreid.engine.optim import ScheduleSpec
 from vdreid.errors import ConfigError
+from vdreid.evaluation.approximate import ApproximateSearch
 
 #: which model the final test evaluates (see :class:`TrainOptions`)
 SELECTIONS = ("final", "val", "test")
@@ -92,8 +93,10 @@ class EvalOptions:
         backend: ranking engine, ``'auto'``, ``'faiss'`` or ``'torch'`` [``test.backend``].
         max_rank: length of the reported CMC [``test.max_rank``].
         flip: flip test-time augmentation [``test.flip``].
-        approximate: None (exact) or an approximate index, ``'hnsw'`` or ``'ivf'``, flagged in the results
-            [``test.approximate``].
+        approximate: None (exact) or an approximate index: ``'hnsw'``, ``'ivf'`` or a
+            :class:`vdreid.evaluation.approximate.ApproximateSearch` with its settings (passed to
+            :func:`vdreid.evaluation.run_protocol` as given), flagged in the results [``test.approximate`` and the
+            index keys].
         feature_mode: the model's test feature (``model.feature_mode``); None keeps the model's
             [``test.feature_mode`` or the method's default].
         amp: autocast of feature extraction: ``'none'`` (float32 features, the default), ``'bf16'`` or ``'fp16'``
@@ -104,7 +107,7 @@ class EvalOptions:
     backend: str = "auto"
     max_rank: int = 20
     flip: bool = False
-    approximate: str | None = None
+    approximate: str | ApproximateSearch | None = None
     feature_mode: str | None = None
     amp: str = "none"
 
