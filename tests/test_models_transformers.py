@@ -302,6 +302,26 @@ def test_onnx_export_of_encoders_built_for_the_input_size(tmp_path):
             torch.testing.assert_close(torch.from_numpy(got), net(x), rtol=1e-4, atol=1e-4)
 
 
+def test_layout_falls_back_to_a_cpu_copy_when_the_meta_device_cannot_build(monkeypatch):
+    from vdreid.models import backbones
+
+    real = backbones._create
+
+    def no_meta(name, kwargs, meta):
+        if meta:
+            raise backbones._MetaUnsupported("Tensor.item() cannot be called on meta tensors")
+        return real(name, kwargs, meta)
+
+    want = encoder_layout("resnet18", 1, (H, W))
+    torch.manual_seed(0)
+    first_draw = torch.rand(1)
+    monkeypatch.setattr(backbones, "_create", no_meta)
+    torch.manual_seed(0)
+    got = encoder_layout("resnet18", 1, (H, W))  # built and run on the CPU
+    assert torch.equal(torch.rand(1), first_draw)  # the CPU copy's initialisation drew no random numbers for good
+    assert got == want and got.final_size == (H // 16, W // 16)
+
+
 # --------------------------------------------------------------------------------------------- descriptions
 def test_describe_encoder_lines():
     r = describe_encoder("resnet18", 1, (256, 128))

@@ -23,6 +23,7 @@ worked out on PyTorch's ``meta`` device (shapes only: no weights, no arithmetic,
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,7 +173,12 @@ def _create(name: str, kwargs: dict[str, Any], meta: bool) -> nn.Module:
     try:
         if meta:
             with torch.random.fork_rng(devices=[]), torch.device("meta"):
-                return timm.create_model(name, pretrained=False, **kwargs)
+                try:
+                    return timm.create_model(name, pretrained=False, **kwargs)
+                except (NotImplementedError, RuntimeError) as exc:  # e.g. a value read from a tensor at init
+                    if _meta_trouble(exc):
+                        raise _MetaUnsupported(str(exc)) from exc
+                    raise
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as exc:
         if "dynamic_img_size" in str(exc):
@@ -235,6 +241,8 @@ def _probe_or_config_error(model: nn.Module, name: str, size: tuple[int, int], h
     try:
         return _probe(model, size, head)
     except (AssertionError, RuntimeError, ValueError) as exc:
+        if next(model.parameters()).is_meta and _meta_trouble(exc):
+            raise _MetaUnsupported(str(exc)) from exc
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         patch = _patch_size(model)
         hint = f"; use {_size_hint(*size, *patch)}" if patch and (size[0] % patch[0] or size[1] % patch[1]) else (
@@ -272,39 +280,62 @@ def _layout_of(name: str, body: nn.Module, *, pooling: str, fixed: bool, mode: s
         stride_two_size=stride_two or final, last_stride=last_stride, create_kwargs=dict(kwargs))
 
 
+class _MetaUnsupported(Exception):
+    """The model cannot be built or run on the meta device (an op without a meta kernel, a value read at init)."""
+
+
+def _meta_trouble(exc: BaseException) -> bool:
+    return isinstance(exc, NotImplementedError) or re.search(r"\bmeta\b", str(exc), flags=re.I) is not None
+
+
 def _plan(name: str, last_stride: int, size: tuple[int, int] | None, timm_kwargs: dict[str, Any]
           ) -> tuple[EncoderLayout, nn.Module]:
-    """The layout of ``name`` and the meta-device model it was read from (see :func:`encoder_layout`)."""
+    """The layout of ``name`` and the model it was read from (see :func:`encoder_layout`): worked out on the meta
+    device, or, for a model that cannot live there, on a CPU copy (random numbers drawn for it are given back)."""
     _check_name(name)
     if last_stride not in (1, 2):
         raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+    try:
+        return _plan_on(name, last_stride, size, timm_kwargs, meta=True)
+    except _MetaUnsupported:
+        with torch.random.fork_rng(devices=[]):
+            return _plan_on(name, last_stride, size, timm_kwargs, meta=False)
+
+
+def _plan_on(name: str, last_stride: int, size: tuple[int, int] | None, timm_kwargs: dict[str, Any], meta: bool
+             ) -> tuple[EncoderLayout, nn.Module]:
     probe_size = size or _pretrained_size(name)
     if is_fixed_size(name):
         kw, mode, img_size = _creation_kwargs(name, size, timm_kwargs)
         probe_size = img_size or probe_size
-        meta = _create(name, kw, meta=True)
-        f, p = _probe_or_config_error(meta, name, probe_size, True, mode)
-        layout = _layout_of(name, meta, pooling=HEAD, fixed=True, mode=mode, img_size=img_size,
+        model = _create(name, kw, meta=meta)
+        f, p = _probe_or_config_error(model, name, probe_size, True, mode)
+        layout = _layout_of(name, model, pooling=HEAD, fixed=True, mode=mode, img_size=img_size,
                             probe_size=probe_size, f=f, p=p, last_stride=last_stride, stride_two=None, kwargs=kw)
         if size is not None or mode == "img_size":  # timm would crop a size that is not a multiple of the patches
             check_image_size(layout, *probe_size)
-        return layout, meta
+        return layout, model
     kw = {**timm_kwargs, "num_classes": 0, "global_pool": ""}  # exactly create_timm_backbone's model
-    meta = _create(name, kw, meta=True)
-    f, _ = _probe_or_config_error(meta, name, probe_size, False, "any")
+    model = _create(name, kw, meta=meta)
+    f, _ = _probe_or_config_error(model, name, probe_size, False, "any")
     pooling = GAP
-    if _feature_format(f, meta) != "NCHW":  # e.g. a channels-last map: the model's own head pools it
+    if _feature_format(f, model) != "NCHW":  # e.g. a channels-last map: the model's own head pools it
         pooling, kw = HEAD, {**timm_kwargs, "num_classes": 0}
-        meta = _create(name, kw, meta=True)
+        model = _create(name, kw, meta=meta)
     stride_two = None
     if last_stride == 1:
-        f2, _ = _probe(meta, probe_size, False)
-        stride_two = _final_size(f2, _feature_format(f2, meta))
-        set_last_stride_one(meta, name)
-    f, p = _probe_or_config_error(meta, name, probe_size, pooling == HEAD, "any")
-    layout = _layout_of(name, meta, pooling=pooling, fixed=False, mode="any", img_size=None, probe_size=probe_size,
+        f2, _ = _probe(model, probe_size, False)
+        stride_two = _final_size(f2, _feature_format(f2, model))
+        try:
+            set_last_stride_one(model, name)
+        except (NotImplementedError, RuntimeError) as exc:
+            if meta and _meta_trouble(exc):
+                raise _MetaUnsupported(str(exc)) from exc
+            raise
+    f, p = _probe_or_config_error(model, name, probe_size, pooling == HEAD, "any")
+    layout = _layout_of(name, model, pooling=pooling, fixed=False, mode="any", img_size=None, probe_size=probe_size,
                         f=f, p=p, last_stride=last_stride, stride_two=stride_two, kwargs=kw)
-    return layout, meta
+    return layout, model
 
 
 def encoder_layout(backbone: str, last_stride: int = 1, input_size: tuple[int, int] | None = None,
