@@ -204,24 +204,15 @@ def run_case(name, nq, ng, dim, num_ids, trials, others, pure_noise, backend):
 
 
 def load_old_evaluator(rev: str):
-    """``evaluate_features`` of commit ``rev`` (its evaluation/core.py, metrics.py, ranking.py, loaded as a
-    separate package next to this tree's), for a side-by-side timing in one process."""
+    """``evaluate_features`` of commit ``rev`` (its whole package, imported beside this tree's as ``vdreid_old`` by
+    ``revision_speed.import_revision``), for a side-by-side timing in one process."""
     import importlib
-    import subprocess
-    import tempfile
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    tmp = tempfile.mkdtemp(prefix="vdreid_old_eval_")
-    pkg = os.path.join(tmp, "vdreid_old_eval")
-    os.makedirs(pkg)
-    open(os.path.join(pkg, "__init__.py"), "w").close()
-    for name in ("core", "metrics", "ranking"):
-        src = subprocess.run(["git", "show", f"{rev}:extensions/vdreid/evaluation/{name}.py"], cwd=root,
-                             capture_output=True, text=True, check=True).stdout
-        with open(os.path.join(pkg, f"{name}.py"), "w") as f:
-            f.write(src.replace("from vdreid.evaluation.", "from vdreid_old_eval."))
-    sys.path.insert(0, tmp)
-    return importlib.import_module("vdreid_old_eval.ranking").evaluate_features
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from revision_speed import import_revision
+
+    pkg = import_revision(rev, "vdreid_old")
+    return importlib.import_module(f"{pkg.__name__}.evaluation").evaluate_features
 
 
 def compare_rev(rev: str, rounds: int = 3) -> None:
