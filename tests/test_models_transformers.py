@@ -317,7 +317,7 @@ def test_layout_falls_back_to_a_cpu_copy_when_the_meta_device_cannot_build(monke
     first_draw = torch.rand(1)
     monkeypatch.setattr(backbones, "_create", no_meta)
     torch.manual_seed(0)
-    got = encoder_layout("resnet18", 1, (H, W))  # built and run on the CPU
+    got = backbones._plan("resnet18", 1, (H, W), {})[0]  # built and run on the CPU (not the remembered layout)
     assert torch.equal(torch.rand(1), first_draw)  # the CPU copy's initialisation drew no random numbers for good
     assert got == want and got.final_size == (H // 16, W // 16)
 

@@ -252,7 +252,7 @@ class AGWNet(SingleWidthFeatureModes, nn.Module):
     def describe_encoder(self) -> str:
         """One line: the timm encoder, what last stride and pooling mean for it, and the two-stream split."""
         if self.token_encoder and self.layout is not None:
-            line = describe_layout(self.layout, self.shared)
+            line = describe_layout(self.layout)
         else:
             backbone = self.config.get("timm_name") or self.config.get("backbone", "resnet50")
             line = describe_encoder(backbone, int(self.config.get("last_stride", 1)), self.config.get("input_size"),

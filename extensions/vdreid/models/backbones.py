@@ -116,6 +116,7 @@ class EncoderLayout:
         patch_size: the patch embedding's patch size, when the model has one.
         global_pool: the model's ``global_pool`` ('' for :data:`GAP`).
         prefix_tokens: class / distillation / register tokens before the patch tokens.
+        distilled: a DeiT with a distillation token (pooled with the class token).
         probe_size: the input size the shapes below were computed at.
         final_size: spatial size (or token count) of ``forward_features`` at ``probe_size``.
         stride_two_size: the same with last stride 2 (CNNs with last stride 1 only; else ``final_size``).
@@ -134,6 +135,7 @@ class EncoderLayout:
     patch_size: tuple[int, int] | None
     global_pool: str
     prefix_tokens: int
+    distilled: bool
     probe_size: tuple[int, int]
     final_size: tuple[int, ...]
     stride_two_size: tuple[int, ...]
@@ -276,7 +278,8 @@ def _layout_of(name: str, body: nn.Module, *, pooling: str, fixed: bool, mode: s
         backbone=name, family=type(body).__name__, fixed_size=fixed, pooling=pooling, feature_format=fmt,
         width=width, input_mode=mode, img_size=img_size if mode == "img_size" else _pretrained_size(name),
         patch_size=_patch_size(body), global_pool=gp if pooling == HEAD else "",
-        prefix_tokens=int(getattr(body, "num_prefix_tokens", 0) or 0), probe_size=probe_size, final_size=final,
+        prefix_tokens=int(getattr(body, "num_prefix_tokens", 0) or 0),
+        distilled=getattr(body, "dist_token", None) is not None, probe_size=probe_size, final_size=final,
         stride_two_size=stride_two or final, last_stride=last_stride, create_kwargs=dict(kwargs))
 
 
@@ -338,23 +341,33 @@ def _plan_on(name: str, last_stride: int, size: tuple[int, int] | None, timm_kwa
     return layout, model
 
 
+_LAYOUTS: dict[tuple, EncoderLayout] = {}  # VD builds three alike encoders: one layout
+
+
 def encoder_layout(backbone: str, last_stride: int = 1, input_size: tuple[int, int] | None = None,
                    **timm_kwargs: Any) -> EncoderLayout:
-    """What :class:`Encoder` builds for ``backbone`` at ``input_size`` (height, width), computed on the meta device.
+    """What :class:`Encoder` builds for ``backbone`` at ``input_size`` (height, width), computed on the meta device
+    (and remembered for the process).
 
     Raises :class:`~vdreid.errors.ConfigError` for an unknown name, an input size the encoder cannot run on
     (e.g. not a multiple of a ViT's or Swin's patch size), or a fixed-size family without a dynamic mode when no
     input size is given.
     """
-    return _plan(backbone, last_stride, _check_input_size(input_size), dict(timm_kwargs))[0]
+    size = _check_input_size(input_size)
+    key = (backbone, last_stride, size, tuple(sorted((k, repr(v)) for k, v in timm_kwargs.items())))
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        _LAYOUTS[key] = _plan(backbone, last_stride, size, dict(timm_kwargs))[0]
+    return _LAYOUTS[key]
 
 
 # --------------------------------------------------------------------------------------------- description
-def _pooling_phrase(layout: EncoderLayout, body: nn.Module | None = None) -> str:
+def _pooling_phrase(layout: EncoderLayout) -> str:
     if layout.pooling == GAP:
         return f"global average over the final map ({layout.width} channels)"
     gp, fmt = layout.global_pool, layout.feature_format
-    if body is not None and getattr(body, "dist_token", None) is not None and gp == "token":
+    if layout.distilled and gp == "token":
         what = "mean of the class and distillation tokens"
     elif gp == "token":
         what = "the class token"
@@ -373,10 +386,10 @@ def _pooling_phrase(layout: EncoderLayout, body: nn.Module | None = None) -> str
     return f"{what} (timm forward_head(pre_logits=True), {layout.width} features)"
 
 
-def describe_layout(layout: EncoderLayout, body: nn.Module | None = None) -> str:
+def describe_layout(layout: EncoderLayout) -> str:
     """One line: what last stride and pooling mean for this encoder (for the start banner)."""
     at = _fmt(layout.probe_size)
-    pooling = f"pooling: {_pooling_phrase(layout, body)}"
+    pooling = f"pooling: {_pooling_phrase(layout)}"
     if not layout.fixed_size:
         final = _fmt(layout.final_size)
         if layout.last_stride == 1:
@@ -414,8 +427,7 @@ def describe_encoder(backbone: str, last_stride: int = 1, input_size: tuple[int,
     Example: ``describe_encoder('vit_tiny_patch16_224', 1, (288, 144))``. Computed on the meta device (no weights);
     raises :class:`~vdreid.errors.ConfigError` for what cannot run (see :func:`encoder_layout`).
     """
-    layout, meta = _plan(backbone, last_stride, _check_input_size(input_size), dict(timm_kwargs))
-    return describe_layout(layout, meta)
+    return describe_layout(encoder_layout(backbone, last_stride, input_size, **timm_kwargs))
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -513,8 +525,8 @@ def build_timm_encoder(backbone: str, last_stride: int = 1, input_size: tuple[in
     :func:`set_last_stride_one`); encoders built for one input size get ``img_size=input_size`` or, without an
     input size, ``dynamic_img_size=True``, and keep their registered ``global_pool``.
     """
-    layout, _ = _plan(backbone, last_stride, _check_input_size(input_size), dict(timm_kwargs))
-    body = _create(backbone, layout.create_kwargs, meta=False)
+    layout = encoder_layout(backbone, last_stride, input_size, **timm_kwargs)
+    body = _create(backbone, dict(layout.create_kwargs), meta=False)
     if layout.last_stride_applies and last_stride == 1:
         set_last_stride_one(body, backbone)
     return body, layout
@@ -571,7 +583,7 @@ class Encoder(nn.Module):
 
     def describe(self) -> str:
         """One line: what last stride and pooling mean for this encoder (:func:`describe_layout`)."""
-        return describe_layout(self.layout, self.body)
+        return describe_layout(self.layout)
 
     def check_input_size(self, x: Tensor) -> None:
         """ConfigError when a fixed-size encoder gets images it cannot run on (instead of timm's assertion)."""
