@@ -95,7 +95,7 @@ class Stem(nn.Module):
             setattr(self, part, getattr(resnet, part))
 
     def forward(self, x: Tensor) -> Tensor:
-        for part in self.parts:
+        for part in getattr(self, "parts", _STEM_PARTS):  # a Stem pickled before `parts` existed is a ResNet's
             x = getattr(self, part)(x)
         return x
 
