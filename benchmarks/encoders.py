@@ -93,7 +93,7 @@ def main() -> None:
         tb = statistics.median(b["times"])
         print(f"| {name} | {r['params']:.1f} | {r['saved']:.1f} | {t:.3f} | {r['params'] / b['params']:.2f} "
               f"| {r['saved'] / b['saved']:.2f} | {t / tb:.2f} |")
-    for name, r in rows.items():
+    for r in rows.values():
         print(f"- {r['line']}")
 
 
