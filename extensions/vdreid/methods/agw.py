@@ -89,6 +89,7 @@ class AGW(Method):
             gem=bool(a.gem),
             last_stride=int(a.last_stride),
             feature_mode=self.feature_mode(cfg),
+            input_size=(int(cfg.data.height), int(cfg.data.width)),  # transformers are built for it (docs/encoders.md)
             **self.backbone_kwargs(cfg),
         )
         return kw

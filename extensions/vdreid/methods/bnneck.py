@@ -70,7 +70,8 @@ class BNNeck(Method):
 
     def model_kwargs(self, cfg: CN) -> dict[str, Any]:
         kw: dict[str, Any] = dict(
-            last_stride=int(cfg.bnneck.last_stride), feature_mode=self.feature_mode(cfg), loss="vdreid"
+            last_stride=int(cfg.bnneck.last_stride), feature_mode=self.feature_mode(cfg), loss="vdreid",
+            input_size=(int(cfg.data.height), int(cfg.data.width)),  # transformers are built for it (docs/encoders.md)
         )
         kw.update(self.backbone_kwargs(cfg))
         return kw
