@@ -180,3 +180,24 @@ def test_config_keys_reach_the_evaluation_options():
 
     with pytest.raises(ConfigError, match="test.ivf_nprobe"):
         load_config(None, ["test.ivf_nprobe", "0"])
+
+
+def test_cli_records_the_index_settings_in_the_results(sysu_root, tmp_path):
+    """test.approximate + test.ivf_* on the command line reach the evaluation of a run: the results JSON says
+    approximate and holds the settings and the indexes built."""
+    import os.path as osp
+
+    from vdreid.cli import main
+
+    quick = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs", "quickstart.yaml")
+    common = ["--config-file", quick, "data.root", sysu_root, "model.backbone", "test_resnet", "vd.bottleneck_dims",
+              "[32, 32, 16]", "data.height", "32", "data.width", "16", "sampler.num_ids", "4", "data.workers", "0",
+              "test.visrank", "false", "data.sysu.num_trials", "2", "train.max_epoch", "1"]
+    run = str(tmp_path / "run")
+    assert main(["train", *common, "data.save_dir", run, "test.approximate", "ivf", "test.ivf_nlist", "2",
+                 "test.ivf_nprobe", "1"]) == 0
+    res = json.load(open(osp.join(run, "results_sysu_mm01.json")))
+    assert res["approximate"] is True
+    ai = res["approximate_index"]
+    assert (ai["kind"], ai["nlist"], ai["nprobe"]) == ("ivf", 2, 1)
+    assert ai["built"]["indexes"] >= 2 and ai["built"]["nlist"][1] <= 2 and ai["built"]["nprobe"] == [1, 1]
