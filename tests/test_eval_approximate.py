@@ -96,7 +96,7 @@ def test_few_probes_of_many_lists_are_approximate_and_all_probes_exact():
 
 def test_small_ivf_galleries_log_once_and_faiss_prints_nothing(capfd, caplog):
     gf = _feats(301)
-    with caplog.at_level(logging.WARNING, logger="vdreid.evaluation.approximate"):
+    with caplog.at_level(logging.INFO, logger="vdreid.evaluation.approximate"):
         for seed in range(3):  # one index per trial / camera group: one log line in all
             GalleryIndex(_feats(20, seed=seed), "cosine", "faiss", "ivf")
         big = GalleryIndex(gf, "cosine", "faiss", "ivf", nlist=50)
@@ -105,7 +105,9 @@ def test_small_ivf_galleries_log_once_and_faiss_prints_nothing(capfd, caplog):
     err = capfd.readouterr().err
     assert "WARNING clustering" not in err and "training points" not in err  # faiss's own warning is not printed
     msgs = [r.getMessage() for r in caplog.records]
+    levels = {r.getMessage()[:20]: r.levelno for r in caplog.records}
     assert sum("fewer than 39 gallery items: one list" in m for m in msgs) == 1
+    assert levels["IVF index over fewer"] == logging.INFO and levels["IVF nlist 50 wants g"] == logging.WARNING
     assert sum("IVF nlist 50 wants galleries of at least 1950 items" in m for m in msgs) == 1
     assert sum("more than the 30 items" in m for m in msgs) == 1
     assert big.params["nlist"] == 50 and capped.params == {"kind": "ivf", "gallery": 30, "nlist": 30, "nprobe": 30}

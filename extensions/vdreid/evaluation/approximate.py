@@ -35,11 +35,11 @@ _SETTINGS = ("nlist", "nprobe", "hnsw_m", "ef_search")
 _noted: set[str] = set()
 
 
-def _note(message: str) -> None:
+def _note(message: str, level: int = logging.WARNING) -> None:
     """Log ``message`` once per process (an evaluation builds one index per trial and camera group)."""
     if message not in _noted:
         _noted.add(message)
-        logger.warning(message)
+        logger.log(level, message)
 
 
 def auto_nlist(n: int) -> int:
@@ -108,7 +108,7 @@ class ApproximateSearch:
             nlist = auto_nlist(n)
             if n < MIN_POINTS_PER_LIST:
                 _note(f"IVF index over fewer than {MIN_POINTS_PER_LIST} gallery items: one list, which every query "
-                      "scans (exact lists at this size)")
+                      "scans (exact lists at this size)", logging.INFO)
         else:
             nlist = min(self.nlist, n)
             if nlist < self.nlist:
