@@ -211,11 +211,11 @@ def synthetic_marked_folders(cfg: CN) -> list[str]:
     return out
 
 
-def synthetic_override(cfg: CN) -> bool:
 #: marked folders whose override was already logged (provenance() runs several times per run)
 _WARNED_OVERRIDES: set[tuple[str, ...]] = set()
 
 
+def synthetic_override(cfg: CN) -> bool:
     """Whether the config declares a marked synthetic tree real data: ``data.synthetic false`` set explicitly (by a
     config file or an override, :func:`vdreid.config.explicit_keys`) while a dataset folder of the run holds the
     generator's marker. The run is then recorded as ``synthetic: false`` with ``synthetic_override: true``, and the
@@ -232,10 +232,10 @@ def synthetic_data(cfg: CN) -> bool:
         return True
     marked = synthetic_marked_folders(cfg)
     if marked and synthetic_override(cfg):
-        logger.warning("data.synthetic false is set explicitly, but %s hold(s) the synthetic generator's marker: the "
         if tuple(marked) in _WARNED_OVERRIDES:
             return False
         _WARNED_OVERRIDES.add(tuple(marked))
+        logger.warning("data.synthetic false is set explicitly, but %s hold(s) the synthetic generator's marker: the "
                        "run is recorded as real data with synthetic_override (flagged on the leaderboard)",
                        ", ".join(marked))
         return False
