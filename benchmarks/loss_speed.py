@@ -88,9 +88,9 @@ def main() -> None:
 
     out, pids = make_out(args.batch, args.classes, 2048, 512, dev)
     configs = {
-        "paper L_ReID only (CE + RLL + DML)": VDLossConfig.paper(vsd=0, vcd=0, vml=0),
+        "paper L_ReID only (CE + RLL + DML)": VDLossConfig.paper(weights=dict(vsd=0, vcd=0, vml=0)),
         "paper full": VDLossConfig.paper(),
-        "official L_ReID only (CE + rank)": VDLossConfig.official(cml=0, vsd=0, vcd=0),
+        "official L_ReID only (CE + rank)": VDLossConfig.official(weights=dict(cml=0, vsd=0, vcd=0)),
         "official full (+ Sinkhorn CML, VSD, VCD)": VDLossConfig.official(),
     }
     times = {}

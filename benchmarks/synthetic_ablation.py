@@ -30,10 +30,10 @@ HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(HERE)
 
 SETTINGS: dict[str, list[str]] = {
-    "baseline (3 branches + IB)": ["vd.vsd", "0", "vd.vcd", "0", "vd.vml", "0"],
-    "+VSD": ["vd.vsd", "1", "vd.vcd", "0", "vd.vml", "0"],
-    "+VCD+VML": ["vd.vsd", "0", "vd.vcd", "1", "vd.vml", "1"],
-    "full VD (VSD+VCD+VML)": ["vd.vsd", "1", "vd.vcd", "1", "vd.vml", "1"],
+    "baseline (3 branches + IB)": ["vd.weights.vsd", "0", "vd.weights.vcd", "0", "vd.weights.vml", "0"],
+    "+VSD": ["vd.weights.vsd", "1", "vd.weights.vcd", "0", "vd.weights.vml", "0"],
+    "+VCD+VML": ["vd.weights.vsd", "0", "vd.weights.vcd", "1", "vd.weights.vml", "1"],
+    "full VD (VSD+VCD+VML)": ["vd.weights.vsd", "1", "vd.weights.vcd", "1", "vd.weights.vml", "1"],
 }
 
 

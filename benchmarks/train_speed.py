@@ -63,7 +63,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    reid_only = VDLossConfig.paper(vsd=0.0, vcd=0.0, vml=0.0)
+    reid_only = VDLossConfig.paper(weights=dict(vsd=0.0, vcd=0.0, vml=0.0))
     full = VDLossConfig.paper()
     variants = {
         "reid_only fp32": (reid_only, "none", False),

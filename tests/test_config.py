@@ -177,7 +177,7 @@ def test_full_vd_row_is_the_paper_config():
 
     loss_config, model_kwargs = get("vd").loss_config, get("vd").model_kwargs
 
-    # row 12 spells VSD/VCD/VML out (1.0) where the paper config takes the recipe default (-1 -> 1.0)
+    # row 12 spells VSD/VCD/VML out (1.0) where the paper config takes the recipe default ('recipe' -> 1.0)
     assert loss_config(row12) == loss_config(paper)
     assert model_kwargs(row12) == model_kwargs(paper) and dataset_kwargs(row12) == dataset_kwargs(paper)
     assert row12.train == paper.train and row12.sampler == paper.sampler and row12.model == paper.model
@@ -321,12 +321,12 @@ def test_ablation_rows_train_only_their_parts(row):
         ("train.max_epoch", "0", "got 0"),
         ("sampler.seed", "-1", "non-negative"),
         ("train.seed", str(2**32), "0..2147483647"),
-        ("loss.label_smooth", "1.0", r"in \[0, 1\), got 1.0"),
+        ("vd.term_options.ce.label_smooth", "1.0", r"in \[0, 1\), got 1.0"),
         ("train.momentum", "1.5", r"in \[0, 1\)"),
         ("train.warmup_factor", "0", r"in \(0, 1\]"),
         ("test.max_rank", "0", ">= 1"),
         ("vd.temperature", "0", "> 0"),
-        ("vd.vsd", "-2", "or -1 for the recipe's default, got -2"),
+        ("vd.weights.vsd", "-2", "or 'recipe' for the recipe's default, got '-2'"),
         ("vd.bottleneck_dims", "[512, 0]", r"\[1\]': expected an integer >= 1, got 0"),
         ("vd.branch_weights", "[0.5, -0.5, 0.25, 0.25]", r"\[1\]': expected a number >= 0, got -0.5"),
         ("data.norm_std", "[0.2, 0.0, 0.2]", r"\[1\]': expected a number > 0"),
@@ -341,9 +341,10 @@ def test_numeric_ranges_name_the_key_and_value(key, value, expected):
 
 
 def test_valid_edge_values_pass_the_range_checks():
-    cfg = load_config(opts=["data.workers", "0", "vd.vsd", "-1", "vd.vml", "0", "train.print_freq", "0",
-                            "train.grad_clip", "0", "loss.label_smooth", "0", "train.seed", "0", "vd.last_stride", "2"])
-    assert cfg.data.workers == 0 and cfg.vd.vsd == -1.0
+    cfg = load_config(opts=["data.workers", "0", "vd.weights.vsd", "recipe", "vd.weights.vml", "0",
+                            "train.print_freq", "0", "train.grad_clip", "0", "vd.term_options.ce.label_smooth", "0",
+                            "train.seed", "0", "vd.last_stride", "2"])
+    assert cfg.data.workers == 0 and cfg.vd.weights.vsd == "recipe"
 
 
 def test_every_numeric_key_has_a_range_or_is_declared_free():

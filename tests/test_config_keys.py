@@ -33,12 +33,12 @@ TESTED_ELSEWHERE = {
 SECTION_METHOD = {spec.path: spec.selected_by[1] for spec in C.sections()
                   if spec.selected_by and spec.selected_by[0] == "model.method"}
 CONTEXT = {
-    "loss.triplet_margin": ["loss.metric", "triplet"],
+    "vd.term_options.metric.triplet_margin": ["vd.term_options.metric.kind", "triplet"],
     "data.sysu.rand_perm_path": ["data.sysu.gallery_sampler", "official"],
     "train.momentum": ["train.optim", "sgd"],
     "train.nesterov": ["train.optim", "sgd"],
     "agw.triplet_margin": ["agw.metric", "triplet"],
-    "vd.cml": ["vd.recipe", "official"],
+    "vd.weights.cml": ["vd.recipe", "official"],
     "vd.branches": ["vd.bottleneck_branches", "['ir', 'vis']", "vd.feature_mode", "v_specific"],
 }
 for _k in ("test.ivf_nlist", "test.ivf_nprobe"):
@@ -85,7 +85,6 @@ ALTERNATIVE = {
     "sampler.epoch": "images",
     "train.optim": "sgd",
     "train.momentum": "0.5",
-    "loss.metric": "triplet",
     "train.lr_scheduler": "cosine",
     "train.stepsize": "[100]",
     "train.scheduler_step": "start",
@@ -100,7 +99,9 @@ ALTERNATIVE = {
     "bnneck.feature_mode": "pool",
     "deen.feature_mode": "weighted",
     "vd.recipe": "official",
-    "vd.vcd_form": "cross",
+    "vd.term_options.metric.kind": "triplet",
+    "vd.term_options.vcd.form": "cross",
+    "vd.term_options.vsd.form": "official",
     "vd.branches": "['ir', 'vis']",
     "vd.bottleneck_branches": "['ir', 'vis']",
     "vd.routing": "modality",
@@ -121,6 +122,8 @@ ALTERNATIVE = {
 def _alternative(key: str, default):
     if key in ALTERNATIVE:
         return ALTERNATIVE[key]
+    if key.startswith("vd.weights.") and default == "recipe":  # a term's weight: the recipe's default -> 0.5
+        return "0.5"
     if isinstance(default, bool):
         return str(not default).lower()
     if isinstance(default, int):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from vdreid.losses import TERM_NAMES, VDLoss, VDLossConfig, sinkhorn_distance
+from vdreid.losses import VDLoss, VDLossConfig, sinkhorn_distance, term_names
 from vdreid.models.outputs import BranchOutput, VDOutput
 
 C, DV, DZ = 7, 6, 5
@@ -69,24 +69,28 @@ def test_recipe_defaults_and_effective_weights():
     paper = VDLossConfig.paper()
     assert VDLossConfig() == paper
     assert paper.effective_weights() == dict(ce=1.0, metric=1.0, dml=8.0, cml=0.0, vsd=2.0, vcd=2.0, vml=2.0, ib=0.0)
-    assert paper.metric == "ranked_list" and paper.kl_form == "paper" and paper.label_smooth == 0.1
+    assert paper.options["metric"]["kind"] == "ranked_list" and paper.options["vsd"]["form"] == "paper"
+    assert paper.options["ce"]["label_smooth"] == 0.1
     off = VDLossConfig.official()
     assert off.effective_weights() == dict(ce=1.0, metric=1.0, dml=0.0, cml=8.0, vsd=2.0, vcd=2.0, vml=0.0, ib=0.0)
-    assert off.metric == "official_rank" and off.kl_form == "official" and off.detach_teacher
+    assert off.options["metric"]["kind"] == "official_rank" and off.options["vsd"]["form"] == "official"
+    assert off.options["vcd"]["form"] == "official" and off.detach_teacher
     assert off.branch_weights == (0.5, 0.5, 0.25, 0.25) and off.beta == 2.0 and off.temperature == 1.0
     # explicit values win over recipe defaults
-    assert VDLossConfig.official(vml=1.0).vml == 1.0 and VDLossConfig(recipe="official", cml=3.0).cml == 3.0
+    assert VDLossConfig.official(weights={"vml": 1.0}).weights["vml"] == 1.0
+    assert VDLossConfig(recipe="official", weights={"cml": 3.0}).weights["cml"] == 3.0
 
 
 @pytest.mark.parametrize(
     "kwargs, msg",
     [
         (dict(recipe="mine"), "recipe"),
-        (dict(metric="arcface"), "metric"),
-        (dict(vsd=-1.0), "vsd"),
+        (dict(options={"metric": {"kind": "arcface"}}), "metric"),
+        (dict(weights={"vsd": -1.0}), "vsd"),
         (dict(branch_weights=(1.0, 1.0)), "branch_weights"),
         (dict(temperature=0.0), "temperature"),
-        (dict(ce=0, metric="none", dml=0, vsd=0, vcd=0, vml=0), "every loss weight is 0"),
+        (dict(weights=dict(ce=0, dml=0, vsd=0, vcd=0, vml=0), options={"metric": {"kind": "none"}}),
+         "every loss weight is 0"),
     ],
 )
 def test_config_errors(kwargs, msg):
@@ -95,7 +99,7 @@ def test_config_errors(kwargs, msg):
 
 
 def test_from_dict_rejects_unknown_keys():
-    assert VDLossConfig.from_dict({"recipe": "official", "cml": 4.0}).cml == 4.0
+    assert VDLossConfig.from_dict({"recipe": "official", "weights": {"cml": 4.0}}).weights["cml"] == 4.0
     with pytest.raises(ValueError, match="unknown field"):
         VDLossConfig.from_dict({"recipe": "paper", "vsd_weight": 2.0})
 
@@ -140,13 +144,12 @@ def test_official_terms_against_released_formulas():
 
 
 @pytest.mark.parametrize("recipe", ["paper", "official"])
-@pytest.mark.parametrize("name", TERM_NAMES[:7])
+@pytest.mark.parametrize("name", term_names()[:7])
 def test_zero_weight_removes_exactly_that_term(recipe, name):
     out, pids = make_out("official", seed=3)
     cfg = VDLossConfig(recipe=recipe)
     _, full = VDLoss(cfg, num_classes=C)(out, pids)
-    field = {"metric": "metric_weight"}.get(name, name)
-    _, terms = VDLoss(VDLossConfig(recipe=recipe, **{field: 0.0}), num_classes=C)(out, pids)
+    _, terms = VDLoss(VDLossConfig(recipe=recipe, weights={name: 0.0}), num_classes=C)(out, pids)
     assert name not in terms
     assert set(terms) == set(full) - {name}
     for k in terms:
@@ -167,10 +170,10 @@ def test_metric_choices():
     out, pids = make_out("official", seed=5)
     vals = {}
     for metric in ("ranked_list", "triplet", "official_rank"):
-        _, terms = VDLoss(VDLossConfig.paper(metric=metric), num_classes=C)(out, pids)
+        _, terms = VDLoss(VDLossConfig.paper(options={"metric": {"kind": metric}}), num_classes=C)(out, pids)
         vals[metric] = terms["metric"].item()
     assert len(set(vals.values())) == 3
-    _, terms = VDLoss(VDLossConfig.paper(metric="none"), num_classes=C)(out, pids)
+    _, terms = VDLoss(VDLossConfig.paper(options={"metric": {"kind": "none"}}), num_classes=C)(out, pids)
     assert "metric" not in terms
 
 
@@ -227,7 +230,8 @@ def test_views_aligned_by_index_not_by_row_order():
 def test_teacher_detached_in_vsd_and_switchable():
     for detach in (True, False):
         out, pids = make_out("official", seed=9)
-        cfg = VDLossConfig.paper(ce=0, metric="none", dml=0, vcd=0, vml=0, detach_teacher=detach)
+        cfg = VDLossConfig.paper(weights=dict(ce=0, dml=0, vcd=0, vml=0), options={"metric": {"kind": "none"}},
+                                 detach_teacher=detach)
         total, terms = VDLoss(cfg, num_classes=C)(out, pids)
         assert tuple(terms) == ("vsd",)
         total.backward()
@@ -239,11 +243,11 @@ def test_teacher_detached_in_vsd_and_switchable():
 
 def test_vml_gradients_reach_both_views_and_official_vcd_only_students():
     out, pids = make_out("official", seed=10)
-    cfg = VDLossConfig.paper(ce=0, metric="none", dml=0, vsd=0, vcd=0)
+    cfg = VDLossConfig.paper(weights=dict(ce=0, dml=0, vsd=0, vcd=0), options={"metric": {"kind": "none"}})
     VDLoss(cfg, num_classes=C)(out, pids)[0].backward()
     assert out.shared_x.z_logits.grad.abs().sum() > 0 and out.shared_gray.z_logits.grad.abs().sum() > 0
     out, pids = make_out("official", seed=10)
-    cfg = VDLossConfig.official(ce=0, metric_weight=0, cml=0, vsd=0)
+    cfg = VDLossConfig.official(weights=dict(ce=0, metric=0, cml=0, vsd=0))
     VDLoss(cfg, num_classes=C)(out, pids)[0].backward()
     assert out.shared_x.v_logits.grad is None and out.shared_gray.v_logits.grad is None
     assert out.shared_x.z_logits.grad.abs().sum() > 0 and out.shared_gray.z_logits.grad.abs().sum() > 0
@@ -278,8 +282,8 @@ def test_nan_input_gives_a_nan_term_that_can_be_named():
 
 def test_ib_baseline_owns_critics_and_needs_dims():
     with pytest.raises(ValueError, match="feat_dim_v"):
-        VDLoss(VDLossConfig.paper(ib_baseline=0.1), num_classes=C)
-    cfg = VDLossConfig.paper(ib_baseline=0.1, vsd=0, vcd=0, vml=0, dml=0, ib_hidden=16)
+        VDLoss(VDLossConfig.paper(weights={"ib": 0.1}), num_classes=C)
+    cfg = VDLossConfig.paper(weights=dict(ib=0.1, vsd=0, vcd=0, vml=0, dml=0), options={"ib": {"hidden": 16}})
     crit = VDLoss(cfg, num_classes=C, feat_dim_v=DV, feat_dim_z=DZ).double()
     assert len(list(crit.parameters())) > 0
     assert len(list(VDLoss(VDLossConfig.paper(), num_classes=C).parameters())) == 0
@@ -319,13 +323,15 @@ def test_bad_outputs_raise_clear_errors(mutate, msg):
 
 
 def test_vcd_cross_form_is_view_to_other_view_distillation():
-    """vd.vcd_form cross: each view's observation teaches the other view's representation, KL(sg P_v2 || P_z1) and
-    KL(sg P_v1 || P_z2) averaged (restated with the batch-mean KL); only the students get gradients."""
+    """vd.term_options.vcd.form cross: each view's observation teaches the other view's representation,
+    KL(sg P_v2 || P_z1) and KL(sg P_v1 || P_z2) averaged (restated with the batch-mean KL); only the students get
+    gradients."""
     out, pids = make_out("official", seed=3)
     for b in out.branches().values():
         for f in ("v_logits", "z_logits"):
             getattr(b, f).requires_grad_(True)
-    cfg = VDLossConfig.paper(ce=0, metric="none", dml=0, vsd=0, vml=0, vcd_form="cross")
+    cfg = VDLossConfig.paper(weights=dict(ce=0, dml=0, vsd=0, vml=0), options={"metric": {"kind": "none"},
+                                                                               "vcd": {"form": "cross"}})
     _, terms = VDLoss(cfg, num_classes=C)(out, pids)
     x, g = out.shared_x, out.shared_gray
     ref = 0.5 * (_kl_batchmean(g.v_logits, x.z_logits) + _kl_batchmean(x.v_logits, g.z_logits))
@@ -333,5 +339,5 @@ def test_vcd_cross_form_is_view_to_other_view_distillation():
     terms["vcd"].backward()
     assert x.z_logits.grad.abs().sum() > 0 and g.z_logits.grad.abs().sum() > 0
     assert x.v_logits.grad is None or not x.v_logits.grad.any()
-    with pytest.raises(ValueError, match="vcd_form"):
-        VDLossConfig.paper(vcd_form="z")
+    with pytest.raises(ValueError, match=r"'vcd'\]\['form'\]"):
+        VDLossConfig.paper(options={"vcd": {"form": "z"}})

@@ -264,7 +264,7 @@ def test_resume_diff():
     }
 
 
-@pytest.mark.parametrize("key, value", [("train.lr", 1e9), ("loss.ce", 2.0), ("model.name", "vd_resnet18"),
+@pytest.mark.parametrize("key, value", [("train.lr", 1e9), ("vd.weights.ce", 2.0), ("model.name", "vd_resnet18"),
                                         ("sampler.num_ids", 8), ("data.height", 288), ("vd.beta", 0.0),
                                         ("train.seed", 7), ("data.regdb.trial", 2), ("train.selection", "val")])
 def test_changed_training_keys_are_refused_naming_them(key, value):
@@ -283,10 +283,10 @@ def test_changed_training_keys_are_refused_naming_them(key, value):
 
 def test_all_refused_keys_are_named_at_once():
     saved, cur = _configs()
-    cur["train"]["lr"], cur["loss"]["label_smooth"], cur["test"]["batch_size"] = 1.0, 0.0, 7
-    with pytest.raises(ConfigError, match=r"train\.lr 0\.00026 -> 1\.0.*|loss\.label_smooth") as e:
+    cur["train"]["lr"], cur["vd"]["term_options"]["ce"]["label_smooth"], cur["test"]["batch_size"] = 1.0, 0.0, 7
+    with pytest.raises(ConfigError, match=r"train\.lr 0\.00026 -> 1\.0.*|vd\.term_options\.ce\.label_smooth") as e:
         check_resume_config(saved, cur)
-    assert "train.lr" in str(e.value) and "loss.label_smooth" in str(e.value)
+    assert "train.lr" in str(e.value) and "vd.term_options.ce.label_smooth" in str(e.value)
     assert "test.batch_size 128" not in str(e.value)  # allowed keys are not among the refused
 
 
@@ -313,13 +313,13 @@ def test_keys_added_or_removed_since_the_run_started():
     saved, cur = _configs()
     defaults = copy.deepcopy(cur)
     del saved["train"]["eval_start"]  # a run started by a vdreid without this key
-    del cur["vd"]["ib_baseline"]  # a key this vdreid no longer has
+    del cur["vd"]["weights"]["ib"]  # a key this vdreid no longer has
     assert check_resume_config(saved, cur, defaults=defaults) == {}  # at its default: accepted
     cur["train"]["eval_start"] = 5
     assert check_resume_config(saved, cur, defaults=defaults) == {"train.eval_start": (run_dir.MISSING, 5)}
-    del saved["loss"]["triplet_margin"]
-    cur["loss"]["triplet_margin"] = 0.5  # not the default, and a training key: the first epochs did not use it
-    with pytest.raises(ConfigError, match=r"loss\.triplet_margin \(absent\) -> 0\.5"):
+    del saved["vd"]["term_options"]["metric"]["triplet_margin"]
+    cur["vd"]["term_options"]["metric"]["triplet_margin"] = 0.5  # not the default, and a training key
+    with pytest.raises(ConfigError, match=r"vd\.term_options\.metric\.triplet_margin \(absent\) -> 0\.5"):
         check_resume_config(saved, cur, defaults=defaults)
 
 

@@ -118,6 +118,12 @@ def register_check(name: str, check: Callable[[CN], None]) -> None:
     _CHECKS[name] = check
 
 
+def defaults_changed() -> None:
+    """Forget the cached default tree: an owner's defaults changed after its section was registered (a VD loss
+    term registered by a plug-in adds ``vd.weights.<term>``; ``vdreid.losses.register_term`` calls this)."""
+    _DEFAULT_CACHE.clear()
+
+
 def sections() -> list[SectionSpec]:
     """The registered sections, in registration order."""
     return list(_SECTIONS.values())
@@ -664,10 +670,6 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "train.eval_freq": at_least(0, "an integer (0: only at the end)"),
     "train.eval_start": at_least(0, INT),
     "train.checkpoint_every": at_least(0, "an integer (0: only latest.pth and the best)"),
-    "loss.ce": at_least(0),
-    "loss.label_smooth": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "loss.metric_weight": at_least(0),
-    "loss.triplet_margin": at_least(0),
     "test.batch_size": at_least(1, INT),
     "test.visrank_topk": at_least(1, INT),
     "test.max_rank": at_least(1, INT),
@@ -675,18 +677,6 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "test.ivf_nprobe": at_least(1, INT),
     "test.hnsw_m": at_least(2, INT),
     "test.hnsw_ef_search": at_least(1, INT),
-    "vd.bottleneck_dims": at_least(1, INT),
-    "vd.z_classifier_hidden": or_recipe(at_least(0, INT)),
-    "vd.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
-    "vd.beta": at_least(0),
-    "vd.vsd": or_recipe(at_least(0)),
-    "vd.vcd": or_recipe(at_least(0)),
-    "vd.vml": or_recipe(at_least(0)),
-    "vd.dml": or_recipe(at_least(0)),
-    "vd.cml": or_recipe(at_least(0)),
-    "vd.temperature": positive(),
-    "vd.branch_weights": at_least(0),
-    "vd.ib_baseline": at_least(0),
 }
 #: numeric keys with no range to check (any finite value is valid); every other int/float key must be in RANGES
 FREE_NUMERIC_KEYS: frozenset[str] = frozenset()

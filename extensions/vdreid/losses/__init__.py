@@ -1,11 +1,12 @@
 """vdreid.losses: the VD objective (Eq. 8, 12, 15, 16, 17) in the paper's form and as the released code computes it.
 
 Shared contracts (DESIGN.md): :func:`kl_distill`, :func:`js_divergence`, :func:`sinkhorn_distance`; the composite
-:class:`VDLoss` / :class:`VDLossConfig` used by the engine.
+:class:`VDLoss` / :class:`VDLossConfig` used by the engine, over the term table: :func:`register_term` adds a term to
+VD's objective (``docs/adding-a-loss.md``).
 """
 
 from vdreid.losses.baseline import AGWCriterion, BNNeckCriterion
-from vdreid.losses.composite import BRANCH_ORDER, METRICS, RECIPES, TERM_NAMES, VDLoss, VDLossConfig
+from vdreid.losses.composite import BRANCH_ORDER, VDLoss, VDLossConfig
 from vdreid.losses.cpm import cross_modal_prototype_loss
 from vdreid.losses.deen import DEENCriterion, orthogonal_loss
 from vdreid.losses.distillation import (
@@ -31,6 +32,19 @@ from vdreid.losses.reid import (
     triplet_loss,
 )
 from vdreid.losses.sinkhorn import sinkhorn_distance
+from vdreid.losses.terms import (
+    RECIPES,
+    LossTerm,
+    Needs,
+    TermContext,
+    TermOption,
+    get_term,
+    register_term,
+    resolve_objective,
+    term_names,
+    unregister_term,
+)
+from vdreid.losses.vd_terms import METRICS, VCD_FORMS
 from vdreid.losses.wrt import weighted_regularized_triplet
 
 __all__ = [
@@ -48,7 +62,16 @@ __all__ = [
     "RLL_ALPHA",
     "RLL_MARGIN",
     "RLL_TN",
-    "TERM_NAMES",
+    "VCD_FORMS",
+    "LossTerm",
+    "Needs",
+    "TermContext",
+    "TermOption",
+    "get_term",
+    "register_term",
+    "resolve_objective",
+    "term_names",
+    "unregister_term",
     "ConventionalIB",
     "JSMIEstimator",
     "VDLoss",

@@ -119,7 +119,7 @@ def vcd_loss_cross(
     """Variational Cross-Distillation read as *cross-view* distillation (the reading of section 3.2's Theorem 2 and
     of the released code's structure, in true KL form): each view's observation teaches the other view's
     representation, ``1/2 [KL(sg(P_v2) || P_z1) + KL(sg(P_v1) || P_z2)]`` (batch-mean KL). Offered as
-    ``vd.vcd_form cross``; ``docs/vd-recipes.md`` explains the choice."""
+    ``vd.term_options.vcd.form cross``; ``docs/vd-recipes.md`` explains the choice."""
     return 0.5 * (
         kl_distill(v_logits_2, z_logits_1, T=T, form="paper", detach_teacher=detach_teacher)
         + kl_distill(v_logits_1, z_logits_2, T=T, form="paper", detach_teacher=detach_teacher)

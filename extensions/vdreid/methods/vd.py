@@ -5,38 +5,41 @@ The network (:mod:`vdreid.models.vd_net`): encoders ``E_I``, ``E_V``, ``E_S`` (b
 ``L = L_ReID + beta (VSD + VCD + VML)`` (Eq. 16) with ``L_ReID = L_cls + L_metric + alpha L_DML`` (Eq. 17), in the
 paper's form or as the authors' released code computes it (``vd.recipe``; see ``docs/vd-recipes.md``).
 
-Config: the ``vd`` section (architecture, routing, recipe, the weights of Eq. 16-17, Table 3's switches) plus the
-shared ``loss`` keys for ``L_cls`` and ``L_metric``. Table 3 ablation rows build only the encoders and bottlenecks
-they use (``vd.branches``, ``vd.bottleneck_branches``); the terms that need a missing part are switched off.
+Config: the ``vd`` section: architecture, routing, recipe, and the objective's term table (``vd.weights.<term>``,
+``vd.term_options.<term>.<option>``, built from :mod:`vdreid.losses.terms`, so a plug-in's term appears there too;
+``'recipe'`` = the recipe's default). Table 3 ablation rows build only the encoders and bottlenecks they use
+(``vd.branches``, ``vd.bottleneck_branches``); a term whose declared needs those parts do not meet is switched off.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from vdreid.config import at_least, positive
 from vdreid.errors import ConfigError
+from vdreid.losses import VDLoss, VDLossConfig, terms
+from vdreid.losses.vd_terms import BRANCH_ORDER
 from vdreid.methods import register
 from vdreid.methods.base import Method
+from vdreid.models import build_vd_net
+from vdreid.models.common import unwrap_model
+from vdreid.models.original import original_model_kwargs
+from vdreid.models.vd_net import make_factory, mode_branches, mode_reads_z
 
 BRANCH_NAMES = ("ir", "vis", "shared")
 ROUTINGS = ("official", "modality")
 BOTTLENECKS = ("deterministic", "gaussian")
-RECIPES = ("paper", "official")
-VD_METRICS = ("", "ranked_list", "triplet", "official_rank", "none")
-
-
-def _recipe_value(v: float) -> float | None:
-    """Config weights given as -1 take the recipe's default (None for :class:`~vdreid.losses.VDLossConfig`)."""
-    return None if v < 0 else float(v)
+RECIPES = terms.RECIPES
+INT = "an integer"
 
 
 class VD(Method):
     name = "vd"
     section = "vd"
-    extra_sections = ("loss",)  # L_cls and L_metric of Eq. 17
     model_names = ("vd_resnet50", "vd_resnet50_official", "vd_resnet18", "vd_resnet10t")
     feature_modes = (
         "obs_concat", "z_concat", "shared_v", "shared_z", "v_vis", "v_ir", "z_vis", "z_ir", "v_specific", "z_specific",
@@ -49,8 +52,6 @@ class VD(Method):
 
     @classmethod
     def model_factories(cls) -> dict[str, Any]:
-        from vdreid.models.vd_net import make_factory
-
         return {name: make_factory(name) for name in cls.model_names}
 
     @classmethod
@@ -67,36 +68,92 @@ class VD(Method):
         c.attention = "preset"  # preset | true | false: the released code's channel attention before layer2/3/4
         c.last_stride = 1
         c.feature_mode = "obs_concat"  # the recipe's test feature (test.feature_mode overrides it)
-        c.beta = 2.0  # beta of Eq. 16
-        c.vsd = -1.0  # VSD (Eq. 8) weight inside beta(...); -1 = recipe default (1)
-        c.vcd = -1.0  # VCD (Eq. 15); -1 = recipe default (1)
-        # paper recipe's VCD: views (Eq. 15 as printed, symmetrised KL between the two views' P_z) | cross (each view's
-        # P_v teaches the other view's P_z; docs/vd-recipes.md); the official recipe computes the released code's form
-        c.vcd_form = "views"
-        c.vml = -1.0  # VML (Eq. 12); -1 = recipe default (paper 1, official 0: absent from the released code)
-        c.dml = -1.0  # alpha of Eq. 17 (deep mutual learning); -1 = recipe default (paper 8, official 0)
-        c.cml = -1.0  # the released code's Sinkhorn term standing in for DML; -1 = recipe default (paper 0, official 8)
-        c.temperature = 1.0
-        c.detach_teacher = True
+        # The objective (Eq. 16-17) is a table of registered terms (vdreid.losses.terms; docs/adding-a-loss.md):
+        c.beta = 2.0  # beta of Eq. 16: multiplies VSD, VCD, VML
+        c.temperature = 1.0  # T of the predictive distributions the distillation terms and DML compare
+        c.detach_teacher = True  # sg() of Eq. 8: no gradient through a distillation teacher
         # CE/metric weight of each branch, order (ir, vis, shared_gray, shared_x) = vdreid.losses.BRANCH_ORDER
         c.branch_weights = [0.5, 0.5, 0.25, 0.25]
-        c.ib_baseline = 0.0  # conventional IB (CIBS, Table 3 rows 7-9): weight of the I(v;z) estimate
+        # weight of each term (a number >= 0, 0 = off, or 'recipe': the recipe's default; inside beta for VSD, VCD
+        # and VML); ce = L_cls, metric = L_metric, dml = alpha of Eq. 17, cml = the released code's Sinkhorn term,
+        # vsd (Eq. 8), vcd (Eq. 15), vml (Eq. 12), ib = the conventional IB of Table 3 rows 7-9
+        # options of each term ('recipe': the recipe's default): metric.kind, vcd.form, ... (docs/vd-recipes.md)
+        weights, options = terms.config_defaults()
+        c.weights = CN(weights)
+        c.term_options = CN(options)
         return c
-
-    @classmethod
-    def extra_config(cls) -> dict[str, CN]:
-        """The ``loss`` section: ``L_cls`` and ``L_metric`` of Eq. 17 (torchreid's section name)."""
-        c = CN()
-        c.ce = 1.0  # identity (label-smoothed cross-entropy) loss weight
-        c.label_smooth = 0.1
-        c.metric = ""  # "" = the recipe's (paper: ranked_list, official: official_rank) | triplet | none
-        c.metric_weight = 1.0
-        c.triplet_margin = 0.3
-        return {"loss": c}
 
     @classmethod
     def list_elements(cls) -> dict[str, Any]:
         return {"vd.bottleneck_dims": 0, "vd.bottleneck_branches": "", "vd.branches": ""}
+
+    @classmethod
+    def ranges(cls) -> dict[str, Any]:
+        """Ranges of the numeric ``vd`` keys, the term options' included (term weights, which may read
+        ``'recipe'``, are checked by :meth:`check_config` through the term table)."""
+        return {
+            "vd.bottleneck_dims": at_least(1, INT),
+            "vd.z_classifier_hidden": ((lambda v: v == -1 or v >= 0), "an integer >= 0, or -1 for the preset's"),
+            "vd.last_stride": ((lambda v: v in (1, 2)), "1 or 2"),
+            "vd.beta": at_least(0),
+            "vd.temperature": positive(),
+            "vd.branch_weights": at_least(0),
+            **terms.option_ranges("vd.term_options"),
+        }
+
+    @classmethod
+    def free_numeric_keys(cls) -> frozenset[str]:
+        return terms.option_free_keys("vd.term_options")
+
+    @classmethod
+    def upgrade_config(cls, stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored config of an older vdreid, in today's keys (the stored dict is not changed). Before the term
+        table (:mod:`vdreid.losses.terms`) the weights were ``vd.vsd``, ``vd.vcd``, ``vd.vml``, ``vd.dml``,
+        ``vd.cml`` (``-1`` = the recipe's default) and ``vd.ib_baseline``, the VCD form ``vd.vcd_form`` (read under
+        the paper recipe only), and L_cls / L_metric lived in a ``loss`` section (``ce``, ``metric_weight``,
+        ``metric`` with ``''`` = the recipe's, ``label_smooth``, ``triplet_margin``). Any stored tree holds a ``vd``
+        section, whatever its method, so this applies to every stored config; one already in today's keys is
+        returned as it is. A weight or option of a term no loaded module registers is an error naming the term."""
+        if not isinstance(stored, dict):
+            return stored
+        out = copy.deepcopy(stored)
+        vd = out.get("vd") if isinstance(out.get("vd"), dict) else None
+        loss = out.pop("loss", None) if isinstance(out.get("loss"), dict) else None
+        if vd is not None or loss is not None:
+            vd = out.setdefault("vd", {}) if vd is None else vd
+            weights = vd.setdefault("weights", {})
+            options = vd.setdefault("term_options", {})
+            for name in ("vsd", "vcd", "vml", "dml", "cml"):
+                if name in vd:
+                    old = vd.pop(name)
+                    weights.setdefault(name, terms.RECIPE if isinstance(old, (int, float)) and old < 0 else old)
+            if "ib_baseline" in vd:
+                weights.setdefault("ib", vd.pop("ib_baseline"))
+            if "vcd_form" in vd:
+                form = vd.pop("vcd_form")
+                # the old vcd_form chose between the paper's forms; the official recipe computed its own VCD
+                official = str(vd.get("recipe", "paper")) == "official"
+                options.setdefault("vcd", {}).setdefault("form", terms.RECIPE if official or form == "views" else form)
+            for old_key, name, new_key in (("ce", "ce", None), ("metric_weight", "metric", None),
+                                           ("label_smooth", "ce", "label_smooth"), ("metric", "metric", "kind"),
+                                           ("triplet_margin", "metric", "triplet_margin")):
+                if loss is None or old_key not in loss:
+                    continue
+                value = loss[old_key]
+                if new_key is None:
+                    weights.setdefault(name, value)
+                else:
+                    options.setdefault(name, {}).setdefault(new_key, value if value != "" else terms.RECIPE)
+            if not weights:
+                vd.pop("weights")
+            if not options:
+                vd.pop("term_options")
+            unknown = sorted((set(vd.get("weights", {})) | set(vd.get("term_options", {}))) - set(terms.term_names()))
+            if unknown:
+                raise ConfigError(f"the stored config weights VD loss term(s) {unknown} that no loaded module "
+                                  f"registers (registered: {list(terms.term_names())}); pass the --plugin that "
+                                  "registers them")
+        return out
 
     # ------------------------------------------------------------------------------------------------ config
     def check_config(self, cfg: CN) -> None:
@@ -104,9 +161,7 @@ class VD(Method):
         v = cfg.vd
         for key, value, choices in (("vd.recipe", v.recipe, RECIPES), ("vd.routing", v.routing, ROUTINGS),
                                     ("vd.bottleneck", v.bottleneck, BOTTLENECKS),
-                                    ("vd.attention", v.attention, ("preset", "true", "false")),
-                                    ("vd.vcd_form", v.vcd_form, ("views", "cross")),
-                                    ("loss.metric", cfg.loss.metric, VD_METRICS)):
+                                    ("vd.attention", v.attention, ("preset", "true", "false"))):
             if value not in choices:
                 raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
         for key in ("vd.branches", "vd.bottleneck_branches"):
@@ -124,13 +179,28 @@ class VD(Method):
             raise ConfigError(f"config key 'vd.last_stride': 1 or 2, got {v.last_stride}")
         if v.temperature <= 0:
             raise ConfigError(f"config key 'vd.temperature': must be > 0, got {v.temperature}")
+        # every term's weight and options (a plug-in's included), named by their config keys
+        objective = terms.resolve_objective(v.recipe, self._weights(cfg), self._options(cfg),
+                                            encoders=list(v.branches), bottlenecks=list(v.bottleneck_branches))
+        on = [n for n, w in objective.weights.items() if w > 0 and terms.get_term(n).is_active(objective.options[n])
+              and (v.beta > 0 or not terms.get_term(n).beta)]
+        if not on:
+            raise ConfigError(f"config keys 'vd.weights.*': every loss term is off ({dict(cfg.vd.weights)}, recipe "
+                              f"'{v.recipe}', vd.beta {v.beta}, with the parts vd.branches / vd.bottleneck_branches "
+                              "build); nothing to train")
+
+    @staticmethod
+    def _weights(cfg: CN) -> dict[str, Any]:
+        return dict(cfg.vd.weights)
+
+    @staticmethod
+    def _options(cfg: CN) -> dict[str, dict[str, Any]]:
+        return {name: dict(node) for name, node in cfg.vd.term_options.items()}
 
     def feature_mode(self, cfg: CN) -> str:
         """``test.feature_mode`` if set, else ``vd.feature_mode``; checked against the branches the run builds."""
         mode = super().feature_mode(cfg)
         key = "test.feature_mode" if cfg.test.feature_mode else "vd.feature_mode"
-        from vdreid.models.vd_net import mode_branches, mode_reads_z
-
         built, bott = set(cfg.vd.branches), set(cfg.vd.bottleneck_branches)
         used = mode_branches(mode) & built if mode in ("obs_concat", "z_concat") else mode_branches(mode)
         missing = used - built
@@ -168,9 +238,6 @@ class VD(Method):
     def build_model(self, cfg: CN, num_classes: int) -> nn.Module:
         """The VD network: ``model.backbone`` (any timm CNN) through ``build_vd_net``, else the registered
         ``model.name`` preset."""
-        from vdreid.models import build_vd_net
-        from vdreid.models.vd_net import make_factory
-
         kw = self.model_kwargs(cfg)
         pretrained = bool(cfg.model.pretrained)
         path = (cfg.model.pretrained_path or None) if pretrained else None
@@ -180,63 +247,40 @@ class VD(Method):
         return make_factory(cfg.model.name)(num_classes=num_classes, pretrained=path or pretrained, **kw)
 
     # ------------------------------------------------------------------------------------------------ loss
-    def loss_config(self, cfg: CN):
-        """``vdreid.losses.VDLossConfig`` with Table 3's switches applied: a term that needs a part the run does
-        not build is off, and branches that are not built get CE/metric weight 0."""
-        from vdreid.losses import BRANCH_ORDER, VDLossConfig
-
-        v, loss = cfg.vd, cfg.loss
-        on = set(v.branches)
-        weights = []
-        for name, w in zip(BRANCH_ORDER, v.branch_weights):
-            branch = "shared" if name.startswith("shared") else name
-            weights.append(float(w) if branch in on else 0.0)
-        lc = dict(
+    def loss_config(self, cfg: CN) -> VDLossConfig:
+        """:class:`vdreid.losses.VDLossConfig` of the run: the recipe, ``vd.weights`` and ``vd.term_options`` (the
+        recipe's defaults resolved by :func:`vdreid.losses.resolve_objective`), and the parts the network builds
+        (``vd.branches``, ``vd.bottleneck_branches``): a term whose declared needs they do not meet is off (Table 3's
+        switches), and a branch not built gets CE/metric weight 0."""
+        v = cfg.vd
+        return VDLossConfig(
             recipe=v.recipe,
-            ce=loss.ce,
-            label_smooth=loss.label_smooth,
-            metric=loss.metric or None,
-            metric_weight=loss.metric_weight,
-            triplet_margin=loss.triplet_margin,
-            dml=_recipe_value(v.dml),
-            cml=_recipe_value(v.cml),
+            weights=self._weights(cfg),
+            options=self._options(cfg),
             beta=v.beta,
-            vsd=_recipe_value(v.vsd),
-            vcd=_recipe_value(v.vcd),
-            vml=_recipe_value(v.vml),
             temperature=v.temperature,
             detach_teacher=v.detach_teacher,
-            vcd_form=v.vcd_form,
-            branch_weights=tuple(weights),
-            ib_baseline=v.ib_baseline,
+            branch_weights=tuple(float(w) for w in v.branch_weights),
+            encoders=tuple(b for b in BRANCH_NAMES if b in v.branches),
+            bottlenecks=tuple(b for b in BRANCH_NAMES if b in v.bottleneck_branches),
         )
-        if not {"ir", "vis"} <= on:  # DML / CML compare the two modality-specific branches
-            lc["dml"], lc["cml"] = 0.0, 0.0
-        bott = set(v.bottleneck_branches)
-        if not ({"ir", "vis"} & on & bott):  # VSD distils v -> z inside a modality-specific branch
-            lc["vsd"] = 0.0
-        if "shared" not in (on & bott):  # VCD / VML compare the shared branch's two views' representations
-            lc["vcd"], lc["vml"] = 0.0, 0.0
-        return VDLossConfig(**lc)
 
     def build_criterion(self, cfg: CN, num_classes: int, model: nn.Module | None = None) -> nn.Module:
-        from vdreid.losses import VDLoss
-        from vdreid.models.common import unwrap_model
-
+        """:class:`vdreid.losses.VDLoss`; a term with parameters sized by the network (the conventional IB's
+        critics) reads ``v`` and ``z`` sizes from ``model``."""
         lcfg = self.loss_config(cfg)
         dims: dict[str, Any] = {}
-        if lcfg.ib_baseline > 0:
-            if model is None:
-                raise ValueError("VD.build_criterion: the conventional-IB baseline needs the model (v and z sizes)")
+        if model is not None:
             net = unwrap_model(model)
             dims = dict(feat_dim_v=int(net.v_dim), feat_dim_z=int(net.z_dim))
+        elif any(terms.get_term(t).module is not None for t in lcfg.active_terms()):
+            raise ValueError(f"VD.build_criterion: the terms {list(lcfg.active_terms())} include one with parameters "
+                             "sized by the network; pass the model (v and z sizes)")
         return VDLoss(lcfg, num_classes, **dims)
 
     def find_unused_parameters(self, cfg: CN) -> bool:
         # Table 3 rows build only what they train, and CE reaches every classifier of every built branch; only a
         # zero CE weight or a zero weight of a built branch can leave parameters without a gradient.
-        from vdreid.losses import BRANCH_ORDER
-
         if self.loss_config(cfg).effective_weights()["ce"] == 0:
             return True
         built = set(cfg.vd.branches)
@@ -245,8 +289,6 @@ class VD(Method):
 
     def original_overrides(self, kind: str, state_dict: dict[str, Any]) -> list[str]:
         """A checkpoint of the released VD code: the official recipe's network, sizes read from its keys."""
-        from vdreid.models.original import original_model_kwargs
-
         kw = original_model_kwargs(kind, state_dict)
         return ["model.method", "vd", "model.name", "vd_resnet50_official", "model.backbone", kw["backbone"],
                 "vd.recipe", "official", "vd.routing", "official",
@@ -255,6 +297,8 @@ class VD(Method):
 
     # ------------------------------------------------------------------------------------------------ records
     def provenance(self, cfg: CN) -> dict[str, Any]:
+        """Besides the architecture, ``objective``: the multiplier of every term the run trains (beta applied),
+        the recipe's defaults and Table 3's switches resolved."""
         return {
             "method": self.name,
             "recipe": cfg.vd.recipe,
@@ -264,6 +308,7 @@ class VD(Method):
             "branches": list(cfg.vd.branches),
             "bottleneck_branches": list(cfg.vd.bottleneck_branches),
             "feature_mode": self.feature_mode(cfg),
+            "objective": {k: w for k, w in self.loss_config(cfg).effective_weights().items() if w > 0},
         }
 
 
