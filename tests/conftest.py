@@ -48,10 +48,37 @@ def _no_network():
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tests use tiny tensors: one intra-op thread is as fast, and immune to OpenMP spinning on a loaded 2-core box.
-    (Subprocess tests set their own thread count.)"""
+    OMP_NUM_THREADS=1 for the session, so that runs the tests start in this process with ``train.threads auto``
+    (the default) take one thread too (subprocess tests set their own thread count).
+
+    Denormal flushing for the session: as a CPU run does by default (``vdreid.runtime``, ``train.flush_denormal
+    auto``), or as ``VDREID_TEST_FLUSH_DENORMAL=1|0`` says (to run the equality tests both ways). Applied before any
+    tensor work, so every intra-op thread follows it."""
+    import os
+
     import torch
+    from vdreid import runtime
 
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    flush = {"1": "true", "0": "false"}.get(os.environ.get("VDREID_TEST_FLUSH_DENORMAL", ""), "auto")
+    rt = runtime.apply(runtime.resolve("1", flush, use_gpu=False))
+    yield rt
     torch.set_num_threads(n)
+    if old is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old
+
+
+@pytest.fixture(autouse=True)
+def _runtime_restored(_one_thread):
+    """A test that starts a run in this process applies the run's thread and flush settings (process-wide): put the
+    session's back after it."""
+    yield
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    torch.set_flush_denormal(_one_thread.flush_denormal)

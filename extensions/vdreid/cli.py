@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from yacs.config import CfgNode as CN
 
-from vdreid import builders, compat, methods, plugins
+from vdreid import builders, compat, methods, plugins, runtime
 from vdreid.config import ConfigError, flat_keys, get_default_config, load_config, merge_from_list
 from vdreid.data import registry as data_registry
 from vdreid.data.synthetic_layout import is_synthetic_tree
@@ -92,6 +92,7 @@ def _config_method(args: argparse.Namespace) -> str | None:
 def _train_one(cfg: CN, resume: str | None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     run = builders.run_options(cfg)
     resume = resume or run["resume"]
+    rt = runtime.apply_config(cfg, "train", use_gpu=builders.use_gpu(cfg))  # threads, denormals: before any work
     info = init_distributed(use_gpu=builders.use_gpu(cfg))
     builders.seed_everything(run["seed"] + info.rank)
     dm = builders.build_datamanager(cfg, rank=info.rank, world_size=info.world_size)
@@ -109,7 +110,7 @@ def _train_one(cfg: CN, resume: str | None, progress: bool = True, overwrite: bo
     criterion = builders.build_criterion(cfg, dm.num_train_pids, model)
     optimizer, scheduler = builders.build_optim(cfg, model, criterion)
     engine = builders.build_engine(cfg, dm, model, criterion, optimizer, scheduler, progress=progress)
-    engine.provenance["num_classes"] = dm.num_train_pids
+    engine.provenance.update(num_classes=dm.num_train_pids, runtime=rt.provenance())
     save_dir = run["save_dir"]
     t0 = time.time()
     rank1 = engine.run(
@@ -260,6 +261,7 @@ def _build_for_checkpoint(args: argparse.Namespace, extra: list[str]):
                           "from the checkpoint")
     first = builders.original_overrides(ckpt, _config_method(args)) if original else None
     cfg = _cfg_from_args(args, extra, ckpt, first=first)
+    runtime.apply_config(cfg, "test", use_gpu=builders.use_gpu(cfg))  # threads, denormals: before any work
     dm = builders.build_datamanager(cfg)
     if ckpt is None:
         c = cfg.clone()
@@ -289,7 +291,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     save_dir = cfg.data.save_dir
     os.makedirs(save_dir, exist_ok=True)
     evaluator.provenance.update(checkpoint=osp.abspath(args.checkpoint), checkpoint_format=ckpt.kind,
-                                num_classes=dm.num_train_pids)
+                                num_classes=dm.num_train_pids, runtime=runtime.current().provenance())
     t0 = time.time()
     # the results record the checkpoint's epoch as the selected one
     evaluator.test(save_dir=save_dir, rerank=cfg.test.rerank,
