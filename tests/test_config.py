@@ -108,7 +108,7 @@ def test_config_hash_stable_and_semantic():
     d = yaml.safe_load(a.dump())
     for k in ("root", "save_dir", "workers"):
         d["data"].pop(k)
-    d["train"].pop("print_freq"), d["train"].pop("use_gpu")
+    d["train"].pop("print_freq"), d["train"].pop("use_gpu"), d["train"].pop("threads"), d["test"].pop("threads")
     d["model"].pop("resume"), d["model"].pop("pretrained_path")
     for k in ("visrank", "visrank_topk", "batch_size", "evaluate"):
         d["test"].pop(k)

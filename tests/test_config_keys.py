@@ -27,6 +27,10 @@ PROVENANCE_ONLY = {
 TESTED_ELSEWHERE = {
     "model.pretrained": "tests/test_config_keys.py::test_pretrained_keys_reach_the_weights_loader",
     "model.pretrained_path": "tests/test_config_keys.py::test_pretrained_keys_reach_the_weights_loader",
+    # process-wide settings the command line applies before building anything (vdreid.runtime)
+    "train.threads": "tests/test_runtime.py::test_cli_applies_the_settings_before_building_anything",
+    "test.threads": "tests/test_runtime.py::test_cli_applies_the_settings_before_building_anything",
+    "train.flush_denormal": "tests/test_runtime.py::test_cli_applies_the_settings_before_building_anything",
 }
 
 #: the method each section's keys are walked with, and the configuration that makes a key matter

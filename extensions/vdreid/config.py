@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as CN
 
+from vdreid import runtime
 from vdreid.errors import ConfigError, ConfigFileNotFoundError
 from vdreid.recipes import resolve_config
 from vdreid.textfile import decode_text
@@ -240,6 +241,10 @@ def _base_config() -> CN:
     cfg.train.eval_start = 0  # first epoch of the periodic evaluation
     cfg.train.checkpoint_every = 0  # also keep epoch_NNN.pth every N epochs (0: only latest.pth and the best)
     cfg.train.use_gpu = True  # use CUDA when available
+    # torch intra-op threads: auto (the cores this process may use: affinity, cgroup quota, OMP_NUM_THREADS) or N
+    cfg.train.threads = "auto"
+    # flush denormal floats to zero: auto (on for a CPU run) | true | false (vdreid.runtime)
+    cfg.train.flush_denormal = "auto"
 
     # ---------------------------------------------------------------- test
     cfg.test = CN()
@@ -260,6 +265,7 @@ def _base_config() -> CN:
     cfg.test.ivf_nprobe = 32  # IVF lists scanned per query (>= nlist: every list, exact lists)
     cfg.test.hnsw_m = 32  # HNSW links per node (faiss M)
     cfg.test.hnsw_ef_search = 256  # HNSW search beam (faiss efSearch)
+    cfg.test.threads = "auto"  # torch intra-op threads of `vdreid test`: auto or N (as train.threads)
 
     return cfg
 
@@ -278,6 +284,8 @@ NON_SEMANTIC_KEYS = frozenset(
         "test.batch_size",
         "test.evaluate",
         "train.use_gpu",
+        "train.threads",
+        "test.threads",
     }
 )
 
@@ -558,6 +566,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "test.dist_metric": ("cosine", "euclidean"),
     "test.backend": ("auto", "faiss", "torch"),
     "test.approximate": ("", "hnsw", "ivf"),
+    "train.flush_denormal": runtime.FLUSH_CHOICES,
 }
 
 
@@ -587,6 +596,8 @@ def check_values(cfg: CN) -> None:
     if epoch not in ("identities", "images") and not (epoch.isdigit() and int(epoch) > 0):
         raise ConfigError(f"config key 'sampler.epoch': {epoch!r}; expected 'identities' (each training identity "
                           "once per epoch), 'images' (AGW: max(#visible, #infrared) images) or a number of iterations")
+    for key in ("train.threads", "test.threads"):
+        runtime.parse_threads(_get(cfg, key), key)
     for check in _CHECKS.values():
         check(cfg)
     _check_selected_sections(cfg)
