@@ -347,20 +347,22 @@ def seed_everything(seed: int) -> None:
 def config_from_stored(stored: dict[str, Any], opts: list[str] | tuple[str, ...] = (),
                        source: str = "the checkpoint's stored config", plugins_used: list[str] | tuple[str, ...] = ()
                        ) -> CN:
-    """A configuration stored by ``vdreid train`` (a checkpoint's or a run's), merged into today's defaults after the
-    method translated keys an older version named otherwise (``Method.upgrade_config``), ``opts`` applied, checked,
-    frozen. ``plugins_used``: the plug-ins the run had loaded (its provenance), named when its method is unknown."""
+    """A configuration stored by ``vdreid train`` (a checkpoint's or a run's), merged into today's defaults after
+    every method translated the keys of its sections an older version named otherwise (``Method.upgrade_config``: a
+    stored tree holds every method's sections), ``opts`` applied, checked, frozen. ``plugins_used``: the plug-ins the
+    run had loaded (its provenance), named when its method is unknown."""
     model = stored.get("model") if isinstance(stored, dict) else None
     name = model.get("method") if isinstance(model, dict) else None
     try:
-        method = methods.get(name or get_default_config().model.method)
+        methods.get(name or get_default_config().model.method)  # an unknown method: name the plug-ins it needs
     except ConfigError as exc:
         missing = [p for p in plugins_used if p not in plugins.loaded()]
         if not missing:
             raise
         raise ConfigError(f"{exc}; {source} was trained with the plug-in(s) {missing}: pass --plugin for "
                           "each") from None
-    stored = method.upgrade_config(stored)
+    for owner in methods.all_methods():
+        stored = owner.upgrade_config(stored)
     cfg = get_default_config()
     merge_dict(cfg, stored, source)
     merge_from_list(cfg, list(opts))
