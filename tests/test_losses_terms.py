@@ -447,3 +447,16 @@ def test_the_docs_show_the_example_term_as_it_is():
     text = open(osp.join(ROOT, "docs", "adding-a-loss.md"), encoding="utf-8").read()
     (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert code.strip() in open(EXAMPLE_TERM, encoding="utf-8").read()
+
+
+def test_loss_config_switches_terms_by_the_parts_it_is_given():
+    """VDLossConfig(encoders=..., bottlenecks=...) applies Table 3's switches itself (None: every part)."""
+    def resolved(lc):
+        return lc.weights, lc.options, lc.branch_weights
+
+    assert resolved(VDLossConfig.paper()) == resolved(VDLossConfig.paper(encoders=("ir", "vis", "shared"))) \
+        == resolved(VDLossConfig.paper(bottlenecks=("ir", "vis", "shared")))
+    lc = VDLossConfig.paper(encoders=("ir", "vis"))  # their bottlenecks too
+    assert lc.active_terms() == ("ce", "metric", "dml", "vsd") and lc.branch_weights == (0.5, 0.5, 0.0, 0.0)
+    lc = VDLossConfig.official(bottlenecks=("shared",))  # every encoder, only the shared bottleneck
+    assert lc.active_terms() == ("ce", "metric", "cml", "vcd") and lc.branch_weights == (0.5, 0.5, 0.25, 0.25)

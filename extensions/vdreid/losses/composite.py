@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from vdreid.losses import vd_terms
-from vdreid.losses.terms import RECIPES, LossTerm, TermContext, get_term, resolve_objective, term_names
+from vdreid.losses.terms import PARTS, RECIPES, LossTerm, TermContext, get_term, resolve_objective, term_names
 from vdreid.models.outputs import VDOutput
 
 BRANCH_ORDER = vd_terms.BRANCH_ORDER  # order of VDLossConfig.branch_weights
@@ -42,8 +42,9 @@ class VDLossConfig:
         temperature: ``T`` of every predictive distribution the distillation terms and DML compare.
         detach_teacher: stop the gradient through distillation teachers (``sg`` of Eq. 8).
         branch_weights: L_cls/L_metric weights of (ir, vis, shared_gray, shared_x) (:data:`BRANCH_ORDER`).
-        encoders, bottlenecks: the parts the network builds (Table 3), None = all: a term that needs a missing part
-            is switched off, and a branch without an encoder gets branch weight 0.
+        encoders, bottlenecks: the parts the network builds (Table 3; branch names ``'ir'``, ``'vis'``,
+            ``'shared'``): a term that needs a missing part is switched off, and a branch without an encoder gets
+            branch weight 0. ``encoders=None``: every encoder; ``bottlenecks=None``: one per built encoder.
     """
 
     recipe: str = "paper"
@@ -70,9 +71,9 @@ class VDLossConfig:
             raise ValueError(
                 f"{where}.branch_weights must be 4 numbers >= 0 for {BRANCH_ORDER}, got {self.branch_weights!r}"
             )
-        if self.encoders is not None:
-            self.encoders = tuple(self.encoders)
-            self.bottlenecks = tuple(self.bottlenecks or ())
+        if self.encoders is not None or self.bottlenecks is not None:
+            self.encoders = tuple(PARTS if self.encoders is None else self.encoders)
+            self.bottlenecks = tuple(self.encoders if self.bottlenecks is None else self.bottlenecks)
             bw = tuple(w if ("shared" if n.startswith("shared") else n) in self.encoders else 0.0
                        for n, w in zip(BRANCH_ORDER, bw))
         self.branch_weights = bw  # type: ignore[assignment]
