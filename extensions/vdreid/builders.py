@@ -366,11 +366,11 @@ def config_from_stored(stored: dict[str, Any], opts: list[str] | tuple[str, ...]
     cfg = get_default_config()
     merge_dict(cfg, stored, source)
     merge_from_list(cfg, list(opts))
-    check_values(cfg)
-    cfg.freeze()
     # the keys the command line sets are explicit (a data.synthetic override, a preset conflict); the stored ones
     # are the run's own values
     set_explicit_keys(cfg, set(list(opts)[0::2]))
+    check_values(cfg)
+    cfg.freeze()
     return cfg
 
 
