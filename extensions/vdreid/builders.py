@@ -333,8 +333,22 @@ def build_engine(cfg: CN, datamanager, model: nn.Module, criterion: nn.Module | 
     """The trainer and its evaluator (``optimizer=None``: an evaluation-only engine)."""
     kw = engine_kwargs(cfg, training=optimizer is not None)
     evaluator = Evaluator(datamanager, model, kw["evaluation"], provenance=kw["provenance"])
-    return VIEngine(datamanager, model, optimizer, criterion, scheduler, evaluator=evaluator,
-                    options=dataclasses.replace(kw["options"], progress=progress), use_gpu=kw["use_gpu"])
+    engine = VIEngine(datamanager, model, optimizer, criterion, scheduler, evaluator=evaluator,
+                      options=dataclasses.replace(kw["options"], progress=progress), use_gpu=kw["use_gpu"])
+    if getattr(engine, "run_state", None) is not None:
+        engine.run_state.upgrade_config = upgrade_stored_config
+    return engine
+
+
+def upgrade_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """A configuration saved by a run of an older vdreid as today's tree: every method's key renames translated
+    (``Method.upgrade_config``), keys added since at their defaults. Resuming compares this with the run's current
+    configuration, so a rename is not mistaken for a changed training key. A tree that no longer loads is returned
+    unchanged (the resume policy then names what differs)."""
+    try:
+        return to_dict(config_from_stored(stored, source="the resumed checkpoint's stored config"))
+    except ConfigError:
+        return stored
 
 
 def seed_everything(seed: int) -> None:

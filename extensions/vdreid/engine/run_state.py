@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os.path as osp
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -75,6 +75,9 @@ class RunState:
         self.save_dir = ""
         self.written = Outputs()
         self.banner_lines: list[str] = []
+        #: turns a configuration saved by an older vdreid into today's tree (renamed keys translated, new keys at
+        #: their defaults) before the resume policy compares it; the builders set it (methods own their renames)
+        self.upgrade_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def _log(self, msg: str, *args: Any) -> None:
         if self.dist.is_main:
@@ -121,6 +124,8 @@ class RunState:
         keys = tuple(dict.fromkeys(BASE_RESUME_KEYS + tuple(self.provenance.get("resume_keys", ()))))
         check_config_compatible(ckpt.get("config"), self.provenance, keys, source=path)
         saved_cfg, current_cfg = (ckpt.get("config") or {}).get("config"), self.provenance.get("config")
+        if isinstance(saved_cfg, dict) and self.upgrade_config is not None:
+            saved_cfg = self.upgrade_config(saved_cfg)
         if isinstance(saved_cfg, dict) and isinstance(current_cfg, dict):
             allowed = check_resume_config(saved_cfg, current_cfg, completed_epochs=int(ckpt["epoch"]),
                                           defaults=to_dict(get_default_config()), source=f'"{path}"')

@@ -144,6 +144,13 @@ class VD(Method):
                     weights.setdefault(name, value)
                 else:
                     options.setdefault(name, {}).setdefault(new_key, value if value != "" else terms.RECIPE)
+            # an old explicit weight equal to what its recipe gives is today's 'recipe' marker: the same objective,
+            # and a resumed run is not refused over a spelling
+            recipe = str(vd.get("recipe", "paper"))
+            for name, w in list(weights.items()):
+                if name in terms.term_names() and isinstance(w, (int, float)) and not isinstance(w, bool) \
+                        and float(w) == terms.get_term(name).default_weight(recipe):
+                    weights[name] = terms.RECIPE
             if not weights:
                 vd.pop("weights")
             if not options:
