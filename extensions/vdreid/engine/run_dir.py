@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from vdreid.atomic import atomic_write, remove_temp_files
+from vdreid.data import registry as data_registry
 from vdreid.errors import ConfigError, DiskFullError, RunDirError
 
 logger = logging.getLogger(__name__)
@@ -345,7 +346,9 @@ class _Missing:
 MISSING: Any = _Missing()
 
 #: keys (fnmatch patterns over dotted names) that may differ on resume: they do not change how the model is trained.
-#: Every other key is a *training* key (``model.*``, ``loss.*``, ``sampler.*``, the method's section, the training
+#: Each dataset family adds the keys of its section that only change the evaluation (``resume_may_change``, e.g. a
+#: search mode or a gallery sampler: :func:`resume_may_change_patterns`).
+#: Every other key is a *training* key (``model.*``, ``sampler.*``, the method's sections, the training
 #: data, ``train.lr``, ...) and a change is refused.
 RESUME_MAY_CHANGE: tuple[str, ...] = (
     "train.max_epoch",  # extend (or end earlier) a run; the epochs already done stay as they ran
@@ -362,10 +365,6 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
     "data.targets",  # the evaluation datasets
     "data.*.direction",  # test query/gallery direction
     "data.*.num_trials",
-    "data.sysu.search_mode",
-    "data.sysu.shots",
-    "data.sysu.gallery_sampler",
-    "data.sysu.rand_perm_path",
     "model.resume",
     "model.pretrained_path",  # where the initial weights were read from; they are in the checkpoint now
 )
@@ -405,8 +404,13 @@ def resume_diff(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tup
 
 
 def may_change_on_resume(key: str) -> bool:
-    """True for a key of :data:`RESUME_MAY_CHANGE`."""
-    return any(fnmatch.fnmatchcase(key, pat) for pat in RESUME_MAY_CHANGE)
+    """True for a key of :data:`RESUME_MAY_CHANGE` or of a dataset family's ``resume_may_change``."""
+    return any(fnmatch.fnmatchcase(key, pat) for pat in resume_may_change_patterns())
+
+
+def resume_may_change_patterns() -> tuple[str, ...]:
+    """:data:`RESUME_MAY_CHANGE` and the evaluation-only keys every registered dataset family declares."""
+    return RESUME_MAY_CHANGE + data_registry.resume_may_change_keys()
 
 
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any], completed_epochs: int | None = None,
@@ -437,7 +441,7 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], complete
         raise ConfigError(
             f"cannot resume from {source}: training keys changed since the run started: {'; '.join(refused)}. "
             "Resume with the values it started with (its config.yaml), or start a new run in another folder; on "
-            f"resume only these may change: {', '.join(RESUME_MAY_CHANGE)}"
+            f"resume only these may change: {', '.join(resume_may_change_patterns())}"
         )
     new_max = flatten(current).get("train.max_epoch")
     if completed_epochs is not None and isinstance(new_max, int) and new_max < completed_epochs:
