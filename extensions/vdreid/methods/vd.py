@@ -233,6 +233,7 @@ class VD(Method):
             feature_mode=self.feature_mode(cfg),
             branches=tuple(b for b in BRANCH_NAMES if b in v.branches),
             bottleneck_branches=tuple(b for b in BRANCH_NAMES if b in v.bottleneck_branches),
+            input_size=(int(cfg.data.height), int(cfg.data.width)),  # transformers are built for it (docs/encoders.md)
         )
         if v.bottleneck_dims:
             kw["bottleneck_dims"] = tuple(v.bottleneck_dims)
@@ -243,7 +244,7 @@ class VD(Method):
         return kw
 
     def build_model(self, cfg: CN, num_classes: int) -> nn.Module:
-        """The VD network: ``model.backbone`` (any timm CNN) through ``build_vd_net``, else the registered
+        """The VD network: ``model.backbone`` (any timm encoder) through ``build_vd_net``, else the registered
         ``model.name`` preset."""
         kw = self.model_kwargs(cfg)
         pretrained = bool(cfg.model.pretrained)
