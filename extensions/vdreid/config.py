@@ -201,6 +201,10 @@ def _base_config() -> CN:
     cfg.data.norm_mean = [0.485, 0.456, 0.406]
     cfg.data.norm_std = [0.229, 0.224, 0.225]
     cfg.data.random_erase_area = [0.02, 0.4]  # area range (fraction of the image) of random_erase (torchreid's)
+    # extra views of every drawn image of one modality, each the transforms it adds to data.transforms joined by '+'
+    # (CAJ: [channel_exchange:1], every visible image also channel-exchanged); [] = one view
+    cfg.data.visible_views = []
+    cfg.data.infrared_views = []
     cfg.data.save_dir = "log"
     cfg.data.synthetic = False  # the root is a synthetic tree (recorded in results, kept apart on the leaderboard)
 
@@ -337,7 +341,14 @@ _FALSE = {"false", "no", "off", "0"}
 def _list_element(key: str) -> Any:
     """The element type (an example value) of a list key whose default is empty, from its section's owner."""
     spec = _section_of(key)
-    return spec.list_elements.get(key) if spec is not None else None
+    if spec is None:
+        return _BASE_LIST_ELEMENTS.get(key)
+    return spec.list_elements.get(key)
+
+
+#: element type of the base tree's list keys whose default is empty
+_BASE_LIST_ELEMENTS: dict[str, Any] = {"data.visible_views": "", "data.infrared_views": "", "data.sources": "",
+                                       "data.targets": ""}
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:

@@ -27,7 +27,13 @@ from vdreid import compat
 from vdreid.data.base import VIImageDataset
 from vdreid.data.protocol import Protocol
 from vdreid.data.sampler import CrossModalIdentitySampler
-from vdreid.data.transforms import ModalityTransformDataset, build_train_transform
+from vdreid.data.transforms import (
+    INFRARED,
+    VISIBLE,
+    ModalityTransformDataset,
+    build_train_transform,
+    build_view_transforms,
+)
 from vdreid.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -66,8 +72,12 @@ class CrossModalDataManager(compat.ImageDataManager):
             augmentations of
             :mod:`vdreid.data.transforms` (``pad_crop``, ``random_gray``, ``channel_exchange``, ``caj``, ...).
         random_erase_area: ``(min, max)`` area fraction of ``random_erase`` (torchreid's 0.02-0.4).
+        visible_views, infrared_views: extra views of every drawn image of that modality, each the transform names it
+            adds to ``transforms`` joined by ``+`` (:mod:`vdreid.data.transforms`, "Views"): CAJ's
+            ``visible_views=['channel_exchange:1']`` feeds every visible image plainly and channel-exchanged.
         batch_size_test, workers: test batch size and loader workers.
-        num_ids, num_instances: P and K; the train batch size is ``num_ids * 2 * num_instances``.
+        num_ids, num_instances: P and K; the train batch size is ``num_ids * num_instances * (V_vis + V_ir)`` (one view
+            each: ``num_ids * 2 * num_instances``).
         seed: sampler seed (batches are a function of seed and epoch).
         epoch_definition: epoch length of the train sampler: ``'images'`` (AGW's), ``'identities'`` (the released VD
             code's) or a number of batches (see :func:`vdreid.data.sampler.iterations_per_epoch`).
@@ -76,7 +86,7 @@ class CrossModalDataManager(compat.ImageDataManager):
             ``{'trial': 3}``; either one dict for every vdreid dataset, or ``{name: {...}}`` per dataset name.
         rank, world_size: ``torch.distributed`` placement of the train sampler.
         **kwargs: the other ``ImageDataManager`` keywords (``use_gpu``, ``k_tfm``, ``combineall``, ``split_id``, ...).
-            ``batch_size_train`` must equal ``num_ids * 2 * num_instances`` if given; ``load_train_targets`` is not
+            ``batch_size_train`` must equal the train batch size if given; ``load_train_targets`` is not
             supported.
     """
 
@@ -91,6 +101,8 @@ class CrossModalDataManager(compat.ImageDataManager):
         norm_mean: list[float] | None = None,
         norm_std: list[float] | None = None,
         random_erase_area: tuple[float, float] | list[float] = (0.02, 0.4),
+        visible_views: list[str] | tuple[str, ...] = (),
+        infrared_views: list[str] | tuple[str, ...] = (),
         batch_size_test: int = 64,
         workers: int = 2,
         num_ids: int = 16,
@@ -106,11 +118,13 @@ class CrossModalDataManager(compat.ImageDataManager):
         use_gpu = kwargs.pop("use_gpu", True)
         k_tfm = kwargs.pop("k_tfm", 1)
         combineall = kwargs.pop("combineall", False)
-        batch_size = num_ids * 2 * num_instances
+        views = (1 + len(visible_views), 1 + len(infrared_views))
+        batch_size = num_ids * num_instances * sum(views)
         bst = kwargs.pop("batch_size_train", None)
         if bst is not None and bst != batch_size:
             raise ValueError(
-                f"CrossModalDataManager: batch_size_train={bst} but num_ids * 2 * num_instances = {batch_size}; "
+                f"CrossModalDataManager: batch_size_train={bst} but num_ids * "
+                f"{'2' if views == (1, 1) else f'{sum(views)} views'} * num_instances = {batch_size}; "
                 "set num_ids / num_instances instead (or drop batch_size_train)"
             )
         sampler_name = kwargs.pop("train_sampler", None)
@@ -143,7 +157,13 @@ class CrossModalDataManager(compat.ImageDataManager):
         # train transform from vdreid.data.transforms: torchreid's names keep their behaviour, and unknown names are
         # an error (torchreid ignores them); modality-specific steps get each item's modality through a wrapper
         self.transform_tr = build_train_transform(height, width, transforms, norm_mean, norm_std, random_erase_area)
-        modal = self.transform_tr.needs_modality
+        self.view_transforms = {
+            VISIBLE: build_view_transforms(height, width, transforms, list(visible_views), "data.visible_views",
+                                           norm_mean, norm_std, random_erase_area),
+            INFRARED: build_view_transforms(height, width, transforms, list(infrared_views), "data.infrared_views",
+                                            norm_mean, norm_std, random_erase_area),
+        }
+        modal = self.transform_tr.needs_modality or views != (1, 1)
         logger.info("=> Loading train (source) dataset")
         trainsets = [self._view(name, "train", None if modal else self.transform_tr, k_tfm) for name in self.sources]
         trainset = sum(trainsets)
@@ -151,10 +171,12 @@ class CrossModalDataManager(compat.ImageDataManager):
         self._num_train_cams = trainset.num_train_cams
         self.train_ir_camids = self._merged_ir_camids(trainsets)
         if modal:
-            trainset = ModalityTransformDataset(trainset, self.transform_tr, self.train_ir_camids, k_tfm)
+            trainset = ModalityTransformDataset(trainset, self.transform_tr, self.train_ir_camids, k_tfm,
+                                                view_transforms=self.view_transforms)
         self.train_sampler = CrossModalIdentitySampler(
             trainset.train, num_ids=num_ids, num_instances=num_instances, ir_camids=self.train_ir_camids, seed=seed,
             rank=rank, world_size=world_size, epoch_definition=epoch_definition, sample_seeds=sample_seeds,
+            views=views,
         )
         self.train_loader = torch.utils.data.DataLoader(
             trainset, sampler=self.train_sampler, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -196,8 +218,9 @@ class CrossModalDataManager(compat.ImageDataManager):
             f"  source            : {self.sources}",
             f"  # source ids      : {self.num_train_pids}",
             f"  # source images   : {len(trainset)}  (infrared camids {sorted(self.train_ir_camids)})",
-            f"  train batches     : {len(self.train_loader)} x {batch_size} ({num_ids} ids x ({num_instances} vis + "
-            f"{num_instances} ir))",
+            f"  train batches     : {len(self.train_loader)} x {batch_size} ({num_ids} ids x ({num_instances} vis"
+            f"{f' x {views[0]} views' if views[0] > 1 else ''} + {num_instances} ir"
+            f"{f' x {views[1]} views' if views[1] > 1 else ''}))",
             f"  target            : {self.targets}",
         ]
         summary += [f"  protocol          : {name}: {p.name}" for name, p in self.protocols.items()]

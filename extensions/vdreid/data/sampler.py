@@ -31,6 +31,12 @@ How long an epoch is, is a named definition (see :func:`iterations_per_epoch` an
 Under ``world_size > 1`` a step consumes ``world_size`` times as many identities and images, and the counts above are
 taken per global step (``num_ids * world_size`` identities).
 
+Views (``views=(V_vis, V_ir)``): each drawn image enters the batch ``V`` times, view 0 first; a dataset applies view
+``v``'s transform to it (CAJ feeds every visible image twice, plainly and channel-exchanged: ``views=(2, 1)``). The
+sampler then yields ``(index, seed, view)`` triples, the batch holds ``num_ids * num_instances * (V_vis + V_ir)`` items
+(per identity: its K visible images in every visible view, then its K infrared images in every infrared view), and
+the epoch length is unchanged: a view adds tensors, not images drawn. View 0's seeds are those of a run without views.
+
 ``sample_seeds=True`` makes the sampler yield ``(index, seed)`` pairs instead of plain indices: ``seed`` is an int in
 ``[0, 2**32)``, a function of (sampler seed, epoch, position of the sample in the epoch's global batch layout) only,
 so a dataset that runs its random augmentation under that seed gives the same tensors whatever the number of
@@ -136,6 +142,8 @@ class CrossModalIdentitySampler(Sampler):
             positive int of batches per epoch and rank (:func:`iterations_per_epoch`).
         num_batches: the same as ``epoch_definition=<int>`` (kept for existing callers); give one of the two.
         sample_seeds: yield ``(index, augmentation seed)`` pairs instead of plain indices.
+        views: ``(visible views, infrared views)`` of every drawn image (module docstring); more than one yields
+            ``(index, seed, view)`` triples (seeds are drawn whatever ``sample_seeds`` says).
     """
 
     def __init__(
@@ -150,6 +158,7 @@ class CrossModalIdentitySampler(Sampler):
         num_batches: int | None = None,
         epoch_definition: EpochDefinition = "images",
         sample_seeds: bool = False,
+        views: tuple[int, int] = (1, 1),
     ) -> None:
         for name, val in (("num_ids", num_ids), ("num_instances", num_instances), ("world_size", world_size)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
@@ -171,11 +180,16 @@ class CrossModalIdentitySampler(Sampler):
                     "both set the epoch length; give one of them"
                 )
             epoch_definition = num_batches
+        views = tuple(views)
+        if len(views) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in views):
+            raise ConfigError(f"CrossModalIdentitySampler: views must be (visible views, infrared views), each a "
+                              f"positive int, got {views!r}")
+        self.views: tuple[int, int] = (int(views[0]), int(views[1]))
         self.epoch_definition = parse_epoch_definition(epoch_definition, "epoch_definition")
         self.num_ids, self.num_instances = num_ids, num_instances
         self.ir_camids, self.seed = ir, int(seed)
         self.rank, self.world_size = rank, world_size
-        self.batch_size = num_ids * 2 * num_instances
+        self.batch_size = num_ids * num_instances * sum(self.views)
         self.sample_seeds = bool(sample_seeds)
 
         vis: dict[int, list[int]] = {}
@@ -252,7 +266,28 @@ class CrossModalIdentitySampler(Sampler):
         rng = np.random.default_rng([self.seed, int(epoch), _SEED_STREAM_TAG])
         return rng.integers(0, _SEED_BOUND, size=(self.num_batches, g, 2, self.num_instances), dtype=np.int64)
 
-    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+    def view_seeds(self, epoch: int, view: int) -> np.ndarray:
+        """Seeds of the extra view ``view`` (>= 1) of every position of epoch ``epoch``'s global layout (the shape of
+        :meth:`augmentation_seeds`), from ``default_rng([seed, epoch, 0x5EED, view])``."""
+        g = self.num_ids * self.world_size
+        rng = np.random.default_rng([self.seed, int(epoch), _SEED_STREAM_TAG, int(view)])
+        return rng.integers(0, _SEED_BOUND, size=(self.num_batches, g, 2, self.num_instances), dtype=np.int64)
+
+    def _with_views(self, out: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """``(index, seed, view)`` per position: per identity, every view of its visible images, then every view of
+        its infrared images."""
+        vmax = max(self.views)
+        seeds = [self.augmentation_seeds(self.epoch)[:, lo:hi]]
+        seeds += [self.view_seeds(self.epoch, v)[:, lo:hi] for v in range(1, vmax)]
+        items: list[tuple[int, int, int]] = []
+        for b in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                for m, nviews in enumerate(self.views):
+                    for v in range(nviews):
+                        items += [(int(i), int(sd), v) for i, sd in zip(out[b, j, m], seeds[v][b, j, m])]
+        return items
+
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]] | Iterator[tuple[int, int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         batches = self._identity_batches(rng)
         lo, hi = self.rank * self.num_ids, (self.rank + 1) * self.num_ids
@@ -263,6 +298,10 @@ class CrossModalIdentitySampler(Sampler):
                 v, i = self._draw(rng, self._vis[p]), self._draw(rng, self._ir[p])
                 if lo <= j < hi:
                     out[b, j - lo, 0], out[b, j - lo, 1] = v, i
+        if self.views != (1, 1):
+            items = self._with_views(out, lo, hi)
+            self.epoch += 1
+            return iter(items)
         indices = out.reshape(-1).tolist()
         if self.sample_seeds:
             seeds = self.augmentation_seeds(self.epoch)[:, lo:hi].reshape(-1).tolist()

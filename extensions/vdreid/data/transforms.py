@@ -37,6 +37,12 @@ Added here:
 The channel operations act on the normalised tensor, as in CAJ's code (after ``Normalize``), so copying a channel
 also changes the image's normalised brightness; that is part of the published augmentation.
 
+Views: ``data.visible_views`` / ``data.infrared_views`` list extra views of every drawn image of that modality; each
+entry names the transforms it adds to (or re-weights in) ``data.transforms``, joined by ``+`` (``'channel_exchange:1'``:
+CAJ's second visible view, always channel-exchanged; ``''``: a second plain view). The sampler puts every view of an
+image in the batch (:class:`~vdreid.data.sampler.CrossModalIdentitySampler`, ``views``) and
+:class:`ModalityTransformDataset` applies view ``v``'s pipeline (:func:`build_view_transforms`).
+
 Modality-aware pipelines (``channel_exchange``, ``channel_adap_gray``, ``caj``) are called as ``transform(img,
 is_ir)``: the train loader of :class:`~vdreid.data.CrossModalDataManager` wraps its dataset in
 :class:`ModalityTransformDataset`, which passes each item's modality (its camid among the infrared camids).
@@ -92,7 +98,8 @@ class ChannelExchange:
         self.p = p
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        if random.uniform(0, 1) >= self.p:
+        # p >= 1 is CAJ's ChannelExchange(gray=2) itself: no coin is tossed, one randint(0, 2) picks the channel
+        if self.p < 1 and random.uniform(0, 1) >= self.p:
             return img
         c = random.randint(0, 2)
         return img[c : c + 1].expand_as(img).clone()
@@ -240,6 +247,33 @@ def build_train_transform(
     return out
 
 
+def view_names(base: str | Sequence[str] | None, extra: str, key: str) -> list[str]:
+    """The transform names of one extra view: ``base`` (``data.transforms``) with the ``+``-joined names of ``extra``
+    added, a name already in ``base`` taking ``extra``'s number. Unknown names raise a ConfigError naming ``key``."""
+    base_list = [base] if isinstance(base, str) else list(base or [])
+    added = [t for t in str(extra).split("+") if t.strip()]
+    parse_names(added, key)
+    names = {str(n).strip().lower().partition(":")[0]: str(n) for n in base_list}
+    for t in added:
+        names[t.strip().lower().partition(":")[0]] = t.strip()
+    return list(names.values())
+
+
+def build_view_transforms(
+    height: int,
+    width: int,
+    transforms: str | Sequence[str] | None,
+    views: Sequence[str],
+    key: str,
+    norm_mean: Sequence[float] | None = None,
+    norm_std: Sequence[float] | None = None,
+    random_erase_area: Sequence[float] = (0.02, 0.4),
+) -> list[VITransform]:
+    """The pipelines of the extra views ``views`` (view 1, 2, ...) of one modality (:func:`view_names`)."""
+    return [build_train_transform(height, width, view_names(transforms, v, f"{key}[{i}]"), norm_mean, norm_std,
+                                  random_erase_area) for i, v in enumerate(views)]
+
+
 # ------------------------------------------------------------------------------------------ dataset wrapper
 
 
@@ -263,15 +297,18 @@ class ModalityTransformDataset(torch.utils.data.Dataset):
 
     ``dataset[key]`` must return torchreid's item dict with the untransformed image under ``'img'``; the image's
     modality is ``item['camid'] in ir_camids``. A key ``(index, seed)`` (a sampler yielding augmentation seeds) runs
-    the transform under that seed (:func:`seeded`). Every other attribute (``train``, ``num_train_pids``, ...) is the
-    wrapped dataset's.
+    the transform under that seed (:func:`seeded`); a key ``(index, seed, view)`` runs view ``view``'s pipeline
+    (``view_transforms[modality][view - 1]`` for views >= 1; view 0 is ``transform``) and puts ``'view'`` in the item.
+    Every other attribute (``train``, ``num_train_pids``, ...) is the wrapped dataset's.
     """
 
-    def __init__(self, dataset: Any, transform: VITransform, ir_camids: frozenset[int] | set[int], k_tfm: int = 1):
+    def __init__(self, dataset: Any, transform: VITransform, ir_camids: frozenset[int] | set[int], k_tfm: int = 1,
+                 view_transforms: dict[str, Sequence[VITransform]] | None = None):
         self.dataset = dataset
         self.transform = transform
         self.ir_camids = frozenset(int(c) for c in ir_camids)
         self.k_tfm = k_tfm
+        self.view_transforms = {m: list(v) for m, v in (view_transforms or {}).items()}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -281,13 +318,22 @@ class ModalityTransformDataset(torch.utils.data.Dataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def _apply(self, img: Any, is_ir: bool) -> Any:
-        out = [self.transform(img, is_ir) for _ in range(self.k_tfm)]
+    def _apply(self, img: Any, is_ir: bool, view: int = 0) -> Any:
+        tf = self.transform
+        if view:
+            views = self.view_transforms.get(INFRARED if is_ir else VISIBLE, [])
+            if view > len(views):
+                raise IndexError(f"view {view} of an {'infrared' if is_ir else 'visible'} image: only "
+                                 f"{len(views)} extra view(s) are configured")
+            tf = views[view - 1]
+        out = [tf(img, is_ir) for _ in range(self.k_tfm)]
         return out[0] if len(out) == 1 else out
 
     def __getitem__(self, key: Any) -> dict[str, Any]:
-        seed = None
-        if isinstance(key, (tuple, list)) and len(key) == 2:  # (index, seed): the wrapped dataset needs no seed,
+        seed, view = None, None
+        if isinstance(key, (tuple, list)) and len(key) == 3:  # (index, seed, view)
+            key, seed, view = int(key[0]), int(key[1]), int(key[2])
+        elif isinstance(key, (tuple, list)) and len(key) == 2:  # (index, seed): the wrapped dataset needs no seed,
             key, seed = int(key[0]), int(key[1])  # its transform is None
         item = dict(self.dataset[key])
         is_ir = int(item["camid"]) in self.ir_camids
@@ -295,7 +341,9 @@ class ModalityTransformDataset(torch.utils.data.Dataset):
             item["img"] = self._apply(item["img"], is_ir)
         else:
             with seeded(seed):
-                item["img"] = self._apply(item["img"], is_ir)
+                item["img"] = self._apply(item["img"], is_ir, view or 0)
+        if view is not None:
+            item["view"] = view
         return item
 
 

@@ -1,4 +1,7 @@
-"""vdreid.losses: the VD objective (Eq. 8, 12, 15, 16, 17) in the paper's form and as the released code computes it.
+"""vdreid.losses: every method's objective. VD's (Eq. 8, 12, 15, 16, 17) in the paper's form and as the released
+code computes it, over a table of registered terms; AGW's and the BNNeck baseline's criteria (WRT, batch-hard
+triplet); CAJ's adaptive weighted triplet (:func:`adaptive_weighted_triplet`); DEEN's cross-modal prototype and
+orthogonal losses.
 
 Shared contracts (DESIGN.md): :func:`kl_distill`, :func:`js_divergence`, :func:`sinkhorn_distance`; the composite
 :class:`VDLoss` / :class:`VDLossConfig` used by the engine, over the term table: :func:`register_term` adds a term to
@@ -6,6 +9,7 @@ VD's objective (``docs/adding-a-loss.md``).
 """
 
 from vdreid.losses.baseline import AGWCriterion, BNNeckCriterion
+from vdreid.losses.caj import CAJCriterion, adaptive_weighted_triplet
 from vdreid.losses.composite import BRANCH_ORDER, VDLoss, VDLossConfig
 from vdreid.losses.cpm import cross_modal_prototype_loss
 from vdreid.losses.deen import DEENCriterion, orthogonal_loss
@@ -48,6 +52,8 @@ from vdreid.losses.vd_terms import METRICS, VCD_FORMS
 from vdreid.losses.wrt import weighted_regularized_triplet
 
 __all__ = [
+    "CAJCriterion",
+    "adaptive_weighted_triplet",
     "AGWCriterion",
     "BNNeckCriterion",
     "DEENCriterion",

@@ -67,15 +67,20 @@ class AGW(Method):
             "agw.backbone_lr_mult": at_least(0),
         }
 
-    def check_config(self, cfg: CN) -> None:
+    def check_network(self, cfg: CN) -> None:
+        """Checks of the network keys (non-local blocks, last stride) of the method's section."""
         super().check_config(cfg)
-        a = cfg.agw
+        a, sec = cfg[self.section], self.section
         if len(a.non_local) != 4 or any(int(n) < 0 for n in a.non_local):
-            raise ConfigError(f"config key 'agw.non_local': 4 non-negative block counts expected, got {a.non_local}")
+            raise ConfigError(f"config key '{sec}.non_local': 4 non-negative block counts expected, got {a.non_local}")
+        if a.last_stride not in (1, 2):
+            raise ConfigError(f"config key '{sec}.last_stride': 1 or 2, got {a.last_stride}")
+
+    def check_config(self, cfg: CN) -> None:
+        self.check_network(cfg)
+        a = cfg.agw
         if a.metric not in AGW_METRICS:
             raise ConfigError(f"config key 'agw.metric': {a.metric!r} is not one of {list(AGW_METRICS)}")
-        if a.last_stride not in (1, 2):
-            raise ConfigError(f"config key 'agw.last_stride': 1 or 2, got {a.last_stride}")
         for key in ("ce", "metric_weight", "triplet_margin", "backbone_lr_mult"):
             if a[key] < 0:
                 raise ConfigError(f"config key 'agw.{key}': must be >= 0, got {a[key]}")
@@ -83,7 +88,7 @@ class AGW(Method):
             raise ConfigError("config keys 'agw.ce' and 'agw.metric_weight' are both 0: nothing would be trained")
 
     def model_kwargs(self, cfg: CN) -> dict[str, Any]:
-        a = cfg.agw
+        a = cfg[self.section]
         kw: dict[str, Any] = dict(
             non_local=tuple(int(n) for n in a.non_local),
             gem=bool(a.gem),
@@ -96,23 +101,29 @@ class AGW(Method):
 
     def build_model(self, cfg: CN, num_classes: int) -> nn.Module:
         """``model.name``'s preset (``agw``: ResNet-50, ``agw_resnet18``), ``model.backbone`` overriding its CNN."""
-        name = cfg.model.name if cfg.model.name in AGW_PRESETS else "agw"
+        name = self.preset_of(cfg.model.name)
         return make_agw_factory(name)(num_classes=num_classes, pretrained=self.pretrained_arg(cfg),
                                       **self.model_kwargs(cfg))
+
+    def preset_of(self, model_name: str) -> str:
+        """The AGW network preset a model name of this method builds (``agw``: ResNet-50)."""
+        return model_name if model_name in AGW_PRESETS else "agw"
 
     def build_criterion(self, cfg: CN, num_classes: int, model: nn.Module | None = None) -> nn.Module:
         a = cfg.agw
         return AGWCriterion(ce=a.ce, metric_weight=a.metric_weight, metric=a.metric, triplet_margin=a.triplet_margin)
 
     def param_groups(self, cfg: CN, model: nn.Module, criterion: nn.Module) -> list[dict[str, Any]]:
-        """AGW ``train.py``: backbone (stems, shared stages, non-local blocks) at ``agw.backbone_lr_mult``, BNNeck and
-        classifier at 1. Frozen parameters (the BNNeck bias) are left out: they never get a gradient."""
+        """AGW ``train.py``: backbone (stems, shared stages, non-local blocks) at the section's
+        ``backbone_lr_mult``, BNNeck and classifier at 1. Frozen parameters (the BNNeck bias) are left out: they never
+        get a gradient."""
         net = unwrap_model(model)
         backbone, head = [], []
         for n, p in net.named_parameters():
             if p.requires_grad:
                 (head if n.startswith(_HEAD) else backbone).append(p)
-        groups = [{"params": backbone, "lr_mult": float(cfg.agw.backbone_lr_mult)}, {"params": head, "lr_mult": 1.0}]
+        groups = [{"params": backbone, "lr_mult": float(cfg[self.section].backbone_lr_mult)},
+                  {"params": head, "lr_mult": 1.0}]
         extra = [p for p in criterion.parameters() if p.requires_grad]
         if extra:
             groups.append({"params": extra, "lr_mult": 1.0})

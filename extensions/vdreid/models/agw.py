@@ -425,7 +425,9 @@ AGW_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_agw_factory(name: str):
-    """torchreid factory of preset ``name`` (:func:`~vdreid.models.common.torchreid_factory`): ``loss`` is ignored,
-    AGW needs each image's modality, which torchreid's engines do not pass, so it trains with vdreid's trainer."""
-    return torchreid_factory(name, AGW_PRESETS[name], build_agw)
+def make_agw_factory(preset: str, name: str | None = None):
+    """torchreid factory of preset ``preset`` (:func:`~vdreid.models.common.torchreid_factory`), registered as
+    ``name`` (default: the preset's; a method reusing AGW's network, CAJ, registers it under its own names). ``loss``
+    is ignored: AGW needs each image's modality, which torchreid's engines do not pass, so it trains with vdreid's
+    trainer."""
+    return torchreid_factory(name or preset, AGW_PRESETS[preset], build_agw)

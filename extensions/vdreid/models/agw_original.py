@@ -68,3 +68,16 @@ AGW_LAYOUT = register_layout(OriginalLayout(
     name="the AGW code",
     source="the AGW code (mangye16/Cross-Modal-Re-ID-baseline, model.py embed_net)",
 ))
+
+#: CAJ's code (``ICCV21_CAJ/`` of the same repository) saves the same ``embed_net`` as AGW's (its ``model.py`` and
+#: ``resnet.py`` are AGW's files), so its checkpoints have AGW's keys: the same rules; never guessed from the keys
+#: (they cannot tell CAJ from AGW), named by the config's method (CAJ reads the 'agw' layout too)
+CAJ_LAYOUT = register_layout(OriginalLayout(
+    kind="caj",
+    rules=AGW_RULES,
+    model_kwargs=agw_model_kwargs,
+    build=lambda **kw: build_agw(pretrained=False, **kw),
+    detect=None,
+    name="the CAJ code",
+    source="the CAJ code (mangye16/Cross-Modal-Re-ID-baseline, ICCV21_CAJ/model.py embed_net, AGW's network)",
+))
