@@ -40,6 +40,7 @@ from vdreid.data.synthetic_layout import is_synthetic_tree
 from vdreid.engine import init_distributed
 from vdreid.engine.checkpoint import read_model_checkpoint
 from vdreid.engine.distributed import cleanup
+from vdreid.engine.outputs import Outputs
 from vdreid.errors import SyntheticTreeError, VDReIDError
 from vdreid.models.original import original_model_kwargs
 from vdreid.recipes import configs_dir, list_recipes, published_path
@@ -111,6 +112,11 @@ def _train_one(cfg: CN, resume: str | None, progress: bool = True, overwrite: bo
     optimizer, scheduler = builders.build_optim(cfg, model, criterion)
     engine = builders.build_engine(cfg, dm, model, criterion, optimizer, scheduler, progress=progress)
     engine.provenance.update(num_classes=dm.num_train_pids, runtime=rt.provenance())
+    # the start banner: what the process runs with, and what the encoder's last stride and pooling mean
+    engine.run_state.banner_lines.append(rt.line())
+    describe = getattr(engine.net, "describe_encoder", None)
+    if callable(describe):
+        engine.run_state.banner_lines.append(describe())
     save_dir = run["save_dir"]
     t0 = time.time()
     rank1 = engine.run(
@@ -153,35 +159,24 @@ def _split_cfg(cfg: CN, key: str, value: int, subdir: bool) -> CN:
     return c
 
 
-def _log_written(save_dir: str, since: float) -> None:
-    """One line per file the run wrote or rewrote under ``save_dir`` (checkpoints, results, logs, pictures)."""
-    if not osp.isdir(save_dir):
+def _log_outputs(outputs: Outputs) -> None:
+    """One line per file the run or the evaluation recorded writing (:class:`~vdreid.engine.outputs.Outputs`:
+    checkpoints, config, train log, tensorboard events, results JSON, pictures), with its kind and size."""
+    items = outputs.existing()
+    if not items:
         return
-    written = []
-    for dirpath, _, files in os.walk(save_dir):
-        if osp.basename(dirpath).startswith("replaced-"):
-            continue
-        for fn in files:
-            path = osp.join(dirpath, fn)
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if st.st_mtime >= since - 1:
-                written.append((osp.relpath(path, save_dir), st.st_size))
-    if not written:
-        return
-    logger.info("wrote under %s:", osp.abspath(save_dir))
-    folders: dict[str, list[tuple[str, int]]] = {}
-    for rel, size in sorted(written):
-        head = rel.split(os.sep, 1)[0] if os.sep in rel else ""
-        folders.setdefault(head, []).append((rel, size))
-    for head, items in folders.items():
-        if head and len(items) > 3:  # a folder of pictures: one line
-            logger.info("  %-40s %d files, %s", head + os.sep, len(items), _size(sum(s for _, s in items)))
-            continue
-        for rel, size in items:
-            logger.info("  %-40s %s", rel, _size(size))
+    top = osp.commonpath([osp.dirname(p) for p, _ in items])
+    logger.info("wrote under %s:", top)
+    for path, kind in items:
+        size = _tree_size(path)
+        label = osp.relpath(path, top) + (os.sep if osp.isdir(path) else "")
+        logger.info("  %-44s %-12s %s", label, kind, _size(size))
+
+
+def _tree_size(path: str) -> int:
+    if osp.isfile(path):
+        return osp.getsize(path)
+    return sum(osp.getsize(osp.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def _size(n: float) -> str:
@@ -196,7 +191,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra = ["data.save_dir", args.save_dir] if args.save_dir else []
     cfg = _cfg_from_args(args, extra)
     names = list(cfg.data.sources) + list(cfg.data.targets)
-    t0 = time.time()
     if args.split or args.all_splits:
         key = data_registry.split_config_key(names, args.split_flag)
         fam = data_registry.split_families(names)[0]
@@ -206,19 +200,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   f"{list(fam.split_values)}")
             cfg = _split_cfg(cfg, key, args.split, subdir=False)
     if args.all_splits:
-        results = {}
+        results, written = {}, Outputs()
         for value in fam.split_values:
             logger.info("========== %s split %d/%d ==========", fam.display_name or fam.__name__, value,
                         len(fam.split_values))
-            results[value] = _train_one(_split_cfg(cfg, key, value, subdir=True), None,
-                                        overwrite=args.overwrite)["rank1"]
+            res = _train_one(_split_cfg(cfg, key, value, subdir=True), None, overwrite=args.overwrite)
+            results[value] = res["rank1"]
+            written = written.merged(res["engine"].outputs)
         logger.info("rank-1 per split: %s", ", ".join(f"{t}: {r:.2f}" for t, r in results.items() if r is not None))
         logger.info("average the splits with: vdreid leaderboard --runs %s", cfg.data.save_dir)
-        _log_written(cfg.data.save_dir, t0)
+        _log_outputs(written)
         return 0
     res = _train_one(cfg, args.resume, overwrite=args.overwrite)
     if res.get("rank", 0) == 0:
-        _log_written(res["save_dir"], t0)
+        _log_outputs(res["engine"].outputs)
     return 0
 
 
@@ -235,7 +230,7 @@ def _after_test(cfg: CN, engine, dm, save_dir: str) -> dict[str, str]:
     for name, rep in (evaluator.last_reports or {}).items():
         label = f"{cfg.model.backbone or cfg.model.name} {label_of} ({rep.protocol_name})"
         paths[f"cmc_{name}"] = plot_cmc_runs({label: list(rep.cmc_mean)}, osp.join(save_dir, f"cmc_{name}.png"),
-                                             title=f"CMC: {name}")
+                                             title=f"CMC: {name}", percent=True)
         evaluator.written.add(paths[f"cmc_{name}"], "pictures")
         if run["visrank"]:
             paths[f"ranked_{name}"] = evaluator.write_ranked_lists(name, save_dir, topk=run["visrank_topk"])
@@ -292,12 +287,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     os.makedirs(save_dir, exist_ok=True)
     evaluator.provenance.update(checkpoint=osp.abspath(args.checkpoint), checkpoint_format=ckpt.kind,
                                 num_classes=dm.num_train_pids, runtime=runtime.current().provenance())
-    t0 = time.time()
     # the results record the checkpoint's epoch as the selected one
     evaluator.test(save_dir=save_dir, rerank=cfg.test.rerank,
                    selection_info={"selection": "checkpoint", "selected_epoch": ckpt.epoch})
     _after_test(cfg, evaluator, dm, save_dir)
-    _log_written(save_dir, t0)
+    _log_outputs(evaluator.written)
     return 0
 
 
