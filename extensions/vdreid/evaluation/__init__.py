@@ -1,5 +1,7 @@
-"""vdreid.evaluation: exact AGW metrics, blockwise ranking, faiss top-k search and k-reciprocal re-ranking, protocol
-runner, ranked lists, plots."""
+"""vdreid.evaluation: the one evaluator of every method and dataset: exact metrics (AGW's and DEEN's definitions),
+blockwise ranking, faiss top-k search (exact or approximate) and k-reciprocal re-ranking, the protocol runner, feature
+extraction, ranked lists and CMC plots. It knows no method and no dataset: a :class:`~vdreid.data.Protocol` says
+what to compute."""
 
 from vdreid.evaluation.approximate import ApproximateSearch
 from vdreid.evaluation.evaluator import EvalReport, evaluate_model, provenance_defaults, run_protocol

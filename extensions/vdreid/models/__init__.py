@@ -1,8 +1,12 @@
-"""VD network: timm encoders, information bottlenecks, torchreid registry entries.
+"""Every method's networks and what they share: VD's three-branch network with information bottlenecks
+(:func:`build_vd_net`), AGW's two-stream network (:func:`build_agw`, also CAJ's), DEEN's network with MFA and DEE
+blocks, the BNNeck baseline (:func:`build_bnneck`); timm encoders (CNNs with last stride 1, ViT/DeiT/Swin), pooling,
+BNNeck, pretrained-weight loading, and the layouts of checkpoints written by the authors' own code
+(:func:`register_layout`, :func:`from_original`).
 
 Each method registers its models with torchreid when it registers itself (:func:`vdreid.methods.register`), after
-which ``torchreid.models.build_model('vd_resnet50' | 'agw' | ..., num_classes, pretrained=False)`` works;
-:func:`build_vd_net` builds the VD network from any timm CNN.
+which ``torchreid.models.build_model('vd_resnet50' | 'agw' | 'caj' | 'deen' | ..., num_classes, pretrained=False)``
+works.
 """
 
 from vdreid.models import agw_original, deen_original, vd_original  # noqa: F401  (original-checkpoint layouts)
