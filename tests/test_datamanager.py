@@ -120,3 +120,33 @@ def test_bad_arguments(sysu_root):
         make(sysu_root, sources="sysu_mm01", dataset_kwargs={"search_mode": "outdoor"})
     with pytest.warns(UserWarning, match="RandomIdentitySampler"):
         make(sysu_root, sources="sysu_mm01", train_sampler="RandomIdentitySampler")
+
+
+def test_views_batches_and_epoch_length(sysu_root):
+    from vdreid.errors import ConfigError
+
+    plain = make(sysu_root, sources="sysu_mm01")
+    dm = make(sysu_root, sources="sysu_mm01", visible_views=["channel_exchange:1"], infrared_views=[""])
+    P, K = 3, 2
+    assert dm.train_sampler.views == (2, 2)
+    assert dm.train_loader.batch_size == P * K * 4 == 24 and dm.train_loader.drop_last
+    assert len(dm.train_loader) == len(plain.train_loader)  # views add tensors, not images drawn
+    n = 0
+    for batch in dm.train_loader:
+        assert batch["img"].shape == (24, 3, 32, 16)
+        is_ir = torch.isin(batch["camid"], torch.tensor(sorted(dm.train_ir_camids)))
+        for j in range(P):
+            blk = slice(j * 4 * K, (j + 1) * 4 * K)
+            assert batch["pid"][blk].unique().numel() == 1
+            assert is_ir[blk].tolist() == [False] * (2 * K) + [True] * (2 * K)
+            assert batch["view"][blk].tolist() == [0] * K + [1] * K + [0] * K + [1] * K
+            paths = batch["impath"][blk]
+            assert paths[:K] == paths[K : 2 * K] and paths[2 * K : 3 * K] == paths[3 * K :]
+            second = batch["img"][blk][K : 2 * K]  # the visible view 1: channel-exchanged
+            assert torch.equal(second[:, 0], second[:, 1]) and torch.equal(second[:, 1], second[:, 2])
+        n += 1
+    assert n == len(dm.train_loader) > 0
+    with pytest.raises(ValueError, match=r"batch_size_train=12 but num_ids \* 3 views \* num_instances = 18"):
+        make(sysu_root, sources="sysu_mm01", visible_views=[""], batch_size_train=12)
+    with pytest.raises(ConfigError, match=r"data.infrared_views\[0\]: unknown transform 'flip'"):
+        make(sysu_root, sources="sysu_mm01", infrared_views=["flip"])

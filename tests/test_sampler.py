@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 import torch
 from vdreid.data import CrossModalIdentitySampler
+from vdreid.errors import ConfigError
 
 IR = frozenset({2, 5})
 
@@ -333,6 +334,76 @@ def test_sample_seed_pairs_reach_the_dataset_whatever_the_worker_count():
 
     def run(workers):
         s = CrossModalIdentitySampler(DATA, num_ids=4, num_instances=2, ir_camids=IR, seed=2, sample_seeds=True)
+        dl = torch.utils.data.DataLoader(Echo(), batch_size=s.batch_size, sampler=s, drop_last=True,
+                                         num_workers=workers)
+        return torch.cat(list(dl)).tolist()
+
+    assert run(0) == run(2)
+
+
+# ---------------------------------------------------------------------------------- views: (index, seed, view)
+@pytest.mark.parametrize("views", [(2, 1), (1, 3), (2, 2)])
+def test_views_repeat_each_drawn_image_once_per_view(views):
+    P, K = 4, 2
+    kw = dict(num_ids=P, num_instances=K, ir_camids=IR, seed=5)
+    plain = CrossModalIdentitySampler(DATA, sample_seeds=True, **kw)
+    s = CrossModalIdentitySampler(DATA, views=views, **kw)
+    vv, vi = views
+    assert s.views == views and s.batch_size == P * K * (vv + vi)
+    assert s.num_batches == plain.num_batches  # a view adds tensors, not images drawn
+    for _ in range(2):  # two epochs
+        pairs, triples = list(plain), list(s)
+        assert len(triples) == len(s) == s.num_batches * s.batch_size
+        assert all(len(t) == 3 for t in triples)
+        rebuilt = []  # view 0 of every image is the plain run's (index, seed), in the plain run's order
+        seeds_by_view: dict[int, list[int]] = {}
+        for b in range(s.num_batches):
+            batch = triples[b * s.batch_size : (b + 1) * s.batch_size]
+            for j in range(P):
+                blk = batch[j * K * (vv + vi) : (j + 1) * K * (vv + vi)]
+                assert len({DATA[i][1] for i, _, _ in blk}) == 1  # one identity per block
+                vis, ir = blk[: K * vv], blk[K * vv :]
+                assert all(DATA[i][2] not in IR for i, _, _ in vis) and all(DATA[i][2] in IR for i, _, _ in ir)
+                for part, nv in ((vis, vv), (ir, vi)):
+                    assert [v for _, _, v in part] == [v for v in range(nv) for _ in range(K)]
+                    for v in range(nv):  # every view holds the same K images
+                        assert [i for i, _, _ in part[v * K : (v + 1) * K]] == [i for i, _, _ in part[:K]]
+                        seeds_by_view.setdefault(v, []).extend(sd for _, sd, _ in part[v * K : (v + 1) * K])
+                rebuilt += [(i, sd) for i, sd, v in blk if v == 0]
+        assert rebuilt == pairs
+        all_seeds = [sd for v in seeds_by_view.values() for sd in v]
+        assert len(set(all_seeds)) == len(all_seeds)  # every view of every image has its own seed
+    s.set_epoch(0)
+    first = list(s)
+    s.set_epoch(0)
+    assert list(s) == first
+
+
+def test_views_split_across_ranks_as_one_global_layout():
+    kw = dict(num_instances=2, ir_camids=IR, num_batches=4, views=(2, 1))
+    whole = list(CrossModalIdentitySampler(DATA, num_ids=2, **kw))
+    r0, r1 = (list(CrossModalIdentitySampler(DATA, num_ids=1, world_size=2, rank=r, **kw)) for r in (0, 1))
+    n = 2 * 3  # one identity: K * (2 + 1) items per rank and batch
+    merged = [t for b in range(4) for t in r0[n * b : n * (b + 1)] + r1[n * b : n * (b + 1)]]
+    assert merged == whole
+
+
+def test_views_errors():
+    for bad in [(0, 1), (1, 0), (2,), (2, 1, 1), (True, 1), (1.5, 1), ("2", 1)]:
+        with pytest.raises(ConfigError, match="views"):
+            CrossModalIdentitySampler(DATA, num_ids=2, ir_camids=IR, views=bad)
+
+
+def test_view_triples_reach_the_dataset_whatever_the_worker_count():
+    class Echo(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(DATA)
+
+        def __getitem__(self, key):
+            return torch.tensor(list(key), dtype=torch.int64)
+
+    def run(workers):
+        s = CrossModalIdentitySampler(DATA, num_ids=4, num_instances=2, ir_camids=IR, seed=2, views=(2, 1))
         dl = torch.utils.data.DataLoader(Echo(), batch_size=s.batch_size, sampler=s, drop_last=True,
                                          num_workers=workers)
         return torch.cat(list(dl)).tolist()

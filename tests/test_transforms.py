@@ -193,3 +193,50 @@ def test_seeded_keys_repeat_the_augmentation(sysu_root):
     state = random.getstate()
     wrapped[(1, 3)]
     assert random.getstate() == state  # the caller's random stream is left as it was
+
+
+# ------------------------------------------------------------------------------------------ views
+def test_view_names_add_or_reweight_the_base_names():
+    from vdreid.data.transforms import view_names
+
+    base = ["random_flip", "channel_exchange:0.5", "pad_crop"]
+    assert view_names(base, "channel_exchange:1", "k") == ["random_flip", "channel_exchange:1", "pad_crop"]
+    assert view_names(base, "random_gray:0.3+channel_erase", "k") == base + ["random_gray:0.3", "channel_erase"]
+    assert view_names(base, "", "k") == base  # a second plain view
+    assert view_names("random_flip", " Random_Gray ", "k") == ["random_flip", "Random_Gray"]
+    with pytest.raises(ConfigError, match=r"data.visible_views\[1\]: unknown transform 'chanel_exchange'"):
+        view_names(base, "random_flip+chanel_exchange", "data.visible_views[1]")
+    with pytest.raises(ConfigError, match=r"data.infrared_views\[0\].*probability"):
+        view_names(base, "channel_adap_gray:2", "data.infrared_views[0]")
+
+
+def test_each_view_runs_its_own_pipeline_under_its_seed(sysu_root):
+    from vdreid.data.transforms import build_view_transforms, seeded
+
+    ds = SYSUMM01(sysu_root, verbose=False)
+    ds.transform = None
+    names = ["random_flip", "pad_crop:2", "channel_erase", "channel_adap_gray"]
+    base = build_train_transform(32, 16, names)
+    vis_views = build_view_transforms(32, 16, names, ["channel_exchange:1", ""], "data.visible_views")
+    assert [s.name for s in vis_views[0].steps][-2:] == ["channel_exchange", "channel_adap_gray"]
+    assert [s.name for s in vis_views[1].steps] == [s.name for s in base.steps]
+    wrapped = ModalityTransformDataset(ds, base, ds.ir_camids, view_transforms={"visible": vis_views})
+    i_vis = next(k for k, it in enumerate(ds.train) if it[2] not in ds.ir_camids)
+    i_ir = next(k for k, it in enumerate(ds.train) if it[2] in ds.ir_camids)
+    raw = ds[i_vis]["img"]
+    for seed in range(6):
+        v0, v1, v2 = (wrapped[(i_vis, seed, v)] for v in range(3))
+        assert [v0["view"], v1["view"], v2["view"]] == [0, 1, 2]
+        assert torch.equal(v0["img"], wrapped[(i_vis, seed)]["img"])  # view 0 is the (index, seed) item
+        with seeded(seed):
+            expect = vis_views[0](raw, False)
+        assert torch.equal(v1["img"], expect)
+        img = v1["img"]
+        assert torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])  # always channel-exchanged
+        with seeded(seed):
+            assert torch.equal(v2["img"], base(raw, False))  # the plain second view: view 0's pipeline
+        assert "view" not in wrapped[(i_vis, seed)]
+    with pytest.raises(IndexError, match="view 1 of an infrared image: only 0 extra view"):
+        wrapped[(i_ir, 0, 1)]
+    with pytest.raises(IndexError, match="view 3 of a visible image: only 2 extra view"):
+        wrapped[(i_vis, 0, 3)]

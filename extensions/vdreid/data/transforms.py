@@ -323,7 +323,7 @@ class ModalityTransformDataset(torch.utils.data.Dataset):
         if view:
             views = self.view_transforms.get(INFRARED if is_ir else VISIBLE, [])
             if view > len(views):
-                raise IndexError(f"view {view} of an {'infrared' if is_ir else 'visible'} image: only "
+                raise IndexError(f"view {view} of {'an infrared' if is_ir else 'a visible'} image: only "
                                  f"{len(views)} extra view(s) are configured")
             tf = views[view - 1]
         out = [tf(img, is_ir) for _ in range(self.k_tfm)]
