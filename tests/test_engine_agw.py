@@ -38,6 +38,7 @@ def agw(root, **kw):
     return build_engine(root, method="agw", **kw)
 
 
+@pytest.mark.learning
 def test_agw_trains_logs_its_terms_and_keeps_bounded_checkpoints(sysu_root, tmp_path):
     save = str(tmp_path / "run")
     eng = agw(sysu_root, lr=3e-3, warmup_epochs=0)
@@ -45,6 +46,8 @@ def test_agw_trains_logs_its_terms_and_keeps_bounded_checkpoints(sysu_root, tmp_
     log = _lines(osp.join(save, "train_log.jsonl"))
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert all({"total", "ce", "wrt", "lr", "images_per_s", "time_s"} <= set(r) for r in log)
+    # ce last/first 0.739-0.790 over 16 runs (benchmarks/learning_spread.py --test agw --seeds 0..7 --families
+    # default avx2: seeds 0-7 x AVX-512 and AVX2 kernels, 2-core Xeon dev box, 2026-12-05)
     assert log[-1]["ce"] < log[0]["ce"]
     # bounded by default: only latest.pth (selection 'final' keeps no second file, no per-epoch files)
     assert sorted(f for f in os.listdir(save) if f.endswith(".pth")) == ["latest.pth"]

@@ -38,14 +38,24 @@ def _env():
 
 
 # ------------------------------------------------------------------------------------------------ training
+#: the learning test's tree (make_sysu preset 'tiny'): 40 split ids (about 26 train+val, 14 test) with 4 images per
+#: camera at 32x16. The 16-id tree has 5 test ids, too few for a stable rank-1; with 2 images per camera the 56
+#: queries left rank-1 within about +-5 points of noise.
+LEARN_TREE = dict(num_ids=40, images_per_cam=4)
+#: how the learning test trains (benchmarks/learning_spread.py measures its spread with these): CAJ's channel
+#: augmentation keeps colour from standing in for identity, which the infrared queries do not have
+LEARN_RUN = dict(lr=3e-3, warmup_epochs=0, checkpoint_every=1,
+                 transforms=("random_flip", "channel_exchange", "channel_adap_gray"))
+LEARN_EPOCHS = 6
+
+
 @pytest.fixture(scope="module")
 def sysu40_root(tmp_path_factory) -> str:
-    """A synthetic SYSU tree with 40 split ids (about 26 train+val, 14 test) at 32x16: the 16-id tree has 5 test ids,
-    too few for a stable rank-1."""
+    """The learning test's synthetic SYSU tree (:data:`LEARN_TREE`)."""
     from vdreid.data.synthetic import make_sysu
 
     root = tmp_path_factory.mktemp("sysu40")
-    make_sysu(str(root), preset="tiny", seed=0, num_ids=40)
+    make_sysu(str(root), preset="tiny", seed=0, **LEARN_TREE)
     return str(root)
 
 
@@ -66,22 +76,26 @@ def _chance_rank1(dm, name: str) -> float:
     return 100.0 * float(np.mean(per_trial))
 
 
+@pytest.mark.learning
 def test_training_lowers_loss_and_beats_chance(sysu40_root, tmp_path):
     save = str(tmp_path / "run")
-    eng = build_engine(sysu40_root, lr=3e-3, warmup_epochs=0, checkpoint_every=1)
-    rank1 = eng.run(save_dir=save, max_epoch=6)
+    eng = build_engine(sysu40_root, **LEARN_RUN)
+    rank1 = eng.run(save_dir=save, max_epoch=LEARN_EPOCHS)
     log = _lines(osp.join(save, "train_log.jsonl"))
     assert [r["epoch"] for r in log] == list(range(1, 7))
     for r in log:  # every active loss term, the lr and the speed are logged per epoch
         assert {"total", "ce", "metric", "dml", "vsd", "vcd", "vml", "lr", "images_per_s", "time_s"} <= set(r)
+    # spread of every asserted quantity (benchmarks/learning_spread.py --test vd --seeds 0..7 --families default
+    # avx2: 16 runs, seeds 0-7 x torch's AVX-512 and AVX2 kernels, denormals flushed as the test session does; 2-core
+    # Xeon (AVX-512) dev box, 2026-12-05): ce last/first 0.795-0.816, total last/first 0.825-0.842, rank-1 / chance
+    # 1.70-3.54 (mean 2.68; 13.2-27.5 % against 7.76). Margins: 0.9, 0.95 and 1.4x, each below the worst run
     assert log[-1]["ce"] < 0.9 * log[0]["ce"] and log[-1]["total"] < 0.95 * log[0]["total"]
     frozen = {n: p for n, p in eng.net.named_parameters() if n.endswith("bnneck.bias")}
     assert len(frozen) == 3 and all(not p.requires_grad and not p.any() for p in frozen.values())  # BNNeck bias
     chance = _chance_rank1(eng.datamanager, "sysu_mm01")
     assert 5.0 < chance < 12.0  # about 1 / 14 test ids
-    # a tiny randomly initialised network after 126 steps: about 2x chance on this tree (seeds 0 and 1: 17.4, 16.8
-    # against 7.8)
-    assert rank1 >= 1.6 * chance, (rank1, chance)
+    # a tiny randomly initialised network after 252 steps: 2.7x chance on average, 1.70x at worst (spread above)
+    assert rank1 >= 1.4 * chance, (rank1, chance)
     res = json.load(open(osp.join(save, "results_sysu_mm01.json")))
     assert res["selection"] == "final" and res["selected_epoch"] == 6 and res["mean"]["R1"] == pytest.approx(rank1)
     assert res["recipe"] == "paper" and res["amp"] == "none" and "git_commit" in res

@@ -77,7 +77,8 @@ def test_resolve_flush_auto_is_on_for_cpu_runs_only():
         runtime.resolve("1", "maybe")
     rt = runtime.resolve("auto", "auto", environ={"OMP_NUM_THREADS": "1"})
     assert rt.threads == 1 and rt.threads_setting == "auto" and "OMP_NUM_THREADS=1" in rt.threads_reason
-    assert "runtime: 1 intra-op thread (auto: " in rt.line() and "denormals flushed to zero (auto: CPU run)" in rt.line()
+    line = rt.line()
+    assert "runtime: 1 intra-op thread (auto: " in line and "denormals flushed to zero (auto: CPU run)" in line
     prov = rt.provenance()
     assert prov["threads"] == 1 and prov["flush_denormal"] is True and prov["cpu_capability"]
 
