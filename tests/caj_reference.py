@@ -120,3 +120,19 @@ def testa_feature(f: torch.Tensor, f_flip: torch.Tensor) -> np.ndarray:
 
     avg = (l2(f) + l2(f_flip)) / 2
     return (avg / torch.norm(avg, p=2, dim=1, keepdim=True)).numpy()
+
+
+def dataset_pipelines(height: int = 288, width: int = 144) -> dict[str, object]:
+    """data_loader.py SYSUData / RegDBData (identical): the three train pipelines their ``__getitem__`` applies to a
+    resized uint8 (H, W, 3) array: ``transform_color`` (visible view 1), ``transform_color1`` (visible view 2, the
+    channel-exchanged one) and ``transform_thermal``; torchvision's Pad, RandomCrop, flip, ToTensor and Normalize with
+    the restated channel operations above."""
+    from torchvision import transforms as T
+
+    head = [T.ToPILImage(), T.Pad(10), T.RandomCrop((height, width)), T.RandomHorizontalFlip(), T.ToTensor(),
+            T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]), channel_erasing_reference]
+    return {
+        "transform_color": T.Compose(head),
+        "transform_color1": T.Compose([*head, channel_exchange_reference]),
+        "transform_thermal": T.Compose([*head, channel_adap_gray_reference]),
+    }
