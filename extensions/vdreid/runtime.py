@@ -251,8 +251,10 @@ def apply_config(cfg, section: str = "train", use_gpu: bool = False) -> Runtime:
     if rt.threads > 1:
         load = _load_average()
         cores = usable_cores()[0]
-        if load is not None and load >= cores - rt.threads + 1:  # fewer idle cores than threads
-            logger.info("runtime: the CPUs are busy (load average %.1f on %d cores): %d intra-op threads may spend "
+        # every core already busy on average: spinning intra-op threads then wait for each other (measured in
+        # benchmarks/RESULTS.md, "Threads, memory and denormals")
+        if load is not None and load >= cores:
+            logger.warning("runtime: the CPUs are busy (load average %.1f on %d cores): %d intra-op threads may spend "
                         "most of their time waiting for each other; `%s.threads 1` avoids that on a shared machine",
                         load, cores, rt.threads, section)
     return rt
