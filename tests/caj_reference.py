@@ -136,3 +136,20 @@ def dataset_pipelines(height: int = 288, width: int = 144) -> dict[str, object]:
         "transform_color1": T.Compose([*head, channel_exchange_reference]),
         "transform_thermal": T.Compose([*head, channel_adap_gray_reference]),
     }
+
+
+def prepared_image(arr: np.ndarray, height: int = 288, width: int = 144) -> np.ndarray:
+    """pre_process_sysu.py / RegDBData / TestData: every image is resized once, ``img.resize((144, 288),
+    Image.ANTIALIAS)`` (PIL's LANCZOS filter), and kept as a uint8 array."""
+    from PIL import Image
+
+    return np.array(Image.fromarray(arr).resize((width, height), Image.LANCZOS))
+
+
+def test_pipeline(height: int = 288, width: int = 144):
+    """train_ext.py / testa.py ``transform_test`` on a prepared array: ToPILImage, Resize (a no-op at that size),
+    ToTensor, Normalize."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.ToPILImage(), T.Resize((height, width)), T.ToTensor(),
+                      T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])

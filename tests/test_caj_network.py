@@ -114,23 +114,32 @@ def test_flip_test_feature_equals_testa(original, mode):
 
 @pytest.mark.parametrize("recipe", ["methods/caj_sysu", "methods/caj_regdb", "llcm_caj"])
 def test_recipe_views_are_the_dataset_classes_pipelines_bit_for_bit(recipe):
-    """On resized 288x144 images (what SYSUData / RegDBData hold), under the same seeds: view 0 of a visible image is
-    transform_color, view 1 transform_color1, an infrared image transform_thermal."""
+    """Under the same seeds, from a raw image of any size: view 0 of a visible image is transform_color of the image
+    CAJ's data preparation resized (PIL ANTIALIAS to 144x288), view 1 transform_color1, an infrared image
+    transform_thermal; the test transform is testa.py's transform_test of TestData's resized image."""
+    from vdreid.data.transforms import build_test_transform
+
     cfg = load_config(recipe)
     assert (cfg.data.height, cfg.data.width) == (288, 144)
     kw = dict(norm_mean=list(cfg.data.norm_mean), norm_std=list(cfg.data.norm_std),
-              random_erase_area=list(cfg.data.random_erase_area))
+              random_erase_area=list(cfg.data.random_erase_area), interpolation=cfg.data.resize_interpolation)
     view0 = build_train_transform(288, 144, list(cfg.data.transforms), **kw)
     views = build_view_transforms(288, 144, list(cfg.data.transforms), list(cfg.data.visible_views), "v", **kw)
     assert len(views) == 1 and list(cfg.data.infrared_views) == []
     ref = R.dataset_pipelines()
+    test_ours = build_test_transform(288, 144, kw["norm_mean"], kw["norm_std"], kw["interpolation"])
+    test_ref = R.test_pipeline()
     rng = np.random.default_rng(0)
-    for seed in range(40):
-        arr = rng.integers(0, 256, (288, 144, 3), dtype=np.uint8)
+    sizes = [(288, 144), (400, 170), (128, 64), (301, 99)]  # SYSU-like crops, RegDB's 64x128, odd sizes
+    for seed in range(24):
+        h, w = sizes[seed % len(sizes)]
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        prepared = R.prepared_image(arr)
         for ours, is_ir, theirs in ((view0, False, "transform_color"), (views[0], False, "transform_color1"),
                                     (view0, True, "transform_thermal")):
             with seeded(seed):
                 a = ours(Image.fromarray(arr), is_ir)
             with seeded(seed):
-                b = ref[theirs](arr)
-            assert torch.equal(a, b), (recipe, theirs, seed)
+                b = ref[theirs](prepared)
+            assert torch.equal(a, b), (recipe, theirs, seed, (h, w))
+        assert torch.equal(test_ours(Image.fromarray(arr)), test_ref(prepared)), (recipe, (h, w))

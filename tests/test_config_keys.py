@@ -79,6 +79,7 @@ ALTERNATIVE = {
     "data.norm_mean": "[0.5, 0.5, 0.5]",
     "data.norm_std": "[0.5, 0.5, 0.5]",
     "data.random_erase_area": "[0.2, 0.8]",
+    "data.resize_interpolation": "lanczos",
     "data.visible_views": "['channel_exchange:1']",
     "data.infrared_views": "['']",
     "data.sysu.search_mode": "indoor",

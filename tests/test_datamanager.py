@@ -150,3 +150,24 @@ def test_views_batches_and_epoch_length(sysu_root):
         make(sysu_root, sources="sysu_mm01", visible_views=[""], batch_size_train=12)
     with pytest.raises(ConfigError, match=r"data.infrared_views\[0\]: unknown transform 'flip'"):
         make(sysu_root, sources="sysu_mm01", infrared_views=["flip"])
+
+
+def test_resize_interpolation_reaches_train_and_test_transforms(sysu_root):
+    from PIL import Image
+    from torchvision import transforms as T
+    from vdreid.errors import ConfigError
+
+    img = Image.new("RGB", (23, 57))
+    img.putdata([(i % 251, (7 * i) % 253, (13 * i) % 255) for i in range(23 * 57)])
+    norm = T.Compose([T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    plain = make(sysu_root, sources="sysu_mm01")
+    lanczos = make(sysu_root, sources="sysu_mm01", resize_interpolation="lanczos")
+    assert torch.equal(lanczos.transform_te(img), norm(img.resize((16, 32), Image.LANCZOS)))
+    assert torch.equal(plain.transform_te(img), norm(img.resize((16, 32), Image.BILINEAR)))
+    assert lanczos.transform_tr.steps[0].fn.interpolation == T.InterpolationMode.LANCZOS
+    assert plain.transform_tr.steps[0].fn.interpolation == T.InterpolationMode.BILINEAR
+    gallery = next(iter(lanczos.test_loader["sysu_mm01"]["gallery"]))
+    path = gallery["impath"][0]
+    assert torch.equal(gallery["img"][0], norm(Image.open(path).convert("RGB").resize((16, 32), Image.LANCZOS)))
+    with pytest.raises(ConfigError, match="resize_interpolation: 'nearest'"):
+        make(sysu_root, sources="sysu_mm01", resize_interpolation="nearest")

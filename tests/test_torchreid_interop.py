@@ -16,6 +16,7 @@ import torch
 import torchreid.reid as torchreid  # the registry layout (test_compat.py covers upstream's)
 import vdreid  # noqa: F401  (installs the registrations and the torchreid patches)
 from PIL import Image
+from torchvision import transforms as T
 from vdreid import builders
 from vdreid.config import load_config
 from vdreid.data import CrossModalDataManager
@@ -339,3 +340,17 @@ def test_protocol_differences_name_each_departure():
     (d,) = protocol_differences(proto(), 4, 6, [0, 1], [1, 2])  # shared camera ids, rule off in the protocol
     assert "which the protocol keeps" in d
     assert protocol_differences(proto(remove_same_pid_same_cam=True), 4, 6, [0, 1], [1, 2]) == []
+
+
+def test_feature_extractor_resizes_with_the_checkpoints_filter(tmp_path, sysu_root):
+    """A checkpoint trained with data.resize_interpolation lanczos (CAJ's recipe): FeatureExtractor resizes with the
+    same filter as `vdreid test` (the 32x16 images are resized to 40x20, so the filter matters)."""
+    path = _write_checkpoint(tmp_path / "caj.pth", sysu_root, [
+        "model.method", "caj", "model.name", "caj_resnet18", "caj.non_local", [0, 1, 1, 0],
+        "data.height", 40, "data.width", 20, "data.resize_interpolation", "lanczos"])
+    cfg, ref, paths, is_ir = _vdreid_test_features(path, sysu_root)
+    assert cfg.data.resize_interpolation == "lanczos" and ref.shape[0] == len(paths)
+    ext = torchreid.utils.FeatureExtractor("caj_resnet18", model_path=path, device="cpu", verbose=False)
+    torch.testing.assert_close(ext(paths, modality=is_ir), ref, rtol=1e-4, atol=1e-5)
+    ext.preprocess.transforms[0].interpolation = T.InterpolationMode.BILINEAR  # torchreid's filter: other features
+    assert not torch.allclose(ext(paths, modality=is_ir), ref, rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 from vdreid import compat
 from vdreid.data import SYSUMM01, CrossModalDataManager
 from vdreid.data.transforms import (
@@ -240,3 +241,24 @@ def test_each_view_runs_its_own_pipeline_under_its_seed(sysu_root):
         wrapped[(i_ir, 0, 1)]
     with pytest.raises(IndexError, match="view 3 of a visible image: only 2 extra view"):
         wrapped[(i_vis, 0, 3)]
+
+
+# ------------------------------------------------------------------------------------------ resize filter
+def test_resize_interpolation_lanczos_is_pils_antialias():
+    from vdreid.data.transforms import build_test_transform
+
+    img = pil(3, h=75, w=31)
+    norm = T.Compose([T.ToTensor(), T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    for mode, pil_filter in (("lanczos", Image.LANCZOS), ("bilinear", Image.BILINEAR)):
+        expect = norm(img.resize((16, 40), pil_filter))  # PIL's (width, height)
+        assert torch.equal(build_test_transform(40, 16, interpolation=mode)(img), expect)
+        train = build_train_transform(40, 16, [], interpolation=mode)  # resize, tensor, normalisation only
+        assert torch.equal(train(img), expect)
+    a = build_test_transform(40, 16, interpolation="lanczos")(img)
+    b = build_test_transform(40, 16)(img)
+    assert not torch.equal(a, b)  # the two filters give different pixels
+    # the default is torchreid's test transform
+    _, te = compat.build_transforms(40, 16)
+    assert torch.equal(te(img), b)
+    with pytest.raises(ConfigError, match=r"resize_interpolation: 'cubic' is not one of \['bilinear', 'lanczos'\]"):
+        build_train_transform(40, 16, interpolation="cubic")

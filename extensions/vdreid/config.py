@@ -201,6 +201,8 @@ def _base_config() -> CN:
     cfg.data.norm_mean = [0.485, 0.456, 0.406]
     cfg.data.norm_std = [0.229, 0.224, 0.225]
     cfg.data.random_erase_area = [0.02, 0.4]  # area range (fraction of the image) of random_erase (torchreid's)
+    # filter of the resize opening the train and test transforms: bilinear (torchreid's) | lanczos (PIL's ANTIALIAS)
+    cfg.data.resize_interpolation = "bilinear"
     # extra views of every drawn image of one modality, each the transforms it adds to data.transforms joined by '+'
     # (CAJ: [channel_exchange:1], every visible image also channel-exchanged); [] = one view
     cfg.data.visible_views = []
@@ -575,6 +577,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train.lr_scheduler": ("warmup_multistep", "cosine"),
     "train.scheduler_step": ("end", "start"),
     "test.dist_metric": ("cosine", "euclidean"),
+    "data.resize_interpolation": ("bilinear", "lanczos"),
     "test.backend": ("auto", "faiss", "torch"),
     "test.approximate": ("", "hnsw", "ivf"),
     "train.flush_denormal": runtime.FLUSH_CHOICES,

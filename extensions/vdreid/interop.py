@@ -35,6 +35,7 @@ from PIL import Image
 
 from vdreid import builders, compat, methods
 from vdreid.data.base import VIImageDataset
+from vdreid.data.transforms import resize_mode
 from vdreid.engine.checkpoint import read_model_checkpoint
 from vdreid.errors import CheckpointMismatchError, ConfigError, EvaluationInputError
 from vdreid.evaluation.extract import extract_features
@@ -198,7 +199,7 @@ def setup_feature_extractor(extractor: Any, args: Mapping[str, Any], defaults: M
     by :func:`vdreid.builders.build_model_from_checkpoint` (a vdreid checkpoint) or
     :func:`vdreid.models.model_from_original` (AGW / released VD code) and loaded strictly. Image size and
     normalisation default to the checkpoint's ``data.height``/``data.width``/``data.norm_mean``/``data.norm_std``
-    (given values that differ are used, with a warning); ``test.flip`` is honoured.
+    (given values that differ are used, with a warning); ``test.flip`` and ``data.resize_interpolation`` are honoured.
     """
     model_name = str(_explicit(args, defaults, "model_name") or "")
     path = str(_explicit(args, defaults, "model_path") or "")
@@ -212,6 +213,7 @@ def setup_feature_extractor(extractor: Any, args: Mapping[str, Any], defaults: M
     mean = list(_explicit(args, defaults, "pixel_mean"))
     std = list(_explicit(args, defaults, "pixel_std"))
     flip = False
+    interpolation = T.InterpolationMode.BILINEAR  # torchreid's resize
     if ckpt.kind == "vdreid":
         cfg = builders.checkpoint_config(ckpt)
         stored = builders.method_of(cfg)
@@ -239,6 +241,7 @@ def setup_feature_extractor(extractor: Any, args: Mapping[str, Any], defaults: M
                 logger.warning("%s", text)
         size, mean, std = chosen["image_size"], chosen["pixel_mean"], chosen["pixel_std"]
         flip = bool(cfg.test.flip)
+        interpolation = resize_mode(cfg.data.resize_interpolation)  # the resize filter `vdreid test` used
     else:  # the authors' own code
         owner = methods.method_of_original(ckpt.kind, prefer=method.name).name
         if owner != method.name:
@@ -250,7 +253,7 @@ def setup_feature_extractor(extractor: Any, args: Mapping[str, Any], defaults: M
 
     device = torch.device(str(_explicit(args, defaults, "device")))
     model.eval().to(device)
-    steps: list[Callable] = [T.Resize(size), T.ToTensor()]
+    steps: list[Callable] = [T.Resize(size, interpolation=interpolation), T.ToTensor()]
     if _explicit(args, defaults, "pixel_norm"):
         steps.append(T.Normalize(mean=mean, std=std))
     extractor.model = model

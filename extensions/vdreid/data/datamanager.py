@@ -31,8 +31,10 @@ from vdreid.data.transforms import (
     INFRARED,
     VISIBLE,
     ModalityTransformDataset,
+    build_test_transform,
     build_train_transform,
     build_view_transforms,
+    resize_mode,
 )
 from vdreid.errors import ConfigError
 
@@ -72,6 +74,8 @@ class CrossModalDataManager(compat.ImageDataManager):
             augmentations of
             :mod:`vdreid.data.transforms` (``pad_crop``, ``random_gray``, ``channel_exchange``, ``caj``, ...).
         random_erase_area: ``(min, max)`` area fraction of ``random_erase`` (torchreid's 0.02-0.4).
+        resize_interpolation: filter of the resize opening the train and test transforms: ``'bilinear'``
+            (torchreid's) or ``'lanczos'`` (PIL's ANTIALIAS, as AGW's and CAJ's data preparation resizes).
         visible_views, infrared_views: extra views of every drawn image of that modality, each the transform names it
             adds to ``transforms`` joined by ``+`` (:mod:`vdreid.data.transforms`, "Views"): CAJ's
             ``visible_views=['channel_exchange:1']`` feeds every visible image plainly and channel-exchanged.
@@ -101,6 +105,7 @@ class CrossModalDataManager(compat.ImageDataManager):
         norm_mean: list[float] | None = None,
         norm_std: list[float] | None = None,
         random_erase_area: tuple[float, float] | list[float] = (0.02, 0.4),
+        resize_interpolation: str = "bilinear",
         visible_views: list[str] | tuple[str, ...] = (),
         infrared_views: list[str] | tuple[str, ...] = (),
         batch_size_test: int = 64,
@@ -156,13 +161,17 @@ class CrossModalDataManager(compat.ImageDataManager):
 
         # train transform from vdreid.data.transforms: torchreid's names keep their behaviour, and unknown names are
         # an error (torchreid ignores them); modality-specific steps get each item's modality through a wrapper
-        self.transform_tr = build_train_transform(height, width, transforms, norm_mean, norm_std, random_erase_area)
+        resize_mode(resize_interpolation, "CrossModalDataManager: resize_interpolation")
+        self.transform_tr = build_train_transform(height, width, transforms, norm_mean, norm_std, random_erase_area,
+                                                  resize_interpolation)
         self.view_transforms = {
             VISIBLE: build_view_transforms(height, width, transforms, list(visible_views), "data.visible_views",
-                                           norm_mean, norm_std, random_erase_area),
+                                           norm_mean, norm_std, random_erase_area, resize_interpolation),
             INFRARED: build_view_transforms(height, width, transforms, list(infrared_views), "data.infrared_views",
-                                            norm_mean, norm_std, random_erase_area),
+                                            norm_mean, norm_std, random_erase_area, resize_interpolation),
         }
+        if resize_interpolation != "bilinear":  # torchreid's test transform (built above) resizes bilinearly
+            self.transform_te = build_test_transform(height, width, norm_mean, norm_std, resize_interpolation)
         modal = self.transform_tr.needs_modality or views != (1, 1)
         logger.info("=> Loading train (source) dataset")
         trainsets = [self._view(name, "train", None if modal else self.transform_tr, k_tfm) for name in self.sources]

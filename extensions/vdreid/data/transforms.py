@@ -34,6 +34,10 @@ Added here:
 * ``caj`` -- CAJ's whole train augmentation in one name: ``channel_erase`` + ``channel_exchange`` +
   ``channel_adap_gray`` in CAJ's order (erasing first).
 
+Every pipeline opens with a resize to the input size; ``data.resize_interpolation`` picks its filter: ``bilinear``
+(torchreid's) or ``lanczos`` (PIL's ``ANTIALIAS``, the resize of AGW's and CAJ's data preparation, which also applies
+to the test transform, :func:`build_test_transform`).
+
 The channel operations act on the normalised tensor, as in CAJ's code (after ``Normalize``), so copying a channel
 also changes the image's normalised brightness; that is part of the published augmentation.
 
@@ -69,6 +73,23 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: filters of the resize that opens the train and test pipelines (config key ``data.resize_interpolation``):
+#: ``bilinear`` is torchreid's (and torchvision's default); ``lanczos`` is PIL's ``ANTIALIAS``, the filter AGW's and
+#: CAJ's code resize every image with once before any augmentation (``pre_process_sysu.py``, ``RegDBData``,
+#: ``TestData``), so the pixels match theirs
+RESIZE_INTERPOLATIONS: dict[str, T.InterpolationMode] = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "lanczos": T.InterpolationMode.LANCZOS,
+}
+
+
+def resize_mode(name: str, key: str = "data.resize_interpolation") -> T.InterpolationMode:
+    """The torchvision interpolation mode of ``name``; an unknown name raises a ConfigError naming ``key``."""
+    mode = RESIZE_INTERPOLATIONS.get(str(name).lower())
+    if mode is None:
+        raise ConfigError(f"{key}: {name!r} is not one of {list(RESIZE_INTERPOLATIONS)}")
+    return mode
 
 #: name -> (what it does, default number or None when it takes none)
 TRANSFORM_NAMES: dict[str, tuple[str, float | None]] = {
@@ -201,9 +222,11 @@ def build_train_transform(
     norm_mean: Sequence[float] | None = None,
     norm_std: Sequence[float] | None = None,
     random_erase_area: Sequence[float] = (0.02, 0.4),
+    interpolation: str = "bilinear",
 ) -> VITransform:
     """The train pipeline for ``transforms`` (see the module docstring for names and order); ``random_erase_area``
-    is the ``(min, max)`` area fraction of ``random_erase``."""
+    is the ``(min, max)`` area fraction of ``random_erase``; ``interpolation`` the filter of the first resize
+    (:data:`RESIZE_INTERPOLATIONS`)."""
     tr = compat.data.transforms
     opts = parse_names(transforms)
     sl, sh = _erase_area(random_erase_area)
@@ -217,7 +240,7 @@ def build_train_transform(
         v = opts[name]
         return float(TRANSFORM_NAMES[name][1] if v is None else v)  # type: ignore[arg-type]
 
-    steps = [Step("resize", T.Resize((height, width)))]
+    steps = [Step("resize", T.Resize((height, width), interpolation=resize_mode(interpolation)))]
     if "pad_crop" in opts:
         pad = int(opts["pad_crop"]) if opts["pad_crop"] is not None else max(1, round(10 * height / 288))
         gray = [T.RandomGrayscale(p=p("random_gray"))] if "random_gray" in opts else []
@@ -268,10 +291,25 @@ def build_view_transforms(
     norm_mean: Sequence[float] | None = None,
     norm_std: Sequence[float] | None = None,
     random_erase_area: Sequence[float] = (0.02, 0.4),
+    interpolation: str = "bilinear",
 ) -> list[VITransform]:
     """The pipelines of the extra views ``views`` (view 1, 2, ...) of one modality (:func:`view_names`)."""
     return [build_train_transform(height, width, view_names(transforms, v, f"{key}[{i}]"), norm_mean, norm_std,
-                                  random_erase_area) for i, v in enumerate(views)]
+                                  random_erase_area, interpolation) for i, v in enumerate(views)]
+
+
+def build_test_transform(
+    height: int,
+    width: int,
+    norm_mean: Sequence[float] | None = None,
+    norm_std: Sequence[float] | None = None,
+    interpolation: str = "bilinear",
+) -> T.Compose:
+    """torchreid's test transform (resize, tensor, normalisation) with the resize filter ``interpolation``."""
+    mean = list(norm_mean) if norm_mean is not None and norm_std is not None else list(IMAGENET_MEAN)
+    std = list(norm_std) if norm_mean is not None and norm_std is not None else list(IMAGENET_STD)
+    return T.Compose([T.Resize((height, width), interpolation=resize_mode(interpolation)), T.ToTensor(),
+                      T.Normalize(mean=mean, std=std)])
 
 
 # ------------------------------------------------------------------------------------------ dataset wrapper
