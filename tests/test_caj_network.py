@@ -121,6 +121,7 @@ def test_recipe_views_are_the_dataset_classes_pipelines_bit_for_bit(recipe):
 
     cfg = load_config(recipe)
     assert (cfg.data.height, cfg.data.width) == (288, 144)
+    assert cfg.sampler.draw == "independent"  # utils.py IdentitySampler's law (tests/test_sampler.py)
     kw = dict(norm_mean=list(cfg.data.norm_mean), norm_std=list(cfg.data.norm_std),
               random_erase_area=list(cfg.data.random_erase_area), interpolation=cfg.data.resize_interpolation)
     view0 = build_train_transform(288, 144, list(cfg.data.transforms), **kw)

@@ -90,6 +90,7 @@ ALTERNATIVE = {
     "data.regdb.direction": "ir2vis",
     "data.llcm.direction": "vis2ir",
     "sampler.epoch": "images",
+    "sampler.draw": "independent",
     "train.optim": "sgd",
     "train.momentum": "0.5",
     "train.lr_scheduler": "cosine",

@@ -409,3 +409,64 @@ def test_view_triples_reach_the_dataset_whatever_the_worker_count():
         return torch.cat(list(dl)).tolist()
 
     assert run(0) == run(2)
+
+
+# ---------------------------------------------------------------------------------- draw='independent'
+def test_independent_draw_is_the_identity_sampler_law_of_agw_and_caj():
+    """AGW's / CAJ's utils.py IdentitySampler: each batch B distinct identities uniformly at random, independently
+    of the other batches; per identity and modality np.random.choice(images, K), i.e. with replacement."""
+    data = items({p: (10, 10) for p in range(12)})
+    P, K, nb = 4, 4, 600
+    s = CrossModalIdentitySampler(data, num_ids=P, num_instances=K, ir_camids=IR, seed=3, num_batches=nb,
+                                  draw="independent")
+    assert s.draw == "independent" and s.batch_size == P * 2 * K
+    ids, dup = Counter(), 0
+    coverage_gaps = 0
+    per_epoch_pass = 12 // P  # batches that a balanced draw needs to cover every identity once
+    seen: set[int] = set()
+    for k, batch in enumerate(batches(s, data)):
+        pids = [batch[j * 2 * K][1] for j in range(P)]
+        assert len(set(pids)) == P  # distinct inside a batch
+        ids.update(pids)
+        seen.update(pids)
+        if (k + 1) % per_epoch_pass == 0:
+            coverage_gaps += len(seen) < 12
+            seen = set()
+        for j in range(P):
+            block = batch[j * 2 * K : (j + 1) * 2 * K]
+            assert len({it[1] for it in block}) == 1
+            for half in (block[:K], block[K:]):
+                dup += len({it[0] for it in half}) < K
+    # identities: uniform marginals (1/12 per slot), no forced coverage (balanced draws cover all every 3 batches)
+    assert all(abs(c - nb * P / 12) < 5 * (nb * P / 12) ** 0.5 for c in ids.values()), ids
+    assert coverage_gaps > nb // per_epoch_pass // 2
+    # images: 4 draws with replacement from 10 repeat one with probability 1 - 10*9*8*7 / 10**4 = 0.496
+    n_halves = nb * P * 2
+    p = 1 - 10 * 9 * 8 * 7 / 10**4
+    assert abs(dup - n_halves * p) < 5 * (n_halves * p * (1 - p)) ** 0.5, dup / n_halves
+    # the balanced default never repeats an image an identity has enough of, and covers identities evenly
+    b = CrossModalIdentitySampler(data, num_ids=P, num_instances=K, ir_camids=IR, seed=3, num_batches=nb)
+    for k, batch in enumerate(batches(b, data)):
+        for j in range(2 * P):
+            assert len({it[0] for it in batch[j * K : (j + 1) * K]}) == K
+        seen.update(batch[j * 2 * K][1] for j in range(P))
+        if (k + 1) % per_epoch_pass == 0:
+            assert len(seen) == 12
+            seen = set()
+
+
+def test_independent_draw_keeps_layouts_ranks_views_and_determinism():
+    kw = dict(num_instances=2, ir_camids=IR, num_batches=5, draw="independent", seed=7)
+    whole = list(CrossModalIdentitySampler(DATA, num_ids=2, **kw))
+    r0, r1 = (list(CrossModalIdentitySampler(DATA, num_ids=1, world_size=2, rank=r, **kw)) for r in (0, 1))
+    merged = [i for b in range(5) for i in r0[4 * b : 4 * b + 4] + r1[4 * b : 4 * b + 4]]
+    assert merged == whole  # the same global batches, split by identity slot
+    s = CrossModalIdentitySampler(DATA, num_ids=2, views=(2, 1), **kw)
+    assert [i for i, _, v in s if v == 0] == whole  # views repeat the drawn images
+    s.set_epoch(0)
+    first = list(s)
+    s.set_epoch(0)
+    assert list(s) == first
+    assert list(s) != first  # next epoch
+    with pytest.raises(ConfigError, match="sampler.draw.*'balanced', 'independent'.*'random'"):
+        CrossModalIdentitySampler(DATA, num_ids=2, ir_camids=IR, draw="random")

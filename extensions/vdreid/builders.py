@@ -98,6 +98,7 @@ def datamanager_kwargs(cfg: CN, rank: int = 0, world_size: int = 1) -> dict[str,
         seed=cfg.sampler.seed,
         epoch_definition=int(epoch) if epoch.isdigit() else epoch,
         sample_seeds=True,  # augmentation seeded per sample: the same run whatever data.workers is
+        sampler_draw=cfg.sampler.draw,
         dataset_kwargs=dataset_kwargs(cfg),
         rank=rank,
         world_size=world_size,

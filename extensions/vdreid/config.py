@@ -218,6 +218,9 @@ def _base_config() -> CN:
     # what one epoch is: identities (each training identity once: the released VD code's) | images (AGW's:
     # max(#visible, #infrared) images) | a number of iterations
     cfg.sampler.epoch = "identities"
+    # balanced (identities in random permutations, images without replacement) | independent (every batch's identities
+    # drawn afresh, images with replacement: the IdentitySampler of AGW's code and its descendants)
+    cfg.sampler.draw = "balanced"
 
     # ---------------------------------------------------------------- train
     cfg.train = CN()
@@ -578,6 +581,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train.scheduler_step": ("end", "start"),
     "test.dist_metric": ("cosine", "euclidean"),
     "data.resize_interpolation": ("bilinear", "lanczos"),
+    "sampler.draw": ("balanced", "independent"),
     "test.backend": ("auto", "faiss", "torch"),
     "test.approximate": ("", "hnsw", "ivf"),
     "train.flush_denormal": runtime.FLUSH_CHOICES,

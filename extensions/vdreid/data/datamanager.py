@@ -86,6 +86,8 @@ class CrossModalDataManager(compat.ImageDataManager):
         epoch_definition: epoch length of the train sampler: ``'images'`` (AGW's), ``'identities'`` (the released VD
             code's) or a number of batches (see :func:`vdreid.data.sampler.iterations_per_epoch`).
         sample_seeds: the train sampler yields ``(index, augmentation seed)`` pairs (the dataset must accept them).
+        sampler_draw: how the train sampler draws identities and images: ``'balanced'`` or ``'independent'`` (AGW's
+            and CAJ's law; :class:`~vdreid.data.sampler.CrossModalIdentitySampler`).
         dataset_kwargs: protocol options for the vdreid datasets, e.g. ``{'search_mode': 'indoor', 'shots': 10}`` or
             ``{'trial': 3}``; either one dict for every vdreid dataset, or ``{name: {...}}`` per dataset name.
         rank, world_size: ``torch.distributed`` placement of the train sampler.
@@ -115,6 +117,7 @@ class CrossModalDataManager(compat.ImageDataManager):
         seed: int = 0,
         epoch_definition: str | int = "images",
         sample_seeds: bool = False,
+        sampler_draw: str = "balanced",
         dataset_kwargs: dict[str, Any] | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -185,6 +188,7 @@ class CrossModalDataManager(compat.ImageDataManager):
         self.train_sampler = CrossModalIdentitySampler(
             trainset.train, num_ids=num_ids, num_instances=num_instances, ir_camids=self.train_ir_camids, seed=seed,
             rank=rank, world_size=world_size, epoch_definition=epoch_definition, sample_seeds=sample_seeds,
+            draw=sampler_draw,
             views=views,
         )
         self.train_loader = torch.utils.data.DataLoader(

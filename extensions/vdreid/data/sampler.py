@@ -8,6 +8,10 @@ identities with replacement across batches, so we write our own:
   batch (across all ranks) identities are distinct;
 * per identity, K visible and K infrared images are drawn without replacement, with replacement only where the
   identity has fewer than K images of that modality;
+* ``draw='independent'`` draws as AGW's and CAJ's ``IdentitySampler`` does instead (``utils.py``: every batch
+  ``np.random.choice(ids, B, replace=False)``, then ``np.random.choice(images, K)`` per modality): each batch's
+  identities uniformly at random, independently of the other batches (an epoch need not cover every identity), and
+  each identity's K images per modality uniformly *with* replacement (a batch may hold an image twice);
 * the whole epoch is a function of ``(seed, epoch)``; ``set_epoch`` reseeds like ``DistributedSampler``, and when no
   one calls it the epoch advances by one after each pass, so plain torchreid engines still see fresh batches;
 * with ``world_size > 1`` every rank draws the same global batches of ``num_ids * world_size`` identities and keeps
@@ -128,6 +132,10 @@ def _items(data_source: Any) -> Sequence[Sequence[Any]]:
     return data_source
 
 
+#: how a batch's identities and images are drawn (config key ``sampler.draw``; module docstring)
+DRAWS = ("balanced", "independent")
+
+
 class CrossModalIdentitySampler(Sampler):
     """Yield dataset indices in batches of ``num_ids * 2 * num_instances`` (see the module docstring).
 
@@ -144,6 +152,8 @@ class CrossModalIdentitySampler(Sampler):
         sample_seeds: yield ``(index, augmentation seed)`` pairs instead of plain indices.
         views: ``(visible views, infrared views)`` of every drawn image (module docstring); more than one yields
             ``(index, seed, view)`` triples (seeds are drawn whatever ``sample_seeds`` says).
+        draw: ``'balanced'`` (identities in permutations, images without replacement) or ``'independent'`` (AGW's
+            and CAJ's sampling law; module docstring).
     """
 
     def __init__(
@@ -159,6 +169,7 @@ class CrossModalIdentitySampler(Sampler):
         epoch_definition: EpochDefinition = "images",
         sample_seeds: bool = False,
         views: tuple[int, int] = (1, 1),
+        draw: str = "balanced",
     ) -> None:
         for name, val in (("num_ids", num_ids), ("num_instances", num_instances), ("world_size", world_size)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
@@ -191,6 +202,10 @@ class CrossModalIdentitySampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.batch_size = num_ids * num_instances * sum(self.views)
         self.sample_seeds = bool(sample_seeds)
+        if draw not in DRAWS:
+            raise ConfigError(f"CrossModalIdentitySampler: draw (config key 'sampler.draw') must be one of "
+                              f"{list(DRAWS)}, got {draw!r}")
+        self.draw = draw
 
         vis: dict[int, list[int]] = {}
         inf: dict[int, list[int]] = {}
@@ -239,9 +254,14 @@ class CrossModalIdentitySampler(Sampler):
 
     def _identity_batches(self, rng: np.random.Generator) -> np.ndarray:
         """(num_batches, num_ids * world_size) positions into ``self.pids``: consecutive random permutations, cut
-        into batches, where a batch that straddles two permutations never repeats an identity."""
+        into batches, where a batch that straddles two permutations never repeats an identity (``draw='balanced'``),
+        or distinct positions drawn afresh for every batch (``'independent'``)."""
         n, g = len(self.pids), self.num_ids * self.world_size
         out = np.empty((self.num_batches, g), dtype=np.int64)
+        if self.draw == "independent":  # AGW's / CAJ's IdentitySampler: g distinct identities per batch, afresh
+            for b in range(self.num_batches):
+                out[b] = rng.choice(n, size=g, replace=False)
+            return out
         pool = rng.permutation(n).tolist()
         for b in range(self.num_batches):
             if len(pool) >= g:
@@ -254,7 +274,8 @@ class CrossModalIdentitySampler(Sampler):
         return out
 
     def _draw(self, rng: np.random.Generator, idx: np.ndarray) -> np.ndarray:
-        return rng.choice(idx, size=self.num_instances, replace=len(idx) < self.num_instances)
+        replace = self.draw == "independent" or len(idx) < self.num_instances
+        return rng.choice(idx, size=self.num_instances, replace=replace)
 
     def augmentation_seeds(self, epoch: int) -> np.ndarray:
         """Seeds of every position of epoch ``epoch``'s *global* layout, shape
