@@ -206,15 +206,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                         len(fam.split_values))
             res = _train_one(_split_cfg(cfg, key, value, subdir=True), None, overwrite=args.overwrite)
             results[value] = res["rank1"]
-            written = written.merged(res["engine"].outputs)
+            written = written.merged(_outputs_of(res["engine"]))
         logger.info("rank-1 per split: %s", ", ".join(f"{t}: {r:.2f}" for t, r in results.items() if r is not None))
         logger.info("average the splits with: vdreid leaderboard --runs %s", cfg.data.save_dir)
         _log_outputs(written)
         return 0
     res = _train_one(cfg, args.resume, overwrite=args.overwrite)
     if res.get("rank", 0) == 0:
-        _log_outputs(res["engine"].outputs)
+        _log_outputs(_outputs_of(res["engine"]))
     return 0
+
+
+def _outputs_of(runner) -> Outputs:
+    """The record of written files of a trainer (``outputs``) or of an evaluation-only run's evaluator (``written``)."""
+    return runner.outputs if hasattr(runner, "outputs") else runner.written
 
 
 # ------------------------------------------------------------------------------------------------ test

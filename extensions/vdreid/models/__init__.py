@@ -9,7 +9,9 @@ which ``torchreid.models.build_model('vd_resnet50' | 'agw' | 'caj' | 'deen' | ..
 works.
 """
 
-from vdreid.models import agw_original, deen_original, vd_original  # noqa: F401  (original-checkpoint layouts)
+# the original-checkpoint layouts, registered in this order (messages list them so)
+from vdreid.models import agw_original, vd_original  # noqa: F401,I001  # isort: skip
+from vdreid.models import deen_original  # noqa: F401,I001  # isort: skip
 from vdreid.models.agw import AGW_PRESETS, AGWNet, build_agw, make_agw_factory
 from vdreid.models.attention import ShallowCAM
 from vdreid.models.backbones import Encoder, set_last_stride_one
