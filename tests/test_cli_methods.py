@@ -56,7 +56,9 @@ def test_test_command_evaluates_a_checkpoint_of_the_agw_code(sysu_root, tmp_path
     def feats(items, modal):
         xs = []
         for p, *_ in items:
-            im = Image.open(p).convert("RGB").resize((16, 32), Image.BILINEAR)
+            # AGW's TestData resizes with PIL's ANTIALIAS (= LANCZOS) filter; the recipe does the same
+            # (data.resize_interpolation lanczos)
+            im = Image.open(p).convert("RGB").resize((16, 32), Image.LANCZOS)
             xs.append((torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1) - mean) / std)
         x = torch.stack(xs)
         with torch.no_grad():
