@@ -10,26 +10,31 @@ the quickstart has none), the final epoch as the tested model (no selection on t
 What each method brings of its own (``RECIPES``; every override of the quickstart is listed there and in
 benchmarks/RESULTS.md): its network at a small size (ResNet-10-T, the quickstart's VD encoder, wherever the method
 takes a ``model.backbone``: all of them do), its loss, its batch composition (identities x instances, CAJ's two
-visible views), its augmentation (AGW's pad + crop with the padding scaled to the input, CAJ's channel augmentation
-and erasing, DEEN's grayscale + erasing), its optimiser family and the shape of its learning-rate schedule scaled to
-20 epochs (``Schedule.scaled``), its test feature and test-time flip.
+visible views, AGW's identity draw), its augmentation (AGW's Lanczos resize and pad + crop with the padding scaled to
+the input, CAJ's channel augmentation and erasing, DEEN's grayscale + erasing), its test feature and test-time flip.
 
 * ``vd``: configs/quickstart.yaml as it is (``vd_resnet10t``: three ResNet-10-T branches with information
   bottlenecks; Adam; test feature ``shared_v``);
 * ``vd_vit``: the same with ``model.backbone vit_tiny_patch16_224`` (ViT-Ti/16 encoders; at 64x32 a 4x2 patch grid,
   the same grid as the ResNet-10-T's final map with last stride 1; docs/encoders.md);
 * ``agw``: configs/methods/agw_sysu.yaml scaled (two-stream stems, non-local blocks, GeM, BNNeck; CE + weighted
-  regularized triplet; SGD + Nesterov);
+  regularized triplet);
 * ``caj``: configs/methods/caj_sysu.yaml scaled (AGW's network; CE + adaptive weighted triplet; every visible image
   twice, plain and channel-exchanged; channel erasing and adaptive gray);
 * ``deen``: configs/methods/deen_sysu.yaml scaled (two-stream, MFA blocks, DEE module; CE + triplet over three
   embeddings + CPM + orthogonal loss; 6 ids x (4 + 4); grayscale + erasing);
 * ``bnneck``: configs/methods/bnneck_sysu.yaml scaled (one shared encoder, BNNeck; label-smoothed CE + batch-hard
-  triplet; AGW's optimiser and schedule).
+  triplet; AGW's data pipeline).
 
-The SGD recipes (AGW, CAJ, DEEN, BNNeck) keep their optimiser; their base learning rate and backbone factor were
-set for fine-tuning ImageNet weights, so pilot runs (``--tag``, ``--set``; listed in benchmarks/RESULTS.md, "Method
-comparison (synthetic)") decide ``SGD_FROM_SCRATCH`` for training from scratch.
+One thing is not each method's own: the optimiser and schedule. AGW, CAJ, DEEN and BNNeck fine-tune ImageNet
+weights with SGD (lr 0.1, the backbone at 0.1 x that, x0.1 decays after a quarter of the training or earlier). From
+scratch in 20 epochs that recipe barely learns, and pilot runs on AGW (seed 9, ``--own-optimiser`` with ``--tag`` and
+``--set``; benchmarks/RESULTS.md lists them) showed each step towards the quickstart's optimiser helping on the tuning
+tree: one learning rate for every parameter, then the quickstart's schedule shape (decay at 16 of 20), then Adam
+at 2e-3. So every recipe trains with the quickstart's Adam, lr 2e-3, one rate for every parameter
+(``<method>.backbone_lr_mult 1``) and its schedule (one warm-up epoch from x0.1, x0.1 at 16);
+``--own-optimiser`` restores each method's SGD with its schedule's shape scaled to the run's length
+(``Schedule.scaled``). Each run's differences from the method's own recipe file are listed in the report.
 
 Data: the trees of ``benchmarks/transfer.py`` (its ``make_trees``), generated under this script's own ``--root``
 (default ``datasets/method_comparison``) so that nobody regenerating the shared trees can change them between runs:
@@ -128,95 +133,112 @@ CAJ_SCHEDULE = Schedule(100, 9, 0.1, (20, 50))
 #: DEEN's train.py (configs/methods/deen_sysu.yaml): AGW's warm-up, x0.1 at 20 and x0.01 at 80, 151 epochs
 DEEN_SCHEDULE = Schedule(151, 9, 0.1, (20, 80))
 
-#: SGD with Nesterov momentum 0.9 and weight decay 5e-4 (AGW's, CAJ's and DEEN's train.py; _agw_schedule.yaml)
-SGD = ["train.optim", "sgd", "train.momentum", "0.9", "train.nesterov", "True", "train.weight_decay", "5.0e-4"]
-#: What the SGD recipes change for training from scratch, decided by the pilots (benchmarks/RESULTS.md): the base lr
-#: (the recipes' 0.1) and the backbone factor (the recipes' 0.1: a fine-tuning rate for ImageNet weights).
-SGD_FROM_SCRATCH = {"lr": 0.1, "backbone_lr_mult": 0.1}
+#: The SGD recipes' own optimiser: SGD with Nesterov momentum 0.9, weight decay 5e-4, base lr 0.1 (AGW's, CAJ's and
+#: DEEN's train.py; _agw_schedule.yaml), everything but BNNeck and classifier at 0.1 x the rate (``--own-optimiser``)
+SGD = ("train.optim", "sgd", "train.momentum", "0.9", "train.nesterov", "True", "train.weight_decay", "5.0e-4",
+       "train.lr", "0.1")
 #: AGW's pad 10 + random crop, the padding scaled to the input (``pad_crop`` without a number: round(10 * 64 / 288) =
 #: 2 pixels at 64x32)
 PAD_CROP = "pad_crop"
+#: AGW's data pipeline, kept by AGW, CAJ, DEEN and BNNeck (configs/methods/_agw_schedule.yaml): images resized with
+#: PIL's antialias filter, batches drawn as AGW's IdentitySampler (identities afresh per batch, with replacement)
+AGW_DATA = ("data.resize_interpolation", "lanczos", "sampler.draw", "independent")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """One method's recipe for this comparison: ``model.method`` / ``model.name``, the overrides of the quickstart
-    (``KEY VALUE`` pairs, schedule apart), the schedule whose shape is scaled to the run's length, and one line per
-    aspect for the table of benchmarks/RESULTS.md."""
+    """One method's recipe for this comparison, as overrides of the quickstart's config file for the method.
+
+    ``overrides``: what the method keeps of its own recipe (network at a small size, batch, augmentation, test);
+    ``scratch``: what training from scratch with the quickstart's optimiser needs (the backbone factor 1);
+    ``own_optimiser`` / ``own_schedule``: the recipe's own optimiser and schedule (``--own-optimiser``: the pilots);
+    ``recipe_file``: the method's own recipe (its differences from the run's config are listed in the report);
+    ``summary``: one line per aspect for the table of benchmarks/RESULTS.md."""
 
     method: str
     model: str
     label: str
-    overrides: tuple[str, ...]
-    schedule: Schedule
+    recipe_file: str
+    overrides: tuple[str, ...] = ()
+    scratch: tuple[str, ...] = ()
+    own_optimiser: tuple[str, ...] = ()
+    own_schedule: Schedule = QUICKSTART_SCHEDULE
     summary: dict[str, str] = field(default_factory=dict)
 
-    def opts(self, epochs: int) -> list[str]:
-        """Every override of the method's quickstart file: the recipe's plus its schedule at ``epochs``."""
-        s = self.schedule.scaled(epochs)
-        return [*self.overrides, "train.max_epoch", str(epochs), "train.warmup_epochs", str(s["warmup_epochs"]),
+    def opts(self, epochs: int, own_optimiser: bool = False) -> list[str]:
+        """Every override of the method's quickstart file: the recipe's, then its optimiser and its schedule at
+        ``epochs`` (the quickstart's Adam and schedule shape; ``own_optimiser``: the recipe's own, its schedule's
+        shape scaled)."""
+        opt, sched = (self.own_optimiser, self.own_schedule) if own_optimiser else (self.scratch, QUICKSTART_SCHEDULE)
+        s = sched.scaled(epochs)
+        return [*self.overrides, *opt, "train.max_epoch", str(epochs), "train.warmup_epochs", str(s["warmup_epochs"]),
                 "train.warmup_factor", str(s["warmup_factor"]), "train.stepsize", str(s["stepsize"])]
 
 
-def _sgd(section: str) -> list[str]:
-    return [*SGD, "train.lr", str(SGD_FROM_SCRATCH["lr"]), f"{section}.backbone_lr_mult",
-            str(SGD_FROM_SCRATCH["backbone_lr_mult"])]
+#: the optimiser every recipe trains with: the quickstart's (Adam, lr 2e-3, wd 5e-4, one rate for every parameter;
+#: the pilots of benchmarks/RESULTS.md: AGW's own SGD, even with one rate and the quickstart's schedule shape, stays
+#: 2 rank-1 points below it from scratch)
+ADAM_TEXT = "Adam lr 2e-3, wd 5e-4 (the quickstart's)"
+#: ResNet-10-T (timm resnet10t, the quickstart's VD encoder) in place of each method's ResNet-50
+SMALL = ("model.backbone", "resnet10t")
 
 
-_SGD_TEXT = (f"SGD + Nesterov 0.9, wd 5e-4, lr {SGD_FROM_SCRATCH['lr']:g}, backbone x"
-             f"{SGD_FROM_SCRATCH['backbone_lr_mult']:g}")
+def _sgd_own(section: str | None) -> tuple[str, ...]:
+    return (*SGD, f"{section}.backbone_lr_mult", "0.1") if section else SGD
+
 
 RECIPES: dict[str, Recipe] = {
     "vd": Recipe(
-        "vd", "vd_resnet10t", "VD (vd_resnet10t)", (), QUICKSTART_SCHEDULE,
-        {"network": "3 ResNet-10-T branches + IB bottlenecks, last stride 1", "loss": "VD, paper recipe (Eq. 16-17)",
-         "batch": "16 ids x (2 + 2)", "augmentation": "flip, channel exchange (p 0.5), channel adaptive gray",
-         "optimiser": "Adam lr 2e-3, wd 5e-4", "test": "shared_v"}),
+        "vd", "vd_resnet10t", "VD (vd_resnet10t)", "configs/quickstart.yaml",
+        summary={"network": "3 ResNet-10-T branches + IB bottlenecks, last stride 1",
+                 "loss": "VD, paper recipe (Eq. 16-17)", "batch": "16 ids x (2 + 2)",
+                 "augmentation": "flip, channel exchange (p 0.5), channel adaptive gray", "optimiser": ADAM_TEXT,
+                 "test": "shared_v"}),
     "vd_vit": Recipe(
-        "vd", "vd_resnet10t", "VD (ViT-Ti/16 encoders)", ("model.backbone", "vit_tiny_patch16_224"),
-        QUICKSTART_SCHEDULE,
-        {"network": "3 ViT-Ti/16 branches (4x2 patches at 64x32) + IB bottlenecks",
-         "loss": "VD, paper recipe", "batch": "16 ids x (2 + 2)", "augmentation": "as VD",
-         "optimiser": "Adam lr 2e-3, wd 5e-4", "test": "shared_v"}),
+        "vd", "vd_resnet10t", "VD (ViT-Ti/16 encoders)", "configs/quickstart.yaml",
+        ("model.backbone", "vit_tiny_patch16_224"),
+        summary={"network": "3 ViT-Ti/16 branches (4x2 patches at 64x32) + IB bottlenecks",
+                 "loss": "VD, paper recipe", "batch": "16 ids x (2 + 2)", "augmentation": "as VD",
+                 "optimiser": ADAM_TEXT + "; not tuned for ViT", "test": "shared_v"}),
     "agw": Recipe(
-        "agw", "agw_resnet18",
-        "AGW (ResNet-10-T)",
-        ("model.backbone", "resnet10t", "sampler.num_ids", "8", "sampler.num_instances", "4",
-         "data.transforms", f"['{PAD_CROP}','random_flip']", *_sgd("agw")),
-        AGW_SCHEDULE,
+        "agw", "agw_resnet18", "AGW (ResNet-10-T)", "configs/methods/agw_sysu.yaml",
+        (*SMALL, "sampler.num_ids", "8", "sampler.num_instances", "4", *AGW_DATA,
+         "data.transforms", f"['{PAD_CROP}','random_flip']"),
+        ("agw.backbone_lr_mult", "1.0"), _sgd_own("agw"), AGW_SCHEDULE,
         {"network": "two-stream ResNet-10-T, non-local blocks (1 in layer2, 1 in layer3: one block per stage), GeM, "
-                    "BNNeck", "loss": "CE + weighted regularized triplet", "batch": "8 ids x (4 + 4)",
-         "augmentation": "pad 2 + crop, flip", "optimiser": _SGD_TEXT, "test": "bn"}),
+                    "BNNeck", "loss": "CE + weighted regularized triplet",
+         "batch": "8 ids x (4 + 4), AGW's draw", "augmentation": "lanczos resize, pad 2 + crop, flip",
+         "optimiser": ADAM_TEXT, "test": "bn"}),
     "caj": Recipe(
-        "caj", "caj_resnet18", "CAJ (ResNet-10-T)",
-        ("model.backbone", "resnet10t", "sampler.num_ids", "8", "sampler.num_instances", "4",
+        "caj", "caj_resnet18", "CAJ (ResNet-10-T)", "configs/methods/caj_sysu.yaml",
+        (*SMALL, "sampler.num_ids", "8", "sampler.num_instances", "4", *AGW_DATA,
          "data.transforms", f"['{PAD_CROP}','random_flip','channel_erase','channel_adap_gray']",
-         "data.visible_views", "['channel_exchange:1']", "test.flip", "True", *_sgd("caj")),
-        CAJ_SCHEDULE,
+         "data.visible_views", "['channel_exchange:1']", "test.flip", "True"),
+        ("caj.backbone_lr_mult", "1.0"), _sgd_own("caj"), CAJ_SCHEDULE,
         {"network": "AGW's (two-stream ResNet-10-T, non-local, GeM, BNNeck)",
          "loss": "CE + adaptive weighted triplet (alpha 1, gamma 1, squared)",
-         "batch": "8 ids x (4 + 4), each visible image twice (plain, channel-exchanged): 96 tensors",
-         "augmentation": "pad 2 + crop, flip, channel erasing 0.5; IR: channel adaptive gray",
-         "optimiser": _SGD_TEXT, "test": "bn, flip"}),
+         "batch": "8 ids x (4 + 4), AGW's draw, each visible image twice (plain, channel-exchanged): 96 tensors",
+         "augmentation": "lanczos resize, pad 2 + crop, flip, channel erasing 0.5; IR: channel adaptive gray",
+         "optimiser": ADAM_TEXT, "test": "bn, flip"}),
     "deen": Recipe(
-        "deen", "deen_resnet18", "DEEN (ResNet-10-T)",
-        ("model.backbone", "resnet10t", "sampler.num_ids", "6", "sampler.num_instances", "4",
+        "deen", "deen_resnet18", "DEEN (ResNet-10-T)", "configs/methods/deen_sysu.yaml",
+        (*SMALL, "sampler.num_ids", "6", "sampler.num_instances", "4", *AGW_DATA,
          "data.transforms", f"['{PAD_CROP}','random_gray:0.5','random_flip','random_erase:0.5']",
-         "data.random_erase_area", "[0.2, 0.8]", "test.flip", "True", *_sgd("deen")),
-        DEEN_SCHEDULE,
+         "data.random_erase_area", "[0.2, 0.8]", "test.flip", "True"),
+        ("deen.backbone_lr_mult", "1.0"), _sgd_own("deen"), DEEN_SCHEDULE,
         {"network": "two-stream ResNet-10-T, MFA after layers 1-3, DEE before layer 4, BNNeck",
-         "loss": "CE + triplet (0.3) over 3 embeddings + 0.8 CPM + 0.01 orthogonal", "batch": "6 ids x (4 + 4)",
-         "augmentation": "pad 2, gray 0.5, crop, flip, erasing 0.5 (area 0.2-0.8)", "optimiser": _SGD_TEXT,
-         "test": "all (6 normalised parts), flip"}),
+         "loss": "CE + triplet (0.3) over 3 embeddings + 0.8 CPM + 0.01 orthogonal",
+         "batch": "6 ids x (4 + 4), AGW's draw",
+         "augmentation": "lanczos resize, pad 2, gray 0.5, crop, flip, erasing 0.5 (area 0.2-0.8)",
+         "optimiser": ADAM_TEXT, "test": "all (6 normalised parts), flip"}),
     "bnneck": Recipe(
-        "bnneck", "bnneck_resnet18", "BNNeck baseline (ResNet-10-T)",
-        ("model.backbone", "resnet10t", "sampler.num_ids", "8", "sampler.num_instances", "4",
-         "data.transforms", f"['{PAD_CROP}','random_flip']", *SGD, "train.lr", str(SGD_FROM_SCRATCH["lr"])),
-        AGW_SCHEDULE,
+        "bnneck", "bnneck_resnet18", "BNNeck baseline (ResNet-10-T)", "configs/methods/bnneck_sysu.yaml",
+        (*SMALL, "sampler.num_ids", "8", "sampler.num_instances", "4", *AGW_DATA,
+         "data.transforms", f"['{PAD_CROP}','random_flip']"),
+        (), _sgd_own(None), AGW_SCHEDULE,
         {"network": "one shared ResNet-10-T, GAP, BNNeck", "loss": "CE (label smoothing 0.1) + batch-hard triplet 0.3",
-         "batch": "8 ids x (4 + 4)", "augmentation": "pad 2 + crop, flip",
-         "optimiser": f"SGD + Nesterov 0.9, wd 5e-4, lr {SGD_FROM_SCRATCH['lr']:g} (one rate: no backbone factor)",
-         "test": "bn"}),
+         "batch": "8 ids x (4 + 4), AGW's draw", "augmentation": "lanczos resize, pad 2 + crop, flip",
+         "optimiser": ADAM_TEXT, "test": "bn"}),
 }
 ORDER = ("vd", "agw", "caj", "deen", "bnneck", "vd_vit")
 
@@ -485,6 +507,53 @@ def track(run_dir: str, dest: str) -> str:
 # ------------------------------------------------------------------------------------------------ report
 
 
+#: keys of a run that say where and how it ran, not what it trains
+_INFRA_KEYS = {"data.root", "data.save_dir", "data.workers", "train.seed", "sampler.seed", "train.print_freq",
+               "train.use_gpu", "train.threads", "test.threads", "train.flush_denormal", "test.visrank"}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_diff(recipe: Recipe, run_dir: str) -> list[tuple[str, Any, Any]]:
+    """``(key, value in the method's own recipe file, value in the run)`` for every key of the general sections and
+    the method's own that differ (the recipe file loaded with the defaults, as ``vdreid train`` would)."""
+    from vdreid import methods
+    from vdreid.config import load_config
+
+    m = methods.get(recipe.method)
+    sections = ("model", "data", "sampler", "train", "test", m.section, *m.extra_sections)
+    own = _flat(yaml.safe_load(load_config(osp.join(REPO, recipe.recipe_file)).dump()))
+    with open(osp.join(run_dir, "config.yaml"), encoding="utf-8") as f:
+        ran = _flat(yaml.safe_load(f))
+    out = []
+    for k in sorted(set(own) | set(ran)):
+        if k.split(".")[0] not in sections or k in _INFRA_KEYS:
+            continue
+        a, b = own.get(k, "(none)"), ran.get(k, "(none)")
+        if not _same(a, b):
+            out.append((k, a, b))
+    return out
+
+
+def _numeric(v: Any) -> bool:
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (v if isinstance(v, list) else [v]))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal config values (numbers and lists of numbers up to float rounding)."""
+    if _numeric(a) and _numeric(b) and np.shape(a) == np.shape(b):
+        return bool(np.allclose(a, b))
+    return a == b
+
+
 def ms(values: list[float]) -> str:
     """``mean ± std`` (population std over seeds)."""
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
@@ -557,16 +626,25 @@ def report(runs: dict[str, list[dict]], info: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for name in names:
         r = RECIPES[name]
-        s = r.schedule.scaled(info["epochs"])
-        sched = (f"{r.schedule.epochs}-epoch shape: warm-up {s['warmup_epochs']} from x{s['warmup_factor']:g}, "
+        own = info["own_optimiser"] and r.own_optimiser
+        sch = r.own_schedule if own else QUICKSTART_SCHEDULE
+        s = sch.scaled(info["epochs"])
+        sched = (f"{sch.epochs}-epoch shape: warm-up {s['warmup_epochs']} from x{s['warmup_factor']:g}, "
                  f"x0.1 at {', '.join(map(str, s['stepsize']))}")
         m = r.summary
+        optim = "the recipe's own SGD (`--own-optimiser`)" if own else m["optimiser"]
         lines.append(f"| {r.label} | {m['network']} | {m['loss']} | {m['batch']} | {m['augmentation']} | "
-                     f"{m['optimiser']} | {sched} | {m['test']} |")
+                     f"{optim} | {sched} | {m['test']} |")
     lines += ["", "Overrides per method (`KEY VALUE` after `--config-file <the quickstart for the method>`; seeds "
               "and the run folder apart):", ""]
     for name in names:
         lines.append(f"- {name}: `{' '.join(runs[name][0]['meta']['opts']) or '(none)'}`")
+    lines += ["", "Differences of each run's config from its method's own recipe file (own -> here; seeds, data "
+              "root and run folder apart):", ""]
+    for name in names:
+        diff = recipe_diff(RECIPES[name], runs[name][0]["meta"]["run_dir"])
+        lines.append(f"- {name} ({RECIPES[name].recipe_file}): "
+                     + ("; ".join(f"`{k}` {a} -> {b}" for k, a, b in diff) or "none"))
     lines += ["", "Per seed (hard R1 / mAP; shift R1 / mAP):", ""]
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     lines += ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
@@ -616,7 +694,11 @@ def main(argv: list[str] | None = None) -> int:
                    "scaled to it")
     p.add_argument("--set", nargs="+", default=[], metavar="RECIPE:KEY=VALUE",
                    help="extra overrides of one recipe (pilot runs; use with --tag)")
+    p.add_argument("--order", choices=("method", "seed"), default="method",
+                   help="train method by method (default) or seed by seed")
     p.add_argument("--tag", default="", help="suffix of the run folders (pilot runs)")
+    p.add_argument("--own-optimiser", action="store_true",
+                   help="each SGD recipe's own optimiser and schedule shape (scaled) instead of the quickstart's")
     p.add_argument("--root", default=osp.join(REPO, "datasets", "method_comparison"),
                    help="where the trees are generated (this script's own: a shared tree may be regenerated mid-run)")
     p.add_argument("--out-dir", default="",
@@ -656,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     info: dict[str, Any] = {
         "wait": wait,
         "epochs": epochs,
+        "own_optimiser": args.own_optimiser,
         "quickstart_commit": git("log", "-1", "--format=%h", "--", "configs/quickstart.yaml"),
         "quickstart_dirty": " + uncommitted edits" if git("status", "--porcelain", "configs/quickstart.yaml") else "",
         "commit": git("rev-parse", "--short", "HEAD"),
@@ -673,8 +756,11 @@ def main(argv: list[str] | None = None) -> int:
     shift_root = transfer.make_trees(osp.join(args.root, "test"), ["shift"], transfer.TEST_SEED)["shift"]
     info["chance"] = {"own": transfer.chance(train_root), "shift": transfer.chance(shift_root)}
 
-    tasks = [(seed, name) for seed in args.seeds for name in names
-             if name not in args.first_seed_only or seed == args.seeds[0]]
+    # method by method (each method's seeds finish together), or seed by seed (--order seed: every method's first
+    # seed before any second one)
+    pairs = ([(seed, name) for name in names for seed in args.seeds] if args.order == "method" else
+             [(seed, name) for seed in args.seeds for name in names])
+    tasks = [(seed, name) for seed, name in pairs if name not in args.first_seed_only or seed == args.seeds[0]]
     gate = Gate(args.jobs, args.max_load, osp.relpath(args.out_dir, REPO))
     suffix = f"_{args.tag}" if args.tag else ""
 
@@ -682,9 +768,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_one(task: tuple[int, str]) -> tuple[dict, dict | None]:
         seed, name = task
-        opts = [*RECIPES[name].opts(epochs), *sets.get(name, []), "train.seed", str(seed), "sampler.seed", str(seed)]
-        meta = train(f"{name}{suffix}_seed{seed}", configs[name], train_root, opts, args.out_dir, args.threads,
-                     args.reuse, gate)
+        opts = [*RECIPES[name].opts(epochs, args.own_optimiser), *sets.get(name, []), "train.seed", str(seed),
+                "sampler.seed", str(seed)]
+        run = f"{name}{suffix}_seed{seed}"
+        meta = train(run, configs[name], train_root, opts, args.out_dir, args.threads, args.reuse, gate)
+        if not args.no_write:  # tracked as soon as it is finished (an interrupted comparison keeps what it made)
+            track(meta["run_dir"], osp.join(args.runs_dir, run))
         return meta, None if args.no_eval else evaluate_in_child(meta["run_dir"], roots, args.threads)
 
     # trainings side by side (each with --threads) as the gate allows, each evaluated by a child process after it
@@ -700,8 +789,6 @@ def main(argv: list[str] | None = None) -> int:
         if abs(float(mean["R1"]) - ev["own"]["R1"]) > 1e-6:
             raise RuntimeError(f"{run}: rank-1 on the training tree's test split {ev['own']['R1']:.4f} differs from "
                                f"the results JSON's {float(mean['R1']):.4f}: the run folder changed under this script")
-        if not args.no_write:
-            track(meta["run_dir"], osp.join(args.runs_dir, run))
         runs[name].append({"seed": seed, "meta": meta, "eval": ev})
         print(f"{run}: hard R1 {ev['own']['R1']:.2f} mAP {ev['own']['mAP']:.2f} | shift R1 {ev['shift']['R1']:.2f} "
               f"mAP {ev['shift']['mAP']:.2f} | {meta['wall_s'] / 60:.1f} min (load {meta['load_before'][0]:.1f})",
