@@ -258,7 +258,7 @@ def _base_config() -> CN:
     # ---------------------------------------------------------------- test
     cfg.test = CN()
     cfg.test.batch_size = 128
-    cfg.test.dist_metric = "cosine"  # cosine | euclidean
+    cfg.test.dist_metric = "cosine"  # cosine | euclidean | inner_product (raw features, DEEN test.py)
     cfg.test.backend = "auto"  # auto | faiss | torch
     cfg.test.rerank = False
     cfg.test.evaluate = False  # evaluate only (model.load_weights or model.resume names the checkpoint)
@@ -579,7 +579,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train.optim": ("adam", "sgd"),
     "train.lr_scheduler": ("warmup_multistep", "cosine"),
     "train.scheduler_step": ("end", "start"),
-    "test.dist_metric": ("cosine", "euclidean"),
+    "test.dist_metric": ("cosine", "euclidean", "inner_product"),
     "data.resize_interpolation": ("bilinear", "lanczos"),
     "sampler.draw": ("balanced", "independent"),
     "test.backend": ("auto", "faiss", "torch"),
@@ -616,6 +616,10 @@ def check_values(cfg: CN) -> None:
                           "once per epoch), 'images' (AGW: max(#visible, #infrared) images) or a number of iterations")
     for key in ("train.threads", "test.threads"):
         runtime.parse_threads(_get(cfg, key), key)
+    if cfg.test.rerank and cfg.test.dist_metric == "inner_product":
+        raise ConfigError("config keys 'test.rerank' and 'test.dist_metric': k-reciprocal re-ranking needs "
+                          "non-negative distances ('cosine' or 'euclidean'), not 'inner_product'; set test.rerank "
+                          "false or test.dist_metric cosine")
     for check in _CHECKS.values():
         check(cfg)
     _check_selected_sections(cfg)

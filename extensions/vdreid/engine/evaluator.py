@@ -27,6 +27,8 @@ from vdreid.engine.outputs import Outputs
 from vdreid.engine.run_dir import check_writable
 from vdreid.errors import ConfigError
 from vdreid.evaluation import provenance_defaults, run_protocol, save_ranked_lists_for_protocol
+from vdreid.evaluation.features import METRICS
+from vdreid.evaluation.rerank import RERANK_METRICS
 from vdreid.models.common import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -179,10 +181,11 @@ class Evaluator:
         (the report, ``provenance``, ``selection_info`` (which model was selected and how) and ``record``), and
         return the first target's rank-1 (percent; on every rank).
 
-        torchreid's keywords are honoured or refused, never ignored: ``dist_metric`` ('cosine' | 'euclidean')
-        replaces the configured metric for this call; ``normalize_feature=True`` ranks L2-normalised features (the
-        same ranking as cosine); ``visrank``/``visrank_topk`` write ranked-list pictures from the features just
-        extracted (:meth:`write_ranked_lists`: the first queries of trial 0); ``ranks`` are logged from the CMC;
+        torchreid's keywords are honoured or refused, never ignored: ``dist_metric`` ('cosine' | 'euclidean' |
+        'inner_product') replaces the configured metric for this call; ``normalize_feature=True`` ranks
+        L2-normalised features (the same ranking as cosine); ``visrank``/``visrank_topk`` write ranked-list
+        pictures from the features just extracted (:meth:`write_ranked_lists`: the first queries of trial 0);
+        ``ranks`` are logged from the CMC;
         ``use_metric_cuhk03=True`` is refused (not a VI protocol); ``rerank`` applies k-reciprocal re-ranking.
         """
         unknown = sorted(set(torchreid_kwargs) - set(TORCHREID_TEST_KWARGS))
@@ -192,11 +195,15 @@ class Evaluator:
             raise ConfigError("test: use_metric_cuhk03=True is CUHK03's metric; VI datasets use their own protocol "
                               "(protocol.eval_kwargs())")
         metric = torchreid_kwargs.get("dist_metric") or self.options.metric
-        if metric not in ("cosine", "euclidean"):
-            raise ConfigError(f"test: dist_metric must be 'cosine' or 'euclidean', got {metric!r}")
+        if metric not in METRICS:
+            raise ConfigError(f"test: dist_metric must be 'cosine' or 'euclidean' or 'inner_product', got {metric!r}")
         if torchreid_kwargs.get("normalize_feature"):
-            metric = "cosine"  # squared Euclidean distance of unit vectors is 2 - 2 cos: the cosine ranking
+            # squared Euclidean distance of unit vectors is 2 - 2 cos, their inner product is cos: the cosine ranking
+            metric = "cosine"
         rerank = bool(rerank or torchreid_kwargs.get("rerank"))
+        if rerank and metric not in RERANK_METRICS:  # refused before any extraction (see evaluation.rerank)
+            raise ConfigError(f"test: re-ranking (test.rerank) needs test.dist_metric in {RERANK_METRICS}, got "
+                              f"{metric!r}")
         save_dir = save_dir or torchreid_kwargs.get("save_dir") or ""
         if save_dir and self.dist.is_main:
             check_writable(save_dir)  # before any extraction: a results folder that cannot be written fails now

@@ -19,6 +19,7 @@ from vdreid.engine.amp import AMP_MODES
 from vdreid.engine.optim import ScheduleSpec
 from vdreid.errors import ConfigError
 from vdreid.evaluation.approximate import ApproximateSearch
+from vdreid.evaluation.features import METRICS
 
 #: which model the final test evaluates (see :class:`TrainOptions`)
 SELECTIONS = ("final", "val", "test")
@@ -89,7 +90,7 @@ class EvalOptions:
     """How :class:`~vdreid.engine.evaluator.Evaluator` extracts and ranks (config keys ``test.*`` in brackets).
 
     Args:
-        metric: ``'cosine'`` or ``'euclidean'`` [``test.dist_metric``].
+        metric: ``'cosine'``, ``'euclidean'`` or ``'inner_product'`` [``test.dist_metric``].
         backend: ranking engine, ``'auto'``, ``'faiss'`` or ``'torch'`` [``test.backend``].
         max_rank: length of the reported CMC [``test.max_rank``].
         flip: flip test-time augmentation [``test.flip``].
@@ -112,8 +113,8 @@ class EvalOptions:
     amp: str = "none"
 
     def __post_init__(self) -> None:
-        if self.metric not in ("cosine", "euclidean"):
-            raise ConfigError(f"config key 'test.dist_metric': must be 'cosine' or 'euclidean', got {self.metric!r}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"config key 'test.dist_metric': must be one of {METRICS}, got {self.metric!r}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"evaluation amp must be one of {AMP_MODES}, got {self.amp!r}")
         if isinstance(self.max_rank, bool) or int(self.max_rank) < 1:

@@ -6,6 +6,9 @@ Exact distances (the definition every backend reproduces):
 * ``'cosine'``: ``-<q/|q|, g/|g|>`` (AGW ``test.py``'s ``-(q @ g.T)`` on L2-normalised features), with ``|x|``
   floored at 1e-12 like ``torch.nn.functional.normalize`` (an all-zero feature is at distance 0 to all).
 * ``'euclidean'``: ``sum((q - g) ** 2)`` (squared, which ranks like the Euclidean distance).
+* ``'inner_product'``: ``-<q, g>`` on the raw (un-normalised) features (DEEN ``test.py``'s ``distmat = q @ g.T``
+  ranked by ``-distmat``): features of larger norm come first, so this ranks differently from cosine whenever the
+  norms differ (an all-zero feature is at distance 0 to all).
 
 :func:`block_distances` computes a block of them from prepared float32 (or float64) features with one GEMM
 (``|q|^2 + |g|^2 - 2 <q, g>`` for Euclidean); :meth:`Features.exact` recomputes chosen pairs in float64.
@@ -22,7 +25,10 @@ import torch
 from vdreid.errors import EvaluationInputError
 from vdreid.evaluation.core import single_thread
 
-METRICS = ("cosine", "euclidean")
+METRICS = ("cosine", "euclidean", "inner_product")
+#: metrics whose distance is the negated inner product of the prepared rows (L2-normalised for cosine, raw for
+#: inner_product): one GEMM, a max-inner-product faiss index
+NEGATED_IP = ("cosine", "inner_product")
 U32 = 2.0**-24  # unit roundoff of float32
 U64 = 2.0**-53  # unit roundoff of float64
 CACHE64_MAX_BYTES = 512 << 20  # float64 copies of the query / gallery features kept for exact() up to this size
@@ -90,6 +96,13 @@ class Features:
             else:
                 self.g32 = normalized64(gf, np.float32)  # chunked: never a full float64 copy of a big gallery
             self.g2 = None
+        elif self.metric == "inner_product":
+            self.g32 = np.ascontiguousarray(gf, dtype=np.float32)
+            self.g2 = None  # no norm term in the distance; the band needs only the largest gallery norm
+            self.gnorm_max = max((float(np.sqrt(np.sum(gf[i : i + chunk].astype(np.float64) ** 2, axis=1)).max())
+                                  for i in range(0, gf.shape[0], chunk)), default=0.0)
+            if cache_g:
+                self.g64 = gf.astype(np.float64)
         else:
             self.g32 = np.ascontiguousarray(gf, dtype=np.float32)
             self.g2 = np.concatenate(
@@ -105,6 +118,11 @@ class Features:
             q64 = normalized64(qf)
             self.q32 = q64.astype(np.float32)
             self.q2 = None
+        elif self.metric == "inner_product":
+            q64 = qf.astype(np.float64)
+            self.q32 = np.ascontiguousarray(qf, dtype=np.float32)
+            self.q2 = None
+            self.qnorm = np.sqrt(np.sum(q64**2, axis=1))
         else:
             q64 = qf.astype(np.float64)
             self.q32 = np.ascontiguousarray(qf, dtype=np.float32)
@@ -128,12 +146,15 @@ class Features:
         product in any summation order, gamma_n sum|a_i b_i| <= gamma_n |a||b| (Higham, Accuracy and Stability
         of Numerical Algorithms, 2nd ed., eq. 3.5) with n = D + 8 covering the rounding of the inputs to float32,
         of the norms and of the final additions; 5% slack. Realistic errors are ~sqrt(D) times smaller, so
-        the bound only costs a few extra exact re-computations."""
+        the bound only costs a few extra exact re-computations. Cosine: unit rows, ``|q||g| <= 1``; inner product:
+        ``|q| max|g|`` per query; squared Euclidean (``|q|^2 + |g|^2 - 2 <q, g>``): ``(|q| + max|g|)^2``."""
         n = self.dim + 8
         # float64 blocks: the block and the exact re-computation each err by up to gamma_n (u = 2^-53)
         u = 2.0 * U64 if use64 else U32
         if self.metric == "cosine":
             return np.full(self.q32.shape[0], n * u * 1.05)
+        if self.metric == "inner_product":
+            return n * u * self.qnorm * self.gnorm_max * 1.05
         qn, gmax = np.sqrt(self.q2), float(np.sqrt(self.g2.max()))
         return n * u * (qn + gmax) ** 2 * 1.05
 
@@ -164,7 +185,7 @@ class Features:
             else:
                 ur, ir = np.unique(r, return_inverse=True)
                 q = prep(self.qsrc[ur])[ir]
-            out[i : i + step] = -np.sum(q * g, axis=1) if cos else np.sum((q - g) ** 2, axis=1)
+            out[i : i + step] = np.sum((q - g) ** 2, axis=1) if self.metric == "euclidean" else -np.sum(q * g, axis=1)
         return out
 
 
@@ -185,14 +206,15 @@ def full_fp32():
 def block_distances(q: torch.Tensor, g: torch.Tensor, metric: str, q2: torch.Tensor | None = None,
                     g2: torch.Tensor | None = None) -> torch.Tensor:
     """Distances between the prepared query rows ``q`` (B, D) and gallery rows ``g`` (C, D): ``-<q, g>`` for
-    ``'cosine'`` (rows already L2-normalised), ``|q|^2 + |g|^2 - 2 <q, g>`` clamped at 0 for ``'euclidean'`` (``q2``,
-    ``g2``: the rows' squared norms). One GEMM; the element-wise part runs on one thread on the CPU (it is memory
-    bound and competes with the GEMM's threads otherwise)."""
+    ``'cosine'`` (rows already L2-normalised) and ``'inner_product'`` (raw rows), ``|q|^2 + |g|^2 - 2 <q, g>``
+    clamped at 0 for ``'euclidean'`` (``q2``, ``g2``: the rows' squared norms). One GEMM; the element-wise part
+    runs on one thread on the CPU (it is memory bound and competes with the GEMM's threads otherwise)."""
     ip = q @ g.T
     with single_thread(ip.device):
-        if metric == "cosine":
+        if metric in NEGATED_IP:
             return ip.neg_()
         return (q2[:, None] + g2[None, :]).sub_(ip, alpha=2.0).clamp_min_(0.0)
 
 
-__all__ = ["METRICS", "U32", "U64", "Features", "block_distances", "check_features", "full_fp32", "normalized64"]
+__all__ = ["METRICS", "NEGATED_IP", "U32", "U64", "Features", "block_distances", "check_features", "full_fp32",
+           "normalized64"]

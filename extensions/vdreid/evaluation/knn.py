@@ -2,10 +2,12 @@
 
 ``search(qf, gf, k)`` returns, for every query, the ``k`` gallery items of smallest exact distance in the order
 ``(distance, gallery index)``: the same definitions as the evaluation (``'cosine'``: ``-<q/|q|, g/|g|>``;
-``'euclidean'``: the squared Euclidean distance; both exact in float64, see :mod:`vdreid.evaluation.features`).
+``'euclidean'``: the squared Euclidean distance; ``'inner_product'``: ``-<q, g>`` on the raw features; all exact in
+float64, see :mod:`vdreid.evaluation.features`).
 
-How: a float32 engine proposes ``k'`` >= ``k`` candidates per query (faiss ``IndexFlatIP`` / ``IndexFlatL2`` per
-gallery block on the CPU, faiss's brute-force GPU kNN, or torch GEMM blocks with a running ``topk``). The
+How: a float32 engine proposes ``k'`` >= ``k`` candidates per query (faiss ``IndexFlatIP`` (cosine: on the
+L2-normalised features; inner product: on the raw ones) / ``IndexFlatL2`` per gallery block on the CPU, faiss's
+brute-force GPU kNN, or torch GEMM blocks with a running ``topk``). The
 candidates' exact float64 distances are sorted by ``(distance, index)``. The float32 error of every distance is
 bounded by a band ``b`` (Higham's dot-product bound, ``Features.band`` in :mod:`.features`), so every item that
 was not proposed has exact distance >= ``t - b``, where ``t`` is the largest float32 value among the proposed.
@@ -33,7 +35,15 @@ from vdreid.errors import EvaluationInputError
 from vdreid.evaluation import backend as _backend
 from vdreid.evaluation.approximate import ApproximateSearch
 from vdreid.evaluation.core import single_thread
-from vdreid.evaluation.features import METRICS, Features, block_distances, check_features, full_fp32, normalized64
+from vdreid.evaluation.features import (
+    METRICS,
+    NEGATED_IP,
+    Features,
+    block_distances,
+    check_features,
+    full_fp32,
+    normalized64,
+)
 from vdreid.evaluation.metrics import camera_groups
 
 logger = logging.getLogger(__name__)
@@ -128,16 +138,17 @@ class GalleryIndex:
     # ------------------------------------------------------------------------------------------------ building
     def _metric_type(self):
         f = self._faiss
-        return f.METRIC_INNER_PRODUCT if self.metric == "cosine" else f.METRIC_L2
+        return f.METRIC_INNER_PRODUCT if self.metric in NEGATED_IP else f.METRIC_L2
 
     def _build_flat(self) -> None:
-        """One exact flat index per gallery block (``IndexFlatIP`` on the L2-normalised features for cosine,
-        ``IndexFlatL2`` for the squared Euclidean distance); the float32 copy lives in the indexes only."""
+        """One exact flat index per gallery block (``IndexFlatIP`` on the L2-normalised features for cosine and on
+        the raw features for the inner product, ``IndexFlatL2`` for the squared Euclidean distance); the float32
+        copy lives in the indexes only."""
         f = self._faiss
         rows = max(1, GALLERY_BLOCK_BYTES // (4 * self.dim))
         g32 = self._feats.g32
         for c0 in range(0, self.size, rows):
-            idx = f.IndexFlatIP(self.dim) if self.metric == "cosine" else f.IndexFlatL2(self.dim)
+            idx = f.IndexFlatIP(self.dim) if self.metric in NEGATED_IP else f.IndexFlatL2(self.dim)
             idx.add(np.ascontiguousarray(g32[c0 : c0 + rows]))
             self._blocks.append((idx, c0))
         self._feats.g32 = None  # the indexes hold the float32 gallery; exact distances use the source features
@@ -155,7 +166,7 @@ class GalleryIndex:
                            "ef_search": settings.ef_search}
         else:
             nlist, nprobe = settings.ivf_lists(self.size)
-            quant = f.IndexFlatIP(self.dim) if self.metric == "cosine" else f.IndexFlatL2(self.dim)
+            quant = f.IndexFlatIP(self.dim) if self.metric in NEGATED_IP else f.IndexFlatL2(self.dim)
             idx = f.IndexIVFFlat(quant, self.dim, nlist, mt)
             # a gallery smaller than faiss's 39 training points per list was explained once by ivf_lists; keep
             # faiss's k-means from printing its own warning to stderr for every index
@@ -179,14 +190,14 @@ class GalleryIndex:
 
     def _to_distance(self, d: np.ndarray) -> np.ndarray:
         d = d.astype(np.float64)
-        return -d if self.metric == "cosine" else d
+        return -d if self.metric in NEGATED_IP else d
 
     def _candidates_faiss_cpu(self, feats: Features, rows: np.ndarray, kk: int):
         f = self._faiss
         xq = np.ascontiguousarray(feats.q32[rows])
         heap = None
         if len(self._blocks) > 1:
-            heap = f.ResultHeap(xq.shape[0], kk, keep_max=self.metric == "cosine")
+            heap = f.ResultHeap(xq.shape[0], kk, keep_max=self.metric in NEGATED_IP)
         out = None
         for idx, c0 in self._blocks:
             kb = min(kk, idx.ntotal)
@@ -204,7 +215,7 @@ class GalleryIndex:
                 out = (D, Ix)
             else:
                 if kb < kk:  # ResultHeap wants kk columns
-                    pad = np.full((D.shape[0], kk - kb), -np.inf if self.metric == "cosine" else np.inf, np.float32)
+                    pad = np.full((D.shape[0], kk - kb), -np.inf if self.metric in NEGATED_IP else np.inf, np.float32)
                     D = np.concatenate([D, pad], 1)
                     Ix = np.concatenate([Ix, np.full(pad.shape, -1, np.int64)], 1)
                 heap.add_result(np.ascontiguousarray(D, dtype=np.float32), np.ascontiguousarray(Ix, dtype=np.int64))
@@ -242,7 +253,7 @@ class GalleryIndex:
                 best_v = best_i = None
                 for c0 in range(0, G, cb):
                     g = gt[c0 : c0 + cb].to(dev)
-                    g2 = None if self.metric == "cosine" else self._g2t[c0 : c0 + cb].to(dev)
+                    g2 = None if self._g2t is None else self._g2t[c0 : c0 + cb].to(dev)
                     x = block_distances(q, g, self.metric, q2, g2)
                     with single_thread(dev):
                         if negate:
@@ -330,13 +341,13 @@ class GalleryIndex:
     def farthest(self, qf) -> np.ndarray:
         """Exact largest distance from every query to the gallery (float64, (Q,)).
 
-        Cosine: the nearest item to ``-q`` is the farthest from ``q`` (``d(-q, g) = -d(q, g)`` bit for bit), so
-        the same index answers. Squared Euclidean: torch GEMM blocks with a largest-k selection, refined and
-        certified like the nearest search (on negated distances)."""
+        Cosine and inner product: the nearest item to ``-q`` is the farthest from ``q`` (``d(-q, g) = -d(q, g)``
+        bit for bit), so the same index answers. Squared Euclidean: torch GEMM blocks with a largest-k selection,
+        refined and certified like the nearest search (on negated distances)."""
         q = check_features(qf, "qf")
         if q.shape[0] == 0:
             return np.zeros(0)
-        if self.metric == "cosine" and self.approximate is None:
+        if self.metric in NEGATED_IP and self.approximate is None:
             return -self.search(-q, 1).distances[:, 0]
         feats = self._feats.with_queries(q)
         if self._gt is None:
@@ -440,7 +451,7 @@ def search(
 ) -> SearchResult:
     """The ``k`` nearest gallery items of every query: exact distances and gallery indices (see the module doc).
 
-    ``qf`` (Q, D), ``gf`` (G, D): numpy arrays or torch tensors. ``metric``: 'cosine' | 'euclidean'.
+    ``qf`` (Q, D), ``gf`` (G, D): numpy arrays or torch tensors. ``metric``: 'cosine' | 'euclidean' | 'inner_product'.
     ``backend``: 'auto' (faiss when installed) | 'faiss' | 'torch'. Camera exclusions as in the evaluation:
     with ``q_camids`` / ``g_camids`` (0-based) and ``exclude_cam_pairs`` = ((query_camid, gallery_camid), ...), a
     query never sees gallery items of an excluded camera. ``exclude``: per-query gallery indices to leave out.

@@ -6,7 +6,8 @@ torch), reduced to per-positive rank counts and a running top-L (see :mod:`vdrei
 whose float32 value is too close to a positive's exact distance to decide are recomputed in float64.
 
 The exact distances are defined in :mod:`vdreid.evaluation.features` (cosine: ``-<q/|q|, g/|g|>``; euclidean:
-``sum((q - g) ** 2)``), computed in float64 with numpy's pairwise summation. Ties are broken by gallery index.
+``sum((q - g) ** 2)``; inner_product: ``-<q, g>`` on the raw features), computed in float64 with numpy's pairwise
+summation. Ties are broken by gallery index.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from vdreid.errors import EvaluationInputError
 from vdreid.evaluation.approximate import ApproximateSearch, summarize
 from vdreid.evaluation.backend import resolve
 from vdreid.evaluation.core import _INT_SENTINEL, DEFAULT_BLOCK_SIZE, RankStats, aggregate, rank_statistics
-from vdreid.evaluation.features import METRICS, Features, block_distances, check_features, full_fp32
+from vdreid.evaluation.features import METRICS, NEGATED_IP, Features, block_distances, check_features, full_fp32
 from vdreid.evaluation.knn import GalleryIndex, search
 from vdreid.evaluation.metrics import camera_groups, check_common, same_camera_removal
 from vdreid.evaluation.rerank import rerank_distances
@@ -75,8 +76,8 @@ def _dense_distances(feats: Features, device: torch.device, use64: bool) -> torc
     size the row gathers cost ~10 % of the evaluation). Same formulas as ``_block_fn``'s torch path."""
     qt = torch.from_numpy(feats.q64 if use64 else feats.q32).to(device)
     gt = torch.from_numpy(feats.g64 if use64 else feats.g32).to(device)
-    if feats.metric == "cosine":
-        return block_distances(qt, gt, "cosine")
+    if feats.metric in NEGATED_IP:
+        return block_distances(qt, gt, feats.metric)
     fdt = np.float64 if use64 else np.float32
     q2t = torch.from_numpy(feats.q2.astype(fdt)).to(device)
     g2t = torch.from_numpy(feats.g2.astype(fdt)).to(device)

@@ -39,6 +39,8 @@ from vdreid.evaluation.knn import GalleryIndex
 
 logger = logging.getLogger(__name__)
 
+#: metrics k-reciprocal re-ranking accepts (non-negative distances: 1 - cos, squared Euclidean)
+RERANK_METRICS = ("cosine", "euclidean")
 #: query-gallery pairs expanded at once in the Jaccard accumulation (bounded temporaries)
 PAIR_CHUNK = 1 << 23
 
@@ -229,6 +231,15 @@ def rerank_distances(
     distance (euclidean), computed on a kNN graph (``backend`` picks faiss or torch for the searches)."""
     if metric not in METRICS:
         raise EvaluationInputError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric not in RERANK_METRICS:
+        # torchreid's re-ranking squares the distances and divides by each row's largest square: it needs
+        # distances >= 0 that grow with dissimilarity. -<q, g> on raw features is negative for similar pairs, so
+        # squaring would reverse their order; no constant shift makes it non-negative for features of any norm
+        # (1 - cos works for cosine only because |cos| <= 1).
+        raise EvaluationInputError(
+            f"re-ranking is defined for the metrics {RERANK_METRICS}, not {metric!r}: set test.dist_metric to "
+            f"'cosine' or 'euclidean', or test.rerank false"
+        )
     for name, v in (("k1", k1), ("k2", k2)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise EvaluationInputError(f"{name} must be a positive integer, got {v!r}")

@@ -13,6 +13,7 @@ import torch
 
 from vdreid import compat
 from vdreid.errors import EvaluationInputError
+from vdreid.evaluation.features import METRICS
 from vdreid.evaluation.knn import search
 from vdreid.evaluation.metrics import same_camera_removal
 
@@ -126,8 +127,8 @@ def save_ranked_lists_for_protocol(
     search too. ``max_queries`` limits the number of pictures (the first queries of the trial)."""
     if not 0 <= trial < protocol.num_trials:
         raise EvaluationInputError(f"trial must be in 0..{protocol.num_trials - 1}, got {trial}")
-    if metric not in ("cosine", "euclidean"):
-        raise EvaluationInputError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    if metric not in METRICS:
+        raise EvaluationInputError(f"metric must be one of {METRICS}, got {metric!r}")
     _check_topk(topk)
     qf = qf.detach().cpu().numpy() if isinstance(qf, torch.Tensor) else np.asarray(qf)
     gf = gf.detach().cpu().numpy() if isinstance(gf, torch.Tensor) else np.asarray(gf)
