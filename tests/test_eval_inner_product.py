@@ -385,3 +385,16 @@ def test_deen_flip_feature_ranked_by_inner_product_is_test_py_distmat7():
     for mode in ("dedup", "standard"):
         out = evaluate_features(fq, fg, qp, gp, qc, gc, metric="inner_product", max_rank=10, cmc_mode=mode)
         assert_same(out, agw_reference(dist, qp, gp, qc, gc, 10, mode))
+
+
+def test_leaderboard_keeps_the_metric_apart_and_flags_it(tmp_path):
+    """Runs ranked by inner product and by cosine never average into one row; the inner-product row is flagged."""
+    from test_leaderboard import _seeded
+    from vdreid.tools.leaderboard import find_results, rows_from_results
+
+    for seed in (0, 1):
+        _seeded(tmp_path / f"c{seed}" / "r.json", seed, [40.0, 40.0], [50.0, 50.0])
+        _seeded(tmp_path / f"ip{seed}" / "r.json", seed, [45.0, 45.0], [52.0, 52.0], metric="inner_product")
+    rows = {r.mean["R1"]: r for r in rows_from_results(find_results([str(tmp_path)]))}
+    assert sorted(rows) == [40.0, 45.0] and all(r.seeds == ["0", "1"] for r in rows.values())
+    assert "dist-inner_product" in rows[45.0].flags and not any(f.startswith("dist-") for f in rows[40.0].flags)

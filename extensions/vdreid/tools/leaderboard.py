@@ -59,6 +59,8 @@ _SPLIT_RE = re.compile(r"(?:split|trial)[ =_-]?(\d+)$")
 FLIP_FLAG = "flip-tta"
 #: a run of ours whose ranked lists came from an approximate index (HNSW/IVF): its numbers may be lower than exact
 APPROX_FLAG = "approx-search"
+#: a run of ours ranked by another distance than the default cosine (``test.dist_metric``): ``dist-<metric>``
+METRIC_FLAG = "dist-"
 #: a row of synthetic data whose results JSON said ``synthetic: false`` (written before the marker was read) while the
 #: dataset folder it records holds the synthetic generator's marker
 MARKER_FLAG = "synthetic-by-marker"
@@ -194,8 +196,8 @@ def _seed_sort(seed: tuple[int | None, int | None]) -> tuple[int, int]:
 def _setting_key(d: dict[str, Any]) -> tuple:
     """What must agree, besides the protocol and the config group, for runs to share one row: the test feature,
     re-ranking, recipe, model and method, data kind (and a synthetic override), flip test-time augmentation,
-    approximate search, the selection rule, and for synthetic data the data root (two synthetic trees are two test
-    sets)."""
+    approximate search, the distance (``metric``), the selection rule, and for synthetic data the data root (two
+    synthetic trees are two test sets)."""
     cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     return (
@@ -208,6 +210,7 @@ def _setting_key(d: dict[str, Any]) -> tuple:
         bool(d.get("synthetic_override")),
         bool(d.get("flip")),
         bool(d.get("approximate")),
+        d.get("metric") or "cosine",
         d.get("selection"),
         data.get("root") if d.get("synthetic") else None,
     )
@@ -377,6 +380,8 @@ def _row(d: dict[str, Any], mean: dict[str, float], std: dict[str, float], trial
         flags.append(FLIP_FLAG)
     if any(r.get("approximate") for r in runs):
         flags.append(APPROX_FLAG)
+    if (d.get("metric") or "cosine") != "cosine":
+        flags.append(METRIC_FLAG + str(d["metric"]))
     flags += [f for f in (MARKER_FLAG, OVERRIDE_FLAG) if any(f in r.get("_synthetic_flags", ()) for r in runs)]
     commits = list(dict.fromkeys(str(r.get("git_commit") or "")[:10] for r in runs if r.get("git_commit")))
     return Row(
@@ -513,7 +518,9 @@ def render_markdown(rows: list[Row], title: str = "Leaderboard") -> str:
         "The `flip-tta` column says whether features of the image and its flip were combined (test-time",
         "augmentation; `-` where a published source does not say).",
         f"Flags: `{FLIP_FLAG}` flip test-time augmentation, `selected-on-test` checkpoint chosen on the test protocol,",
-        f"`{APPROX_FLAG}` our ranked lists came from an approximate (HNSW/IVF) index, `{MARKER_FLAG}` the results",
+        f"`{APPROX_FLAG}` our ranked lists came from an approximate (HNSW/IVF) index, `{METRIC_FLAG}<metric>` our",
+        "run ranked by another distance than cosine (`test.dist_metric`, e.g. DEEN's inner product of flipped",
+        f"sums), `{MARKER_FLAG}` the results",
         "JSON said real data but its dataset folder holds the synthetic generator's marker (ranked as synthetic),",
         f"`{OVERRIDE_FLAG}` the run's config declared a marked synthetic tree real (`data.synthetic false`), so it",
         "is ranked beside real-data numbers: check it. Flags of published rows (`input-HxW` larger input than",
