@@ -11,9 +11,9 @@ test-time augmentation"):
   (cosine ignores it; squared Euclidean distances and inner products are all scaled by the same constant). So the
   two rank identically, with or without normalising the result again.
 * With the evaluator's ``'cosine'`` metric the sum is L2-normalised again, which is exactly CAJ's computation.
-  DEEN ranks by the inner product of the *un-normalised* sums instead; the norm of a gallery sum depends on how
-  much the image and its flip agree, so that ranking differs from cosine and is not reproduced here (neither is
-  DEEN's weighting of six similarity matrices, which is specific to its model).
+  DEEN ranks by the inner product of the *un-normalised* sums instead; the norm of a sum depends on how much the
+  image and its flip agree, so that ranking differs from cosine: the evaluator's ``'inner_product'`` metric is
+  DEEN's (its six similarity matrices are the parts of DEEN's test feature, see ``vdreid.models.deen``).
 """
 
 from __future__ import annotations
