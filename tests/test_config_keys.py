@@ -98,6 +98,7 @@ ALTERNATIVE = {
     "train.scheduler_step": "start",
     "train.amp": "bf16",
     "train.selection": "test",
+    "train.selection_flip": "true",
     "test.dist_metric": "euclidean",
     "test.backend": "torch",
     "test.feature_mode": "shared_z",

@@ -248,6 +248,13 @@ def _base_config() -> CN:
     cfg.train.selection = "final"  # final | val | test (the model tested: last, best on val, best on test (flagged))
     cfg.train.eval_freq = 0  # evaluate every N epochs on the selection protocol (0: only at the end)
     cfg.train.eval_start = 0  # first epoch of the periodic evaluation
+    # periodic evaluation after the 1-based epochs d with d % eval_freq == eval_phase (0: torchreid's eval_freq,
+    # 2 eval_freq, ...; 1 with eval_freq 2: 3, 5, ..., the epochs AGW's and CAJ's loops test after); below eval_freq
+    cfg.train.eval_phase = 0
+    # selection val | test also evaluates after the last epoch; false: only when it is periodic (the original loops)
+    cfg.train.eval_last = True
+    # flip test-time augmentation of the selection evaluations: auto (as test.flip) | true | false
+    cfg.train.selection_flip = "auto"
     cfg.train.checkpoint_every = 0  # also keep epoch_NNN.pth every N epochs (0: only latest.pth and the best)
     cfg.train.use_gpu = True  # use CUDA when available
     # torch intra-op threads: auto (the cores this process may use: affinity, cgroup quota, OMP_NUM_THREADS) or N
@@ -579,6 +586,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train.optim": ("adam", "sgd"),
     "train.lr_scheduler": ("warmup_multistep", "cosine"),
     "train.scheduler_step": ("end", "start"),
+    "train.selection_flip": ("auto", "true", "false"),
     "test.dist_metric": ("cosine", "euclidean", "inner_product"),
     "data.resize_interpolation": ("bilinear", "lanczos"),
     "sampler.draw": ("balanced", "independent"),
@@ -702,6 +710,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "train.grad_clip": at_least(0, "a number (0: no clipping)"),
     "train.eval_freq": at_least(0, "an integer (0: only at the end)"),
     "train.eval_start": at_least(0, INT),
+    "train.eval_phase": at_least(0, "an integer below train.eval_freq"),
     "train.checkpoint_every": at_least(0, "an integer (0: only latest.pth and the best)"),
     "test.batch_size": at_least(1, INT),
     "test.visrank_topk": at_least(1, INT),
@@ -737,6 +746,9 @@ def check_ranges(cfg: CN) -> None:
             name = key if i is None else f"{key}[{i}]"
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
                 raise ConfigError(f"config key '{name}': expected {expected}, got {v!r}")
+    if cfg.train.eval_freq > 0 and cfg.train.eval_phase >= cfg.train.eval_freq:
+        raise ConfigError(f"config key 'train.eval_phase': expected an integer below train.eval_freq "
+                          f"({cfg.train.eval_freq}), got {cfg.train.eval_phase}")
     if cfg.train.start_epoch >= cfg.train.max_epoch:
         raise ConfigError(f"config key 'train.start_epoch': expected an epoch below train.max_epoch "
                           f"({cfg.train.max_epoch}), got {cfg.train.start_epoch}")
@@ -745,10 +757,17 @@ def check_ranges(cfg: CN) -> None:
             raise ConfigError(f"config key '{key}': expected 3 values (R, G, B), got {list(_get(cfg, key))}")
 
 
+#: keys added after runs were recorded, with the value that reproduces what those runs did: hashed only when set to
+#: another value, so that a setting keeps the hash (and the leaderboard group) of its earlier runs
+HASHED_WHEN_SET: dict[str, Any] = {"train.eval_phase": 0, "train.eval_last": True, "train.selection_flip": "auto"}
+
+
 def config_hash(cfg: CN, length: int = 12) -> str:
-    """Stable hash of the dumped config, leaving out :data:`NON_SEMANTIC_KEYS` (paths, logging, workers)."""
+    """Stable hash of the dumped config, leaving out :data:`NON_SEMANTIC_KEYS` (paths, logging, workers) and the
+    keys of :data:`HASHED_WHEN_SET` at their earlier behaviour's value."""
     d = _to_dict(cfg)
-    for key in NON_SEMANTIC_KEYS:
+    dropped = [k for k, v in HASHED_WHEN_SET.items() if _has(cfg, k) and _get(cfg, k) == v]
+    for key in [*NON_SEMANTIC_KEYS, *dropped]:
         node = d
         parts = key.split(".")
         for p in parts[:-1]:

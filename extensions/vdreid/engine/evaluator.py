@@ -122,8 +122,10 @@ class Evaluator:
         return torch.device("cpu")
 
     @torch.no_grad()
-    def evaluate(self, split: str = "test", rerank: bool = False, metric: str | None = None) -> dict[str, Any]:
-        """Run every target of ``split`` (``'test'`` or ``'val'``) through its protocol.
+    def evaluate(self, split: str = "test", rerank: bool = False, metric: str | None = None,
+                 flip: bool | None = None) -> dict[str, Any]:
+        """Run every target of ``split`` (``'test'`` or ``'val'``) through its protocol; ``metric`` / ``flip``
+        (None: the options') replace the configured metric / flip test-time augmentation for this call.
 
         Each image is extracted once (under DDP in shards by every rank, gathered); rank 0 ranks and scores them
         (the other ranks return ``{}``). The test split's features stay in ``last_features[target]`` for ranked
@@ -147,7 +149,8 @@ class Evaluator:
         net.eval()
         vdist.broadcast_buffers(net, self.dist)
         amp_dtype = _AMP_DTYPES[opts.amp]
-        extra = {"flip": True} if opts.flip else {}
+        flip = opts.flip if flip is None else bool(flip)
+        extra = {"flip": True} if flip else {}
         try:
             for name in loaders:
                 if name not in protocols:
@@ -162,7 +165,7 @@ class Evaluator:
                     continue
                 (qf, qp, qc), (gf, gp, gc) = q, g
                 rep = run_protocol(protocols[name], qf, gf, qp, gp, qc, gc, metric=metric, backend=opts.backend,
-                                   rerank=rerank, max_rank=opts.max_rank, flip=opts.flip,
+                                   rerank=rerank, max_rank=opts.max_rank, flip=flip,
                                    approximate=opts.approximate)
                 rep.wall_time_s = time.perf_counter() - t0
                 reports[name] = rep

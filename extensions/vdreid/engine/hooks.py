@@ -6,7 +6,8 @@ called in list order:
 * :class:`SamplerEpochHook` gives the sampler its epoch (a DDP requirement, and exact resume);
 * :class:`LRSchedulerHook` steps the per-epoch schedule at the start or the end of each epoch;
 * :class:`ProgressHook` shows a progress bar and the losses every ``print_freq`` iterations;
-* :class:`EvalHook` evaluates every ``eval_freq`` epochs and keeps the best model for ``selection``;
+* :class:`EvalHook` evaluates on its schedule (``eval_freq``, ``eval_phase``, ``eval_start``, ``eval_last``) and keeps
+  the best model for ``selection``;
 * :class:`TensorboardHook`, :class:`JSONLogHook`, :class:`EpochSummaryHook` write what happened;
 * :class:`CheckpointHook` writes ``latest.pth`` atomically (and ``epoch_NNN.pth`` every N epochs when asked).
 
@@ -152,25 +153,56 @@ class ProgressHook(HookBase):
 class EvalHook(HookBase):
     """Periodic evaluation and model selection.
 
-    Every ``eval_freq`` epochs from ``eval_start`` on (and at the last epoch unless ``selection='final'``) it
-    evaluates the validation protocol, or the test protocol when ``selection='test'`` (the habit of the original
-    repositories: optimistic, recorded as selected-on-test). The best first-target rank-1 is kept in
-    ``best_<split>.pth``; after training the selected weights are loaded for the final test.
+    The schedule, over the 1-based epoch ``d`` just completed (``trainer.epoch + 1``):
+
+    * periodic: ``eval_freq > 0``, ``d >= eval_start`` and ``d % eval_freq == eval_phase``. ``eval_phase`` 0 is
+      torchreid's rule (epochs ``eval_freq``, ``2 eval_freq``, ...); a loop over 0-based epochs ``e`` that tests when
+      ``e % f == 0`` and ``e >= s`` (AGW's, CAJ's, DEEN's and the released VD code's) is ``eval_freq f``,
+      ``eval_phase 1 % f``, ``eval_start s + 1``;
+    * the last epoch, unless ``selection='final'``: always with ``eval_last`` (the default), otherwise only when it
+      is periodic, or when no epoch of the run is, so that a selection always has a candidate.
+
+    It evaluates the validation protocol, or the test protocol when ``selection='test'`` (the habit of the original
+    repositories: optimistic, recorded as selected-on-test), with flip test-time augmentation ``flip`` (None: the
+    evaluate function's own setting, the test's). The best first-target rank-1 (the first strict improvement, as the
+    originals keep it) is kept in ``best_<split>.pth``; after training the selected weights are loaded for the
+    final test.
     """
 
     def __init__(self, evaluate: EvaluateFn, selection: str = "final", eval_freq: int = 0, eval_start: int = 0,
-                 rerank: bool = False) -> None:
+                 rerank: bool = False, eval_phase: int = 0, eval_last: bool = True,
+                 flip: bool | None = None) -> None:
         if not callable(evaluate):
             raise TypeError(f"EvalHook: evaluate must be callable (the evaluator's evaluate), got {evaluate!r}")
         self.evaluate = evaluate
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-        if eval_freq < 0 or eval_start < 0:
-            raise ValueError(f"eval_freq and eval_start must be >= 0, got {eval_freq}, {eval_start}")
         self.selection, self.rerank = selection, rerank
-        self.eval_freq, self.eval_start = int(eval_freq), int(eval_start)
+        self.eval_freq, self.eval_start, self.eval_phase = int(eval_freq), int(eval_start), int(eval_phase)
+        self.eval_last, self.flip = bool(eval_last), flip
+        self.check_schedule()
         self.best: dict[str, Any] = {"epoch": None, "rank1": None, "split": None}
         self.selection_info: dict[str, Any] = {}
+
+    def check_schedule(self) -> None:
+        """A ``ValueError`` for a schedule no epoch can satisfy consistently (also after ``run(eval_freq=...)``)."""
+        if self.eval_freq < 0 or self.eval_start < 0 or self.eval_phase < 0:
+            raise ValueError(f"eval_freq, eval_start and eval_phase must be >= 0, got {self.eval_freq}, "
+                             f"{self.eval_start}, {self.eval_phase}")
+        if self.eval_freq > 0 and self.eval_phase >= self.eval_freq:
+            raise ValueError(f"eval_phase must be below eval_freq ({self.eval_freq}), got {self.eval_phase}")
+
+    def periodic(self, done: int) -> bool:
+        """Whether the periodic rule evaluates after the 1-based epoch ``done``."""
+        return self.eval_freq > 0 and done >= self.eval_start and done % self.eval_freq == self.eval_phase
+
+    def evaluates(self, done: int, max_epoch: int) -> bool:
+        """Whether :meth:`after_epoch` evaluates after the 1-based epoch ``done`` of a ``max_epoch``-epoch run."""
+        if self.periodic(done):
+            return True
+        if done != max_epoch or self.selection == "final":
+            return False
+        return self.eval_last or not any(self.periodic(d) for d in range(1, max_epoch + 1))
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": dict(self.best)}
@@ -178,12 +210,13 @@ class EvalHook(HookBase):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = dict(state.get("best") or self.best)
 
+    def before_train(self) -> None:
+        self.check_schedule()
+
     def after_epoch(self) -> None:
         t = self.trainer
         done = t.epoch + 1
-        last = done == t.max_epoch
-        periodic = self.eval_freq > 0 and done >= self.eval_start and done % self.eval_freq == 0
-        if not (periodic or (last and self.selection != "final")):
+        if not self.evaluates(done, t.max_epoch):
             return
         split = "test" if self.selection == "test" else "val"
         if split == "val" and not getattr(t.datamanager, "val_protocols", None):
@@ -191,7 +224,8 @@ class EvalHook(HookBase):
                 logger.info("periodic evaluation skipped: no validation protocol (the test set is not used for "
                             "selection unless train.selection is 'test')")
             return
-        reports = self.evaluate(split=split, rerank=self.rerank)
+        extra = {} if self.flip is None else {"flip": bool(self.flip)}
+        reports = self.evaluate(split=split, rerank=self.rerank, **extra)
         metrics: dict[str, float] = {}
         first = None
         for name, rep in reports.items():
@@ -215,6 +249,28 @@ class EvalHook(HookBase):
                 t.run_state.written.add(path, "checkpoint")
             vdist.barrier()
 
+    def schedule_info(self, max_epoch: int) -> dict[str, Any]:
+        """The selection schedule of a ``max_epoch``-epoch run as recorded in the results: its settings, the
+        epochs it evaluates (``selection_epochs``, 1-based) and a sentence (``selection_rule``)."""
+        epochs = [d for d in range(1, max_epoch + 1) if self.evaluates(d, max_epoch)]
+        periodic = [d for d in epochs if self.periodic(d)]
+        split = "test" if self.selection == "test" else "val"
+        if len(periodic) > 4:
+            shown = f"{periodic[0]}, {periodic[1]}, ..., {periodic[-1]}"
+        else:
+            shown = ", ".join(map(str, periodic))
+        rule = f"best {split} rank-1"
+        if periodic:
+            rule += f" of the evaluations every {self.eval_freq} epoch(s) after epochs {shown} (1-based)"
+        if epochs and epochs[-1] not in periodic:
+            rule += (" and after the last epoch" if periodic else " of one evaluation after the last epoch") + \
+                f" ({epochs[-1]})"
+        if self.flip is not None:
+            rule += ", with flip" if self.flip else ", without flip"
+        return {"selection_rule": rule, "selection_epochs": epochs, "selection_flip": self.flip,
+                "selection_schedule": {"eval_freq": self.eval_freq, "eval_phase": self.eval_phase,
+                                       "eval_start": self.eval_start, "eval_last": self.eval_last}}
+
     def after_train(self) -> None:
         """Load the selected weights (best-on-val / best-on-test) and describe the choice for the results JSON."""
         t = self.trainer
@@ -230,9 +286,7 @@ class EvalHook(HookBase):
             logger.info("selected epoch %s (%s, rank-1 %.2f)", self.best["epoch"], label, self.best["rank1"])
         self.selection_info = {"selection": label, "selected_epoch": self.best["epoch"],
                                f"selection_{split}_rank1": self.best["rank1"],
-                               "selected_on_test": split == "test",
-                               "selection_rule": f"best {split} rank-1 every {self.eval_freq} epochs from epoch "
-                                                 f"{max(self.eval_start, self.eval_freq)}"}
+                               "selected_on_test": split == "test", **self.schedule_info(t.max_epoch)}
 
 
 class TensorboardHook(HookBase):

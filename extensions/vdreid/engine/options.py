@@ -39,6 +39,13 @@ class TrainOptions:
             recorded as selected-on-test) [``train.selection``].
         eval_freq, eval_start: periodic evaluation every ``eval_freq`` epochs from epoch ``eval_start`` (0 = none)
             [``train.eval_freq``, ``train.eval_start``].
+        eval_phase: the periodic evaluation follows the 1-based epochs ``d`` with ``d % eval_freq == eval_phase``
+            (0: torchreid's epochs ``eval_freq``, ``2 eval_freq``, ...; 1 with ``eval_freq`` 2: epochs 3, 5, ..., as
+            AGW's and CAJ's loops test after their 0-based epochs 2, 4, ...) [``train.eval_phase``].
+        eval_last: with ``selection`` ``'val'``/``'test'``, also evaluate after the last epoch; False: only when the
+            last epoch is periodic (or no epoch of the run is), as the original loops [``train.eval_last``].
+        selection_flip: flip test-time augmentation of the selection evaluations; None: the test's
+            (``EvalOptions.flip``) [``train.selection_flip`` auto | true | false].
         scheduler_step: the per-epoch lr schedule is stepped at the ``'end'`` (torchreid's order) or the ``'start'``
             (the released VD code's order) of each epoch [``train.scheduler_step``].
         schedule: the :class:`~vdreid.engine.optim.ScheduleSpec` of the scheduler, for the start banner's lr
@@ -58,6 +65,9 @@ class TrainOptions:
     selection: str = "final"
     eval_freq: int = 0
     eval_start: int = 0
+    eval_phase: int = 0
+    eval_last: bool = True
+    selection_flip: bool | None = None
     scheduler_step: str = "end"
     schedule: ScheduleSpec | None = None
     checkpoint_every: int = 0
@@ -77,6 +87,12 @@ class TrainOptions:
         if self.eval_freq < 0 or self.eval_start < 0:
             raise ConfigError(f"config keys 'train.eval_freq'/'train.eval_start': must be >= 0 (eval_freq 0 = no "
                               f"periodic evaluation), got {self.eval_freq}, {self.eval_start}")
+        if self.eval_phase < 0 or (self.eval_freq > 0 and self.eval_phase >= self.eval_freq):
+            raise ConfigError(f"config key 'train.eval_phase': must be >= 0 and below train.eval_freq "
+                              f"({self.eval_freq}), got {self.eval_phase}")
+        if self.selection_flip not in (None, True, False):
+            raise ConfigError(f"config key 'train.selection_flip': must be auto (None), true or false, got "
+                              f"{self.selection_flip!r}")
         if self.scheduler_step not in ("end", "start"):
             raise ConfigError(f"config key 'train.scheduler_step': must be 'end' or 'start', got "
                               f"{self.scheduler_step!r}")

@@ -355,6 +355,9 @@ RESUME_MAY_CHANGE: tuple[str, ...] = (
     "train.print_freq",
     "train.eval_freq",
     "train.eval_start",
+    "train.eval_phase",  # the selection schedule and its flip: which epochs are evaluated, not how they train
+    "train.eval_last",
+    "train.selection_flip",
     "train.checkpoint_every",
     "train.use_gpu",
     "test.*",  # evaluation only

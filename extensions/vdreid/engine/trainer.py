@@ -189,7 +189,10 @@ class VIEngine(compat.Engine):
         self.epoch_stats: dict[str, Any] = {}
         self._log = logger.info if self.dist.is_main else (lambda *a, **k: None)
 
-        self.eval_hook = EvalHook(self.evaluator.evaluate, opts.selection, opts.eval_freq, opts.eval_start)
+        # the selection evaluations' flip: the option, else the test's (resolved here so that the results record it)
+        selection_flip = self.evaluator.options.flip if opts.selection_flip is None else opts.selection_flip
+        self.eval_hook = EvalHook(self.evaluator.evaluate, opts.selection, opts.eval_freq, opts.eval_start,
+                                  eval_phase=opts.eval_phase, eval_last=opts.eval_last, flip=bool(selection_flip))
         self.checkpoint_hook = CheckpointHook(opts.checkpoint_every)
         self.progress_hook = ProgressHook(opts.progress, opts.print_freq)
         self.run_state = RunState(net=self.net, optimizer=optimizer, scheduler=scheduler, criterion=self.criterion,
@@ -394,6 +397,7 @@ class VIEngine(compat.Engine):
             self.eval_hook.eval_freq = int(eval_freq)
         if start_eval is not None:
             self.eval_hook.eval_start = int(start_eval)
+        self.eval_hook.check_schedule()
         self.eval_hook.rerank = rerank
         if test_only:
             return self.test(save_dir=save_dir, rerank=rerank, selection_info={"selection": "checkpoint"},
