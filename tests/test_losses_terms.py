@@ -231,13 +231,13 @@ def test_configs_stored_before_the_term_table_resolve_as_they_did(old, kind, vsd
 
 @pytest.mark.parametrize("method", ["vd", "agw", "bnneck"])
 def test_tracked_runs_of_an_older_version_load(method):
-    """benchmarks/runs holds config.yaml files written before the term table; every stored tree has a ``vd`` and a
-    ``loss`` section whatever its method, so the stored config of an AGW or BNNeck run needs VD's upgrade too
-    (vdreid.builders.config_from_stored asks every method)."""
+    """Run folders written before the term table (tests/data/stored_configs: the config.yaml files of the method
+    comparison's tracked runs at commit e878136, kept here because benchmarks/runs is rewritten by reruns); every
+    stored tree has a ``vd`` and a ``loss`` section whatever its method, so the stored config of an AGW or BNNeck run
+    needs VD's upgrade too (vdreid.builders.config_from_stored asks every method)."""
     from vdreid.builders import config_from_stored
 
-    stored = yaml.safe_load(open(osp.join(ROOT, "benchmarks", "runs", "method_comparison", f"{method}_seed0",
-                                          "config.yaml")))
+    stored = yaml.safe_load(open(osp.join(ROOT, "tests", "data", "stored_configs", f"{method}_before_term_table.yaml")))
     assert stored["vd"]["vsd"] == -1.0 and "loss" in stored  # old keys
     up = get_method("vd").upgrade_config(stored)
     merge_dict(get_default_config(), up, "stored")
