@@ -60,7 +60,13 @@ from vdreid.models.backbones import (
     is_fixed_size,
     set_last_stride_one,
 )
-from vdreid.models.common import SingleWidthFeatureModes, check_num_classes, resolve_pretrained, torchreid_factory
+from vdreid.models.common import (
+    SingleWidthFeatureModes,
+    check_modality,
+    check_num_classes,
+    resolve_pretrained,
+    torchreid_factory,
+)
 from vdreid.models.neck import NeckOutput, bnneck
 from vdreid.models.nonlocal_block import NonLocalBlock
 from vdreid.models.pooling import AveragePooling, GeneralizedMeanPooling
@@ -113,28 +119,6 @@ class EmbeddedPatches(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x
-
-
-def _check_modality(modality: Any, batch: int) -> Tensor:
-    """The modality flags as a CPU bool tensor: routing decisions are made on the host, so a CPU ``modality`` (as
-    the data loader yields it) costs no device synchronisation."""
-    if modality is None:
-        raise ValueError(
-            "AGWNet.forward(x, modality): the argument `modality` is missing. AGW routes each image through its "
-            f"modality's stem: pass a bool tensor of shape ({batch},) with True for infrared images. torchreid's "
-            "engines do not pass it; train with vdreid's trainer (`vdreid train`, model.method agw)."
-        )
-    m = torch.as_tensor(modality).detach().cpu()
-    if m.dim() != 1 or m.shape[0] != batch:
-        raise ValueError(
-            f"AGWNet.forward: `modality` must be a bool tensor of shape ({batch},) (True = infrared), "
-            f"got shape {tuple(m.shape)}"
-        )
-    if m.dtype != torch.bool:
-        if m.is_floating_point() or not bool(((m == 0) | (m == 1)).all()):
-            raise ValueError(f"AGWNet.forward: `modality` must be bool (or 0/1 integers), got dtype {m.dtype}")
-        m = m.bool()
-    return m
 
 
 class AGWNet(SingleWidthFeatureModes, nn.Module):
@@ -233,7 +217,7 @@ class AGWNet(SingleWidthFeatureModes, nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"AGWNet expects images of shape (B, 3, H, W), got {shape}")
-        is_ir = _check_modality(modality, x.shape[0])
+        is_ir = check_modality(modality, x.shape[0], "AGWNet", "agw")
         if self.token_encoder and self.layout is not None:
             check_image_size(self.layout, int(x.shape[-2]), int(x.shape[-1]))
         pool = self.pooled(self.shared_stages(self.stems(x, is_ir)))

@@ -6,9 +6,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from vdreid.models.weights import PretrainedWeightsError
+
+
+def check_modality(modality: Any, batch: int, net: str, method: str) -> Tensor:
+    """The modality flags of a two-stream network's forward (``net``: its class name, ``method``: its
+    ``model.method``) as a CPU bool tensor: routing decisions are made on the host, so a CPU ``modality`` (as the data
+    loader yields it) costs no device synchronisation."""
+    if modality is None:
+        raise ValueError(
+            f"{net}.forward(x, modality): the argument `modality` is missing. {net[:-3]} routes each image through "
+            f"its modality's stem: pass a bool tensor of shape ({batch},) with True for infrared images. torchreid's "
+            f"engines do not pass it; train with vdreid's trainer (`vdreid train`, model.method {method})."
+        )
+    m = torch.as_tensor(modality).detach().cpu()
+    if m.dim() != 1 or m.shape[0] != batch:
+        raise ValueError(f"{net}.forward: `modality` must be a bool tensor of shape ({batch},) (True = infrared), "
+                         f"got shape {tuple(m.shape)}")
+    if m.dtype != torch.bool:
+        if m.is_floating_point() or not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError(f"{net}.forward: `modality` must be bool (or 0/1 integers), got dtype {m.dtype}")
+        m = m.bool()
+    return m
 
 
 def check_num_classes(num_classes: Any) -> int:

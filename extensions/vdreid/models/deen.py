@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from vdreid.models.agw import STAGES, Stem, _resnet, imagenet_tag
 from vdreid.models.backbones import create_timm_backbone, set_last_stride_one
-from vdreid.models.common import check_num_classes, resolve_pretrained, torchreid_factory
+from vdreid.models.common import check_modality, check_num_classes, resolve_pretrained, torchreid_factory
 from vdreid.models.deen_dee import DEEModule
 from vdreid.models.deen_mfa import MFABlock
 from vdreid.models.neck import bnneck
@@ -83,25 +83,6 @@ class DEENOutput:
     logits: Tensor
     order: Tensor
     modality: Tensor
-
-
-def _check_modality(modality: Any, batch: int) -> Tensor:
-    """The modality flags as a CPU bool tensor (routing is decided on the host)."""
-    if modality is None:
-        raise ValueError(
-            "DEENNet.forward(x, modality): the argument `modality` is missing. DEEN routes each image through its "
-            f"modality's stem: pass a bool tensor of shape ({batch},) with True for infrared images. torchreid's "
-            "engines do not pass it; train with vdreid's trainer (`vdreid train`, model.method deen)."
-        )
-    m = torch.as_tensor(modality).detach().cpu()
-    if m.dim() != 1 or m.shape[0] != batch:
-        raise ValueError(f"DEENNet.forward: `modality` must be a bool tensor of shape ({batch},) (True = infrared), "
-                         f"got shape {tuple(m.shape)}")
-    if m.dtype != torch.bool:
-        if m.is_floating_point() or not bool(((m == 0) | (m == 1)).all()):
-            raise ValueError(f"DEENNet.forward: `modality` must be bool (or 0/1 integers), got dtype {m.dtype}")
-        m = m.bool()
-    return m
 
 
 def original_row_order(is_ir: Tensor) -> tuple[Tensor, int]:
@@ -226,7 +207,7 @@ class DEENNet(nn.Module):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"DEENNet expects images of shape (B, 3, H, W), got {shape}")
         n = x.shape[0]
-        is_ir = _check_modality(modality, n)
+        is_ir = check_modality(modality, n, "DEENNet", "deen")
         order, n_vis = original_row_order(is_ir)
         identity = bool((order == torch.arange(n)).all())
         dev_order = order.to(x.device, non_blocking=True)
