@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 from agw_reference import agw_reference, assert_same
+from eval_reference import make_case as _make_case
+from eval_reference import stable_topk as ref_topk
 from vdreid.errors import ConfigError, EvaluationInputError
 from vdreid.evaluation import GalleryIndex, core, evaluate_features, features, ranking, search
 
@@ -34,32 +36,9 @@ def cos_distance(qf, gf):
     return -(q[:, None, :] * g[None, :, :]).sum(-1)
 
 
-def ref_topk(d, k, allowed=None):
-    """The k first items of the stable order of each row of the distance matrix ``d`` (ties by gallery index)."""
-    D = np.full((d.shape[0], k), np.inf)
-    Ix = np.full((d.shape[0], k), -1, np.int64)
-    for i in range(d.shape[0]):
-        order = np.argsort(d[i], kind="stable")
-        if allowed is not None:
-            order = order[allowed[i, order]]
-        order = order[:k]
-        D[i, : order.size], Ix[i, : order.size] = d[i, order], order
-    return D, Ix
-
-
 def make_case(rng, nq, ng, dim, num_ids, ties=False, spread=3.0):
-    """Random features whose norms span 10^-spread .. 10^spread; ``ties``: duplicated gallery features, all-zero
-    query and gallery features, a query equal to a gallery item."""
-    qf = (rng.normal(size=(nq, dim)) * 10.0 ** rng.uniform(-spread, spread, (nq, 1))).astype(np.float32)
-    gf = (rng.normal(size=(ng, dim)) * 10.0 ** rng.uniform(-spread, spread, (ng, 1))).astype(np.float32)
-    if ties:
-        gf[rng.integers(0, ng, ng // 3)] = gf[0]
-        gf[-1] = 0.0
-        qf[0] = gf[0]
-        qf[-1] = 0.0
-    qp, gp = rng.integers(0, num_ids, nq), rng.integers(0, num_ids, ng)
-    qc, gc = rng.choice([2, 5], nq), rng.choice([0, 1, 3, 4], ng)
-    return qf, gf, qp, gp, qc, gc
+    """Random cases whose feature norms span 10^-spread .. 10^spread (where cosine and inner product disagree)."""
+    return _make_case(rng, nq, ng, dim, num_ids, ties=ties, spread=spread)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

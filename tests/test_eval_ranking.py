@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from agw_reference import agw_reference, assert_same
+from eval_reference import make_case
 from vdreid import compat
 from vdreid.evaluation import core, evaluate_features, features, ranking
 
@@ -25,20 +26,6 @@ def reference_distance(qf, gf, metric):
         g = g / np.maximum(np.sqrt((g * g).sum(1)), 1e-12)[:, None]
         return -(q[:, None, :] * g[None, :, :]).sum(-1)
     return ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
-
-
-def make_case(rng, nq, ng, dim, num_ids, ties=False):
-    qf = rng.normal(size=(nq, dim)).astype(np.float32)
-    gf = rng.normal(size=(ng, dim)).astype(np.float32)
-    if ties:  # exact duplicates (ties), an all-zero feature (distance 0 to everything), a query equal to a gallery item
-        dup = rng.integers(0, ng, ng // 3)
-        gf[dup] = gf[0]
-        gf[-1] = 0.0
-        qf[0] = gf[0]
-        qf[-1] = 0.0
-    qp, gp = rng.integers(0, num_ids, nq), rng.integers(0, num_ids, ng)
-    qc, gc = rng.choice([2, 5], nq), rng.choice([0, 1, 3, 4], ng)
-    return qf, gf, qp, gp, qc, gc
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

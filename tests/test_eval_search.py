@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import vdreid.evaluation.backend as backend
+from eval_reference import stable_topk
 from vdreid.errors import EvaluationInputError
 from vdreid.evaluation import GalleryIndex, search
 
@@ -35,16 +36,7 @@ def ref_distance(qf, gf, metric):
 
 def ref_topk(qf, gf, k, metric, allowed=None):
     """(distances, indices) of the k first items of the stable order; ``allowed`` (Q, G) bool masks items out."""
-    d = ref_distance(qf, gf, metric)
-    D = np.full((d.shape[0], k), np.inf)
-    Ix = np.full((d.shape[0], k), -1, np.int64)
-    for i in range(d.shape[0]):
-        order = np.argsort(d[i], kind="stable")
-        if allowed is not None:
-            order = order[allowed[i, order]]
-        order = order[:k]
-        D[i, : order.size], Ix[i, : order.size] = d[i, order], order
-    return D, Ix
+    return stable_topk(ref_distance(qf, gf, metric), k, allowed)
 
 
 def with_ties(rng, nq, ng, dim):
