@@ -512,27 +512,18 @@ _INFRA_KEYS = {"data.root", "data.save_dir", "data.workers", "train.seed", "samp
                "train.use_gpu", "train.threads", "test.threads", "train.flush_denormal", "test.visrank"}
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def recipe_diff(recipe: Recipe, run_dir: str) -> list[tuple[str, Any, Any]]:
     """``(key, value in the method's own recipe file, value in the run)`` for every key of the general sections and
     the method's own that differ (the recipe file loaded with the defaults, as ``vdreid train`` would)."""
     from vdreid import methods
     from vdreid.config import load_config
+    from vdreid.engine.run_dir import flatten
 
     m = methods.get(recipe.method)
     sections = ("model", "data", "sampler", "train", "test", m.section, *m.extra_sections)
-    own = _flat(yaml.safe_load(load_config(osp.join(REPO, recipe.recipe_file)).dump()))
+    own = flatten(yaml.safe_load(load_config(osp.join(REPO, recipe.recipe_file)).dump()))
     with open(osp.join(run_dir, "config.yaml"), encoding="utf-8") as f:
-        ran = _flat(yaml.safe_load(f))
+        ran = flatten(yaml.safe_load(f))
     out = []
     for k in sorted(set(own) | set(ran)):
         if k.split(".")[0] not in sections or k in _INFRA_KEYS:
