@@ -10,6 +10,7 @@ are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -72,11 +73,9 @@ AGW_LAYOUT = register_layout(OriginalLayout(
 #: CAJ's code (``ICCV21_CAJ/`` of the same repository) saves the same ``embed_net`` as AGW's (its ``model.py`` and
 #: ``resnet.py`` are AGW's files), so its checkpoints have AGW's keys: the same rules; never guessed from the keys
 #: (they cannot tell CAJ from AGW), named by the config's method (CAJ reads the 'agw' layout too)
-CAJ_LAYOUT = register_layout(OriginalLayout(
+CAJ_LAYOUT = register_layout(dataclasses.replace(
+    AGW_LAYOUT,
     kind="caj",
-    rules=AGW_RULES,
-    model_kwargs=agw_model_kwargs,
-    build=lambda **kw: build_agw(pretrained=False, **kw),
     detect=None,
     name="the CAJ code",
     source="the CAJ code (mangye16/Cross-Modal-Re-ID-baseline, ICCV21_CAJ/model.py embed_net, AGW's network)",
